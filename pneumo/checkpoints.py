@@ -1,0 +1,91 @@
+"""Checkpoint folders that load without unpickling code.
+
+    checkpoint/
+      model.safetensors   weights (safetensors: tensors only)
+      pneumo.json         model config, preprocessing, epoch, metrics, decision threshold
+      train_state.pt      optimizer/scheduler state for resuming (torch.load weights_only=True)
+
+Serving and evaluation need only the first two; the preprocessing recorded here is what every
+consumer applies, so serving cannot drift from training.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from pneumo.config import ModelConfig
+from pneumo.data.transforms import Preprocessing
+from pneumo.models import create_model, unwrap
+
+WEIGHTS_FILE = "model.safetensors"
+META_FILE = "pneumo.json"
+TRAIN_STATE_FILE = "train_state.pt"
+
+
+class CheckpointError(ValueError):
+    """A folder that is not a usable pneumo checkpoint."""
+
+
+@dataclass
+class CheckpointMeta:
+    model: dict[str, Any]  # ModelConfig fields
+    preprocessing: dict[str, Any]  # Preprocessing fields
+    epoch: int = -1  # last finished epoch, 0-based
+    metrics: dict[str, float] = field(default_factory=dict)
+    decision_threshold: float = 0.5  # P(pneumonia) at or above which the label is PNEUMONIA
+
+    @property
+    def preprocessing_spec(self) -> Preprocessing:
+        return Preprocessing.from_dict(self.preprocessing)
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module  # in eval mode, on CPU
+    meta: CheckpointMeta
+
+
+def save_checkpoint(directory: str | Path, model: torch.nn.Module, meta: CheckpointMeta,
+                    train_state: dict[str, Any] | None = None) -> Path:
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in unwrap(model).state_dict().items()}
+    save_file(state, directory / WEIGHTS_FILE)
+    write_meta(directory, meta)
+    if train_state is not None:
+        torch.save(train_state, directory / TRAIN_STATE_FILE)
+    return directory
+
+
+def write_meta(directory: str | Path, meta: CheckpointMeta) -> None:
+    (Path(directory) / META_FILE).write_text(json.dumps(meta.__dict__, indent=2, sort_keys=True))
+
+
+def read_meta(directory: str | Path) -> CheckpointMeta:
+    path = Path(directory) / META_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{directory} is not a pneumo checkpoint: {META_FILE} is missing")
+    return CheckpointMeta(**json.loads(path.read_text()))
+
+
+def load_checkpoint(directory: str | Path) -> LoadedModel:
+    """Rebuild the model from its config and load the weights (no pickle involved)."""
+    meta = read_meta(directory)
+    weights = Path(directory) / WEIGHTS_FILE
+    if not weights.is_file():
+        raise CheckpointError(f"{directory} has no {WEIGHTS_FILE}")
+    model_cfg = ModelConfig(**{**meta.model, "pretrained": False, "weights_path": None})
+    model = create_model(model_cfg)
+    model.load_state_dict(load_file(weights))
+    return LoadedModel(model=model.eval(), meta=meta)
+
+
+def load_train_state(directory: str | Path) -> dict[str, Any] | None:
+    path = Path(directory) / TRAIN_STATE_FILE
+    return torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else None

@@ -1,0 +1,121 @@
+"""The `pneumo` command: a thin shell over the package's functions, and its only side effects
+(logging, environment defaults, ray.init).
+
+    pneumo run experiments/quickstart.yaml train.lr=3e-4 [--resume]
+    pneumo config show experiments/quickstart.yaml [overrides]
+    pneumo data synth --out data/synthetic --n 1200 --size 128 --seed 0
+    pneumo serve [MODEL_URI] [--config experiments/quickstart.yaml]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import Optional
+
+QUIET_DEFAULTS = {  # set only when the user has not: no telemetry, no hub calls that cannot succeed offline
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DO_NOT_TRACK": "true",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
+
+def split_paths_and_overrides(items: list[str]) -> tuple[list[str], list[str]]:
+    """`a.yaml b.yaml train.lr=3e-4` -> (["a.yaml", "b.yaml"], ["train.lr=3e-4"])."""
+    return [i for i in items if "=" not in i], [i for i in items if "=" in i]
+
+
+def init_ray() -> None:
+    """Join $RAY_ADDRESS (a cluster or `ray job submit`), else start a local Ray in-process."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=True, logging_level=logging.WARNING)
+    context = ray.data.DataContext.get_current()
+    context.execution_options.preserve_order = True  # same seed, same batches
+    context.enable_progress_bars = sys.stderr.isatty()
+
+
+def _load(items: list[str]):
+    from pneumo.config import load_config
+
+    paths, overrides = split_paths_and_overrides(items)
+    if not paths:
+        raise SystemExit("pneumo: give at least one experiment YAML, e.g. experiments/quickstart.yaml")
+    return load_config(paths, overrides)
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    cfg = _load(args.config)
+    init_ray()
+    from pneumo.experiment import run_experiment
+    from pneumo.tracking import resolve_tracking_uri
+
+    outcome = run_experiment(cfg, resume=args.resume)
+    uri = resolve_tracking_uri(cfg.mlflow)
+    print(f"\nresults:      {outcome.results_path}\nbest model:   {outcome.model_dir}\n"
+          f"mlflow run:   {outcome.mlflow_run_id}  (mlflow ui --backend-store-uri {uri})")
+    if outcome.model_version is not None:
+        name = cfg.mlflow.registered_model_name
+        print(f"registered:   models:/{name}/{outcome.model_version.version} "
+              f"aliases {list(outcome.model_version.aliases)}\n"
+              f"serve it:     pneumo serve models:/{name}@champion")
+
+
+def cmd_config_show(args: argparse.Namespace) -> None:
+    from pneumo.config import to_yaml
+
+    print(to_yaml(_load(args.config)), end="")
+
+
+def cmd_data_synth(args: argparse.Namespace) -> None:
+    from pneumo.data.synthetic import generate_chest_xrays
+
+    summary = generate_chest_xrays(args.out, n_images=args.n, image_size=args.size, seed=args.seed,
+                                   label_noise=args.label_noise)
+    for split, per_class in summary.counts.items():
+        print(f"{split:<6} " + "  ".join(f"{name} {n}" for name, n in per_class.items()))
+    print(f"{summary.n_patients} patients, label noise {summary.label_noise:.1%}, written to {summary.root}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pneumo", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="train (or search), evaluate and register one experiment")
+    run.add_argument("config", nargs="+", help="experiment YAML(s), then key=value overrides")
+    run.add_argument("--resume", action="store_true", help="continue the last unfinished run of this experiment")
+    run.set_defaults(handler=cmd_run)
+    config = commands.add_parser("config", help="inspect experiment configs").add_subparsers(dest="action", required=True)
+    show = config.add_parser("show", help="print the resolved config")
+    show.add_argument("config", nargs="+")
+    show.set_defaults(handler=cmd_config_show)
+    data = commands.add_parser("data", help="dataset tools").add_subparsers(dest="action", required=True)
+    synth = data.add_parser("synth", help="write a synthetic chest X-ray set in the Kaggle layout")
+    synth.add_argument("--out", required=True, help="folder to create (must be empty)")
+    synth.add_argument("--n", type=int, default=1200, help="number of images")
+    synth.add_argument("--size", type=int, default=128, help="image side, px")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--label-noise", type=float, default=0.02, help="fraction of flipped folder labels")
+    synth.set_defaults(handler=cmd_data_synth)
+    return parser
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    for key, value in QUIET_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    from pneumo.config import ConfigError
+
+    try:
+        args.handler(args)
+    except ConfigError as error:
+        raise SystemExit(f"pneumo: config error: {error}") from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,119 @@
+"""Image preprocessing shared by training, evaluation and serving, so they can never drift apart.
+
+Two halves: `decode_image` turns file bytes into a resized uint8 array (runs in Ray Data tasks and in
+the Serve replica); `normalize` and `augment` run on batches of tensors on the training device.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps
+
+from pneumo.config import AugmentConfig
+
+
+class ImageDecodeError(ValueError):
+    """Bytes that are not a usable image: the message says why."""
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How pixels reach the model; stored with every checkpoint."""
+
+    in_chans: int  # 1 grayscale, 3 RGB
+    image_size: int  # square side, px
+    mean: tuple[float, ...]  # per channel, on [0, 1] pixels
+    std: tuple[float, ...]
+    interpolation: str = "bilinear"  # bilinear | bicubic | nearest
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "Preprocessing":
+        return cls(**{**values, "mean": tuple(values["mean"]), "std": tuple(values["std"])})
+
+
+_RESAMPLE = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}
+
+
+def _to_8bit(image: Image.Image) -> Image.Image:
+    """16-bit and float films (I;16, I, F) are stretched to 8 bits by their own min and max."""
+    pixels = np.asarray(image, dtype=np.float64)
+    low, high = float(pixels.min()), float(pixels.max())
+    scaled = (pixels - low) / (high - low) * 255.0 if high > low else np.zeros_like(pixels)
+    return Image.fromarray(scaled.round().astype(np.uint8), mode="L")
+
+
+def _to_mode(image: Image.Image, in_chans: int) -> Image.Image:
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        image = _to_8bit(image)
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        image = image.convert("RGBA")
+        background = Image.new("RGBA", image.size, (0, 0, 0, 255))  # film background is black
+        image = Image.alpha_composite(background, image)
+    return image.convert("L" if in_chans == 1 else "RGB")
+
+
+def decode_image(data: bytes, preprocessing: Preprocessing, max_pixels: int = 40_000_000) -> np.ndarray:
+    """JPEG/PNG/… bytes -> uint8 array (C, H, W) at the model's size and channels.
+
+    Raises ImageDecodeError for empty, truncated or non-image bytes and decompression bombs.
+    """
+    if not data:
+        raise ImageDecodeError("empty file")
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+            if width * height > max_pixels:
+                raise ImageDecodeError(f"{width}x{height} pixels exceeds the limit of {max_pixels}")
+            image.load()
+            image = _to_mode(ImageOps.exif_transpose(image), preprocessing.in_chans)
+    except ImageDecodeError:
+        raise
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        raise ImageDecodeError(f"not a readable image ({error})") from None
+    size = (preprocessing.image_size, preprocessing.image_size)
+    resized = np.asarray(image.resize(size, _RESAMPLE[preprocessing.interpolation]), dtype=np.uint8)
+    return resized[None] if resized.ndim == 2 else resized.transpose(2, 0, 1)
+
+
+def normalize(images: torch.Tensor, preprocessing: Preprocessing) -> torch.Tensor:
+    """uint8 or [0, 1] float (N, C, H, W) -> normalized float32."""
+    if images.dtype == torch.uint8:
+        images = images.float().div_(255.0)
+    mean = torch.tensor(preprocessing.mean, device=images.device).view(1, -1, 1, 1)
+    std = torch.tensor(preprocessing.std, device=images.device).view(1, -1, 1, 1)
+    return (images - mean) / std
+
+
+def _uniform(n: int, limit: float, generator: torch.Generator) -> torch.Tensor:
+    return (torch.rand(n, generator=generator) * 2 - 1) * limit
+
+
+def augment(images: torch.Tensor, settings: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
+    """Random affine (rotation, zoom, shift) and brightness/contrast on [0, 1] float (N, C, H, W).
+
+    Runs batched on the training device; `generator` (CPU) makes it reproducible per seed.
+    """
+    n = images.shape[0]
+    angle = _uniform(n, math.radians(settings.rotation_deg), generator)
+    zoom = 1 + _uniform(n, settings.scale, generator)
+    shift = _uniform(2 * n, 2 * settings.translate, generator).view(n, 2)
+    cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+    grid = F.affine_grid(theta.to(images), list(images.shape), align_corners=False)
+    images = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    if settings.horizontal_flip:
+        flip = (torch.rand(n, generator=generator) < 0.5).to(images.device)
+        images = torch.where(flip.view(n, 1, 1, 1), images.flip(-1), images)
+    brightness = (1 + _uniform(n, settings.brightness, generator)).to(images).view(n, 1, 1, 1)
+    contrast = (1 + _uniform(n, settings.contrast, generator)).to(images).view(n, 1, 1, 1)
+    mean = images.mean(dim=(1, 2, 3), keepdim=True)
+    return ((images - mean) * contrast + mean * brightness).clamp_(0, 1)

@@ -1,0 +1,124 @@
+"""One experiment end to end: data -> train (or a Tune search) -> evaluate on test -> register.
+
+`run_experiment` is what `pneumo run` calls; it expects Ray to be initialised by the caller.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Optional
+
+from mlflow.tracking import MlflowClient
+
+from pneumo.checkpoints import read_meta, write_meta
+from pneumo.config import ConfigError, ExperimentConfig
+from pneumo.data.dataset import PreparedData, prepare_data
+from pneumo.data.transforms import Preprocessing
+from pneumo.evaluate import binary_metrics, choose_threshold, format_metrics_table, predict_dataset
+from pneumo.models import create_model, resolve_preprocessing
+from pneumo.tracking import (TAG_RAY_RUN, client_for, find_unfinished_run, finish_run, log_and_register_model,
+                             log_metrics, resolve_tracking_uri, start_run)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ExperimentOutcome:
+    mlflow_run_id: str  # the training run, or the parent run of a search
+    model_dir: str  # evaluated best checkpoint, with its decision threshold
+    test_metrics: dict[str, float]
+    results_path: str  # Ray's folder for this run or search
+    model_version: Optional[Any] = None  # mlflow ModelVersion when registered
+
+
+def model_preprocessing(cfg: ExperimentConfig) -> Preprocessing:
+    """The preprocessing of cfg.model, read off a weightless instance (no download)."""
+    if cfg.model.weights_path and not Path(cfg.model.weights_path).is_file():
+        raise ConfigError(f"model.weights_path: file not found: {cfg.model.weights_path}")
+    bare = create_model(replace(cfg.model, pretrained=False, weights_path=None))
+    return resolve_preprocessing(bare, cfg.model.in_chans, cfg.data.image_size)
+
+
+def log_data_summary(client: MlflowClient, run_id: str, data: PreparedData) -> None:
+    client.set_tag(run_id, "data_fingerprint", data.fingerprint)
+    counts = {f"data.{split}.{name}": n for split, per in data.counts.items() for name, n in per.items()}
+    log_metrics(client, run_id, {**counts, "data.n_images": data.n_images, "data.skipped_files": len(data.skipped_files),
+                                 "data.ignored_files": data.ignored_files})
+    if data.skipped_files:
+        client.log_dict(run_id, data.skipped_files, "data/skipped_files.json")
+
+
+def _train_run(cfg: ExperimentConfig, client: MlflowClient, resume: bool) -> tuple[str, str]:
+    """(mlflow run id, Ray Train run name): a new pair, or the unfinished one when resuming."""
+    if resume:
+        previous = find_unfinished_run(client, cfg, "train")
+        if previous is None:
+            raise ConfigError(f"--resume: no unfinished training run of experiment {cfg.name!r} in MLflow")
+        client.update_run(previous.info.run_id, "RUNNING")
+        return previous.info.run_id, previous.data.tags[TAG_RAY_RUN]
+    ray_run_name = f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return start_run(client, cfg, "train", ray_run_name, tags={TAG_RAY_RUN: ray_run_name}), ray_run_name
+
+
+def evaluate_checkpoint(cfg: ExperimentConfig, data: PreparedData, checkpoint_dir: str, model_dir: Path) -> dict:
+    """Pick the threshold on val, score test, and write both into a copy of the checkpoint at model_dir."""
+    from pneumo.checkpoints import load_checkpoint
+
+    shutil.copytree(checkpoint_dir, model_dir, dirs_exist_ok=True)
+    (model_dir / "train_state.pt").unlink(missing_ok=True)  # serving needs weights only
+    loaded = load_checkpoint(model_dir)
+    val = predict_dataset(loaded, data.datasets["val"], cfg.eval.batch_size)
+    threshold = choose_threshold(val.labels, val.probabilities, cfg.eval)
+    test = predict_dataset(loaded, data.datasets["test"], cfg.eval.batch_size)
+    test_metrics = binary_metrics(test.labels, test.probabilities, threshold)
+    meta = read_meta(model_dir)
+    meta.decision_threshold = threshold
+    meta.metrics = {**meta.metrics, **{f"test_{k}": v for k, v in test_metrics.items()}}
+    write_meta(model_dir, meta)
+    return test_metrics
+
+
+def finalize(cfg: ExperimentConfig, data: PreparedData, client: MlflowClient, run_id: str,
+             checkpoint_dir: str, results_path: str) -> ExperimentOutcome:
+    """Evaluate the best checkpoint, log test metrics, register the model and print the summary."""
+    model_dir = Path(results_path) / "best_model"
+    test_metrics = evaluate_checkpoint(cfg, data, checkpoint_dir, model_dir)
+    log_metrics(client, run_id, test_metrics, prefix="test_")
+    client.log_artifacts(run_id, str(model_dir), "best_checkpoint")
+    version = None
+    if cfg.mlflow.register:
+        version = log_and_register_model(cfg, run_id, model_dir, {f"test_{k}": v for k, v in test_metrics.items()},
+                                         data.fingerprint)
+    print(format_metrics_table(test_metrics), flush=True)
+    return ExperimentOutcome(run_id, str(model_dir), test_metrics, results_path, version)
+
+
+def run_experiment(cfg: ExperimentConfig, resume: bool = False) -> ExperimentOutcome:
+    """Train once, or search when tune.num_samples > 0; then evaluate and register the best model."""
+    client = client_for(cfg)
+    preprocessing = model_preprocessing(cfg)
+    data = prepare_data(cfg.data, preprocessing, cfg.serve.max_image_pixels)
+    logger.info("data: %s, fingerprint %s", data.counts, data.fingerprint[:12])
+    if cfg.tune.num_samples > 0:
+        from pneumo.tune import search
+
+        run_id, found = search(cfg, data, preprocessing, client, resume)
+        checkpoint_dir, results_path = found.best_checkpoint, found.results_path
+    else:
+        from pneumo.train import fit
+
+        run_id, ray_run_name = _train_run(cfg, client, resume)
+        log_data_summary(client, run_id, data)
+        try:
+            trained = fit(cfg, data, preprocessing, ray_run_name, resolve_tracking_uri(cfg.mlflow), run_id)
+        except BaseException:
+            finish_run(client, run_id, failed=True)
+            raise
+        checkpoint_dir, results_path = trained.best_checkpoint, trained.results_path
+    outcome = finalize(cfg, data, client, run_id, checkpoint_dir, results_path)
+    finish_run(client, run_id)
+    return outcome

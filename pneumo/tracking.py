@@ -1,0 +1,156 @@
+"""MLflow: runs (and nested trial runs), config/params, metrics, the model registry and its aliases.
+
+Everything goes through an explicit tracking URI (never the process-global default), so drivers, the
+Ray Train controller and Tune trials all write to the store the config names.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import mlflow
+from mlflow.entities import Metric, Param, RunStatus
+from mlflow.tracking import MlflowClient
+
+from pneumo.config import ExperimentConfig, MlflowConfig, flatten, to_dict, to_yaml
+
+DEFAULT_DB = "mlflow.db"
+TAG_EXPERIMENT = "pneumo.experiment"  # experiment (YAML) name
+TAG_KIND = "pneumo.kind"  # train | search | trial
+TAG_RAY_RUN = "pneumo.ray_run_name"  # Ray Train run / Tune experiment folder, for --resume
+TAG_TRIAL_ID = "pneumo.trial_id"
+CHAMPION, CHALLENGER = "champion", "challenger"
+MAX_PARAM_CHARS = 6000
+
+
+def resolve_tracking_uri(cfg: MlflowConfig) -> str:
+    """mlflow.tracking_uri, else $MLFLOW_TRACKING_URI, else a sqlite file in the working directory."""
+    if cfg.tracking_uri:
+        return cfg.tracking_uri
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(DEFAULT_DB).resolve()}"
+
+
+def _artifact_root(tracking_uri: str) -> Optional[str]:
+    """Local stores keep artifacts beside the database, as an absolute path every process can find."""
+    if tracking_uri.startswith("sqlite:///"):
+        return (Path(tracking_uri.removeprefix("sqlite:///")).parent / "mlartifacts").resolve().as_uri()
+    return None  # file stores and tracking servers choose their own
+
+
+def ensure_experiment(client: MlflowClient, name: str) -> str:
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    root = _artifact_root(client.tracking_uri)
+    return client.create_experiment(name, artifact_location=f"{root}/{name}" if root else None)
+
+
+def start_run(client: MlflowClient, cfg: ExperimentConfig, kind: str, run_name: str,
+              parent_run_id: Optional[str] = None, tags: Optional[dict[str, str]] = None) -> str:
+    """Create a run (nested under `parent_run_id` if given) carrying the resolved config; returns its id."""
+    experiment_id = ensure_experiment(client, cfg.mlflow.experiment_name)
+    all_tags = {TAG_EXPERIMENT: cfg.name, TAG_KIND: kind, **(tags or {})}
+    if parent_run_id:
+        all_tags["mlflow.parentRunId"] = parent_run_id
+    run = client.create_run(experiment_id, run_name=run_name, tags=all_tags)
+    log_config(client, run.info.run_id, cfg)
+    return run.info.run_id
+
+
+def log_config(client: MlflowClient, run_id: str, cfg: ExperimentConfig) -> None:
+    """Flattened params plus the resolved YAML as an artifact (habit 7: the run can be re-run)."""
+    params = [Param(key, str(value)[:MAX_PARAM_CHARS]) for key, value in flatten(to_dict(cfg)).items()]
+    for start in range(0, len(params), 100):
+        client.log_batch(run_id, params=params[start:start + 100])
+    client.log_text(run_id, to_yaml(cfg), "config.yaml")
+
+
+def log_metrics(client: MlflowClient, run_id: str, metrics: dict[str, Any], step: int = 0, prefix: str = "") -> None:
+    """Numeric values only; NaN/inf are skipped (MLflow rejects them on some backends)."""
+    now = int(1000 * time.time())
+    batch = [Metric(f"{prefix}{k}", float(v), now, step) for k, v in metrics.items()
+             if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)]
+    if batch:
+        client.log_batch(run_id, metrics=batch)
+
+
+def log_epoch_metrics(tracking_uri: str, run_id: str, metrics: dict[str, Any]) -> None:
+    """Per-epoch metrics at step = epoch (called from the Ray Train controller)."""
+    log_metrics(MlflowClient(tracking_uri), run_id, {k: v for k, v in metrics.items() if k != "epoch"},
+                step=int(metrics["epoch"]))
+
+
+def finish_run(client: MlflowClient, run_id: str, failed: bool = False) -> None:
+    client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED if failed else RunStatus.FINISHED))
+
+
+def find_unfinished_run(client: MlflowClient, cfg: ExperimentConfig, kind: str):
+    """The newest run of this experiment and kind that did not finish: what --resume continues."""
+    experiment = client.get_experiment_by_name(cfg.mlflow.experiment_name)
+    if experiment is None:
+        return None
+    runs = client.search_runs(
+        [experiment.experiment_id],
+        filter_string=f"tags.`{TAG_EXPERIMENT}` = '{cfg.name}' and tags.`{TAG_KIND}` = '{kind}' "
+                      f"and attributes.status != 'FINISHED'",
+        order_by=["attributes.start_time DESC"], max_results=1)
+    return runs[0] if runs else None
+
+
+def client_for(cfg: ExperimentConfig) -> MlflowClient:
+    return MlflowClient(resolve_tracking_uri(cfg.mlflow))
+
+
+def log_and_register_model(cfg: ExperimentConfig, run_id: str, checkpoint_dir: str | Path,
+                           metrics: dict[str, float], fingerprint: str) -> Any:
+    """Log the checkpoint as an MLflow pyfunc model in `run_id`, register it and set its alias.
+
+    The version takes `champion` only when it beats the current champion on mlflow.champion_metric
+    (or there is none); otherwise it is tagged `challenger`. Returns the ModelVersion.
+    """
+    from pneumo.pyfunc_model import log_pyfunc_model
+
+    tracking_uri = resolve_tracking_uri(cfg.mlflow)
+    mlflow.set_tracking_uri(tracking_uri)
+    with mlflow.start_run(run_id=run_id):
+        model_info = log_pyfunc_model(checkpoint_dir)
+    client = MlflowClient(tracking_uri)
+    name = cfg.mlflow.registered_model_name
+    version = mlflow.register_model(model_info.model_uri, name, tags={"data_fingerprint": fingerprint,
+                                                                        TAG_EXPERIMENT: cfg.name})
+    for key, value in metrics.items():
+        if isinstance(value, (int, float)):
+            client.set_model_version_tag(name, version.version, key, f"{value:.6g}")
+    client.set_model_version_tag(name, version.version, "config", to_yaml(cfg)[:5000])
+    alias = CHAMPION if beats_champion(client, name, cfg.mlflow.champion_metric, metrics) else CHALLENGER
+    client.set_registered_model_alias(name, alias, version.version)
+    return client.get_model_version(name, version.version)
+
+
+def beats_champion(client: MlflowClient, name: str, metric: str, metrics: dict[str, float]) -> bool:
+    """True when there is no champion yet, or `metrics[metric]` is strictly better than its value."""
+    try:
+        champion = client.get_model_version_by_alias(name, CHAMPION)
+    except mlflow.exceptions.MlflowException:
+        return True
+    current = champion.tags.get(metric)
+    higher_is_better = not metric.endswith("loss")
+    if current is None:
+        return True
+    new, old = float(metrics[metric]), float(current)
+    return new > old if higher_is_better else new < old
+
+
+def download_model_checkpoint(model_uri: str, tracking_uri: str, destination: Optional[str] = None) -> Path:
+    """Local folder holding the pneumo checkpoint inside a logged/registered model (`models:/…`, `runs:/…`)."""
+    from pneumo.pyfunc_model import CHECKPOINT_ARTIFACT
+
+    mlflow.set_tracking_uri(tracking_uri)
+    destination = destination or tempfile.mkdtemp(prefix="pneumo-model-")
+    local = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=destination)
+    return Path(local) / "artifacts" / CHECKPOINT_ARTIFACT

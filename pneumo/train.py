@@ -1,0 +1,264 @@
+"""Distributed data-parallel fine-tuning with Ray Train: the per-worker loop and the TorchTrainer around it.
+
+Each epoch every worker trains on its shard of the prepared train split, the workers score their
+shards of val, rank 0 gathers the scores, computes val AUROC and saves a checkpoint, and all ranks
+report (Ray Train keeps the best `train.checkpoints_to_keep` by val AUROC and resumes from the latest).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, UserCallback
+from ray.train.torch import TorchTrainer
+
+from pneumo.checkpoints import CheckpointMeta, load_train_state, save_checkpoint
+from pneumo.config import ExperimentConfig, TrainConfig, from_dict, to_dict
+from pneumo.data.dataset import PreparedData
+from pneumo.data.transforms import Preprocessing, augment, normalize
+from pneumo.evaluate import binary_metrics
+from pneumo.models import create_model, unwrap
+from pneumo.tracking import log_epoch_metrics
+
+SELECTION_METRIC = "val_auroc"  # what picks the checkpoints Ray Train keeps
+
+
+# ---------------------------------------------------------------- per-worker pieces
+
+def seed_everything(seed: int) -> None:
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW or SGD; no weight decay on biases and norm scales (1-D parameters)."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9, nesterov=True)
+    return torch.optim.AdamW(groups, lr=cfg.lr)
+
+
+def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str) -> float:
+    """Linear warmup from ~0 to 1, then cosine decay to 0 (or flat for `constant`)."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def build_lr_schedule(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int):
+    total, warmup = cfg.epochs * steps_per_epoch, int(cfg.warmup_epochs * steps_per_epoch)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, total, warmup, cfg.lr_schedule))
+
+
+def autocast_dtype(precision: str, device: torch.device) -> Optional[torch.dtype]:
+    """bf16 when asked, or on `auto` for GPUs that support it; None means full fp32."""
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return None
+
+
+@dataclass
+class WorkerContext:
+    cfg: ExperimentConfig
+    preprocessing: Preprocessing
+    model: torch.nn.Module
+    device: torch.device
+    amp_dtype: Optional[torch.dtype]
+    loss_fn: torch.nn.Module
+
+
+def _forward(ctx: WorkerContext, images: torch.Tensor) -> torch.Tensor:
+    with torch.autocast(ctx.device.type, dtype=ctx.amp_dtype or torch.float32, enabled=ctx.amp_dtype is not None):
+        return ctx.model(images).float().squeeze(1)
+
+
+def train_one_epoch(ctx: WorkerContext, shard, optimizer, scheduler, generator: torch.Generator, epoch: int) -> dict:
+    """One pass over this worker's train shard; returns mean loss and throughput."""
+    ctx.model.train()
+    total_loss, n_images, start = 0.0, 0, time.perf_counter()
+    batches = shard.iter_torch_batches(batch_size=ctx.cfg.train.batch_size, device=ctx.device,
+                                       local_shuffle_buffer_size=4 * ctx.cfg.train.batch_size,
+                                       local_shuffle_seed=ctx.cfg.train.seed + epoch, prefetch_batches=2)
+    for batch in batches:
+        images = augment(batch["image"].float().div_(255.0), ctx.cfg.data.augment, generator)
+        logits = _forward(ctx, normalize(images, ctx.preprocessing))
+        loss = ctx.loss_fn(logits, batch["label"].float())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if ctx.cfg.train.grad_clip_norm > 0:
+            torch.nn.utils.clip_grad_norm_(ctx.model.parameters(), ctx.cfg.train.grad_clip_norm)
+        optimizer.step()
+        scheduler.step()
+        total_loss += loss.item() * len(logits)
+        n_images += len(logits)
+    seconds = time.perf_counter() - start
+    return {"train_loss": total_loss / max(n_images, 1), "train_images_per_s": n_images / max(seconds, 1e-9)}
+
+
+def _gather(values: np.ndarray) -> np.ndarray:
+    """Concatenate an array from every worker (identity with one worker)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return values
+    gathered: list = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, values)
+    return np.concatenate(gathered)
+
+
+@torch.inference_mode()
+def validate(ctx: WorkerContext, shard) -> dict:
+    """Val loss, AUROC and accuracy (at 0.5) over the shards of all workers."""
+    ctx.model.eval()
+    logits, labels = [], []
+    for batch in shard.iter_torch_batches(batch_size=2 * ctx.cfg.train.batch_size, device=ctx.device):
+        logits.append(_forward(ctx, normalize(batch["image"], ctx.preprocessing)).cpu())
+        labels.append(batch["label"].float().cpu())
+    all_logits = _gather(torch.cat(logits).numpy()) if logits else _gather(np.zeros(0, np.float32))
+    all_labels = _gather(torch.cat(labels).numpy()) if labels else _gather(np.zeros(0, np.float32))
+    loss = ctx.loss_fn(torch.from_numpy(all_logits), torch.from_numpy(all_labels)).item()
+    scores = binary_metrics(all_labels.astype(int), 1 / (1 + np.exp(-all_logits)), 0.5)
+    return {"val_loss": loss, "val_auroc": scores["auroc"], "val_accuracy": scores["accuracy"]}
+
+
+def _restore(ctx: WorkerContext, optimizer, scheduler) -> int:
+    """Load the latest checkpoint Ray Train hands back after a restart; returns the epoch to start at."""
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return 0
+    with checkpoint.as_directory() as directory:
+        from pneumo.checkpoints import load_checkpoint
+
+        unwrap(ctx.model).load_state_dict(load_checkpoint(directory).model.state_dict())
+        state = load_train_state(directory)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    return int(state["epoch"]) + 1
+
+
+def _report(ctx: WorkerContext, metrics: dict, optimizer, scheduler, epoch: int) -> None:
+    """Every rank reports (it is a barrier); only rank 0 attaches a checkpoint."""
+    if ray.train.get_context().get_world_rank() != 0:
+        ray.train.report(metrics)
+        return
+    meta = CheckpointMeta(model=to_dict(ctx.cfg)["model"], preprocessing=ctx.preprocessing.to_dict(),
+                          epoch=epoch, metrics=metrics)
+    state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "epoch": epoch}
+    with tempfile.TemporaryDirectory() as directory:
+        save_checkpoint(directory, ctx.model, meta, state)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory),
+                         checkpoint_dir_name=f"epoch_{epoch:03d}")
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    """What each Ray Train worker runs. `loop_config` holds only plain values (see `fit`)."""
+    cfg = from_dict(loop_config["experiment"])
+    rank = ray.train.get_context().get_world_rank()
+    torch.set_num_threads(loop_config["torch_threads"])
+    seed_everything(cfg.train.seed)  # same initial weights on every rank
+    device = ray.train.torch.get_device()
+    model = ray.train.torch.prepare_model(create_model(cfg.model))  # [1] DDP + device placement
+    pos_weight = torch.tensor(loop_config["positive_weight"] if cfg.train.class_weighting == "balanced" else 1.0)
+    ctx = WorkerContext(cfg, Preprocessing.from_dict(loop_config["preprocessing"]), model, device,
+                        autocast_dtype(cfg.train.precision, device),
+                        torch.nn.BCEWithLogitsLoss(pos_weight=pos_weight.to(device)))
+    optimizer = build_optimizer(model, cfg.train)
+    scheduler = build_lr_schedule(optimizer, cfg.train, loop_config["steps_per_epoch"])
+    start_epoch = _restore(ctx, optimizer, scheduler)  # [2] resume from the latest checkpoint
+    generator = torch.Generator().manual_seed(cfg.train.seed * 1000 + rank)
+    train_shard = ray.train.get_dataset_shard("train")  # [3] this worker's share of Ray Data
+    val_shard = ray.train.get_dataset_shard("val")
+    for epoch in range(start_epoch, cfg.train.epochs):
+        generator.manual_seed(cfg.train.seed * 100_003 + epoch * 1000 + rank)
+        metrics = {"epoch": epoch, **train_one_epoch(ctx, train_shard, optimizer, scheduler, generator, epoch)}
+        metrics.update(validate(ctx, val_shard), lr=optimizer.param_groups[0]["lr"])
+        _report(ctx, metrics, optimizer, scheduler, epoch)  # [4] metrics + checkpoint to Ray Train
+
+
+# ---------------------------------------------------------------- driver side
+
+class MlflowEpochLogger(UserCallback):
+    """Runs in the Ray Train controller: logs rank 0's metrics of each epoch to one MLflow run."""
+
+    def __init__(self, tracking_uri: str, run_id: str):
+        self.tracking_uri, self.run_id = tracking_uri, run_id
+
+    def after_report(self, run_context, metrics: list[dict[str, Any]], checkpoint) -> None:
+        log_epoch_metrics(self.tracking_uri, self.run_id, metrics[0])
+
+
+@dataclass
+class TrainOutcome:
+    best_checkpoint: str  # folder of the checkpoint with the best val AUROC
+    best_metrics: dict[str, float]
+    last_metrics: dict[str, float]
+    results_path: str  # Ray Train's run folder (checkpoints, logs)
+
+
+def worker_threads(cfg: ExperimentConfig) -> int:
+    """Intra-op threads per worker: the machine's cores shared by the workers, never oversubscribed."""
+    return max(1, (os.cpu_count() or 1) // cfg.scaling.num_workers)
+
+
+def build_loop_config(cfg: ExperimentConfig, data: PreparedData, preprocessing: Preprocessing) -> dict[str, Any]:
+    n_train = sum(data.counts["train"].values())
+    per_worker = math.ceil(n_train / cfg.scaling.num_workers)
+    return {
+        "experiment": to_dict(cfg),
+        "preprocessing": preprocessing.to_dict(),
+        "positive_weight": data.positive_weight(),
+        "steps_per_epoch": max(1, math.ceil(per_worker / cfg.train.batch_size)),
+        "torch_threads": worker_threads(cfg),
+    }
+
+
+def build_trainer(cfg: ExperimentConfig, data: PreparedData, preprocessing: Preprocessing, run_name: str,
+                  callbacks: list[UserCallback]) -> TorchTrainer:
+    """The TorchTrainer for one training run; the same `run_name` resumes that run's checkpoints."""
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=build_loop_config(cfg, data, preprocessing),
+        scaling_config=ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
+                                     resources_per_worker={"CPU": cfg.scaling.cpus_per_worker}),
+        run_config=RunConfig(
+            name=run_name,
+            storage_path=storage_path(cfg),
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.checkpoints_to_keep,
+                                               checkpoint_score_attribute=SELECTION_METRIC,
+                                               checkpoint_score_order="max"),
+            failure_config=FailureConfig(max_failures=cfg.scaling.max_failures),
+            callbacks=callbacks,
+        ),
+        datasets={split: data.datasets[split].select_columns(["image", "label"]) for split in ("train", "val")},
+    )
+
+
+def storage_path(cfg: ExperimentConfig) -> str:
+    """scaling.storage_path as Ray wants it: URIs as given, local folders absolute."""
+    path = cfg.scaling.storage_path
+    return path if "://" in path else str(Path(path).resolve())
+
+
+def fit(cfg: ExperimentConfig, data: PreparedData, preprocessing: Preprocessing, run_name: str,
+        tracking_uri: str, mlflow_run_id: str) -> TrainOutcome:
+    """Train once (or resume `run_name`) and return where the best checkpoint is."""
+    trainer = build_trainer(cfg, data, preprocessing, run_name, [MlflowEpochLogger(tracking_uri, mlflow_run_id)])
+    result = trainer.fit()
+    best_checkpoint, best_metrics = max(result.best_checkpoints, key=lambda pair: pair[1][SELECTION_METRIC])
+    return TrainOutcome(best_checkpoint.path, best_metrics, result.metrics, result.path)
