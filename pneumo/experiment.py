@@ -107,6 +107,7 @@ def run_experiment(cfg: ExperimentConfig, resume: bool = False) -> ExperimentOut
         from pneumo.tune import search
 
         run_id, found = search(cfg, data, preprocessing, client, resume)
+        log_data_summary(client, run_id, data)
         checkpoint_dir, results_path = found.best_checkpoint, found.results_path
     else:
         from pneumo.train import fit

@@ -229,8 +229,8 @@ def build_loop_config(cfg: ExperimentConfig, data: PreparedData, preprocessing: 
 
 
 def build_trainer(cfg: ExperimentConfig, data: PreparedData, preprocessing: Preprocessing, run_name: str,
-                  callbacks: list[UserCallback]) -> TorchTrainer:
-    """The TorchTrainer for one training run; the same `run_name` resumes that run's checkpoints."""
+                  callbacks: list[UserCallback], storage: Optional[str] = None) -> TorchTrainer:
+    """The TorchTrainer for one training run; the same `run_name` (and storage) resumes its checkpoints."""
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config=build_loop_config(cfg, data, preprocessing),
@@ -238,7 +238,7 @@ def build_trainer(cfg: ExperimentConfig, data: PreparedData, preprocessing: Prep
                                      resources_per_worker={"CPU": cfg.scaling.cpus_per_worker}),
         run_config=RunConfig(
             name=run_name,
-            storage_path=storage_path(cfg),
+            storage_path=storage or storage_path(cfg),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.checkpoints_to_keep,
                                                checkpoint_score_attribute=SELECTION_METRIC,
                                                checkpoint_score_order="max"),
