@@ -214,7 +214,9 @@ def _read_with_bases(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[Path
 
 
 def _describe(error: OmegaConfBaseException) -> str:
-    return str(error).split("\n")[0] + (f" (key: {error.full_key})" if getattr(error, "full_key", None) else "")
+    """`train.lrr: Key 'lrr' not in 'TrainConfig'. Did you mean: 'lr'?` (omegaconf's first line)."""
+    key = getattr(error, "full_key", None)
+    return (f"{key}: " if key else "") + str(error).split("\n")[0]
 
 
 def load_config(paths: list[str | Path], overrides: list[str] = ()) -> ExperimentConfig:
