@@ -40,7 +40,7 @@ def predict_dataset(loaded: LoadedModel, dataset: "ray.data.Dataset", batch_size
     preprocessing = loaded.meta.preprocessing_spec
     labels, probabilities, paths = [], [], []
     for batch in dataset.iter_batches(batch_size=batch_size, batch_format="numpy"):
-        probabilities.append(predict_probabilities(loaded.model, torch.from_numpy(batch["image"]), preprocessing))
+        probabilities.append(predict_probabilities(loaded.model, torch.as_tensor(np.array(batch["image"])), preprocessing))
         labels.append(batch["label"])
         paths.extend(str(p) for p in batch["path"])
     return Predictions(np.concatenate(labels).astype(int), np.concatenate(probabilities), paths)

@@ -1,0 +1,106 @@
+"""End-to-end training on a real local Ray: 2 workers on Ray Data, MLflow run, checkpoint, resume."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from pneumo.checkpoints import load_checkpoint
+from pneumo.config import load_config
+from pneumo.data.transforms import decode_image
+from pneumo.evaluate import predict_probabilities
+from pneumo.experiment import run_experiment
+
+pytestmark = pytest.mark.slow
+
+
+def metric_steps(client: MlflowClient, run_id: str, key: str) -> list[int]:
+    return sorted(m.step for m in client.get_metric_history(run_id, key))
+
+
+def test_two_worker_run_logs_to_mlflow_and_registers(ray_session, smoke_yaml, synthetic_root):
+    cfg = load_config([smoke_yaml])
+    outcome = run_experiment(cfg)
+    client = MlflowClient(cfg.mlflow.tracking_uri)
+    run = client.get_run(outcome.mlflow_run_id)
+
+    assert run.info.status == "FINISHED"
+    assert metric_steps(client, run.info.run_id, "val_auroc") == [0, 1], "one value per epoch, rank 0 only"
+    assert metric_steps(client, run.info.run_id, "train_loss") == [0, 1]
+    assert run.data.params["train.lr"] == "0.003" and run.data.params["scaling.num_workers"] == "2"
+    assert run.data.tags["data_fingerprint"] == outcome_fingerprint(run)
+    for key in ("test_auroc", "test_sensitivity", "test_specificity", "test_f1", "data.n_images"):
+        assert key in run.data.metrics
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.yaml", "best_checkpoint"} <= artifacts
+
+    loaded = load_checkpoint(outcome.model_dir)
+    assert loaded.meta.decision_threshold == pytest.approx(outcome.test_metrics["threshold"])
+    assert outcome.model_version.aliases == ["champion"]
+
+    images = [p.read_bytes() for p in sorted((synthetic_root / "test" / "PNEUMONIA").glob("*.jpeg"))[:4]]
+    mlflow.set_tracking_uri(cfg.mlflow.tracking_uri)
+    served = mlflow.pyfunc.load_model(f"models:/{cfg.mlflow.registered_model_name}@champion")
+    predicted = served.predict(pd.DataFrame({"image": images}))
+    spec = loaded.meta.preprocessing_spec
+    offline = predict_probabilities(loaded.model, torch.from_numpy(np.stack([decode_image(b, spec) for b in images])), spec)
+    np.testing.assert_allclose(predicted["probability"].to_numpy(), offline, atol=1e-6)
+    assert list(predicted["label"]) == [int(p >= loaded.meta.decision_threshold) for p in offline]
+
+
+def outcome_fingerprint(run) -> str:
+    fingerprint = run.data.tags["data_fingerprint"]
+    assert len(fingerprint) == 64 and int(fingerprint, 16) >= 0
+    return fingerprint
+
+
+def wait_for_epoch(client: MlflowClient, experiment: str, epoch: int, timeout_s: float) -> str:
+    """The run id once its val_auroc for `epoch` is in MLflow."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        exp = client.get_experiment_by_name(experiment)
+        runs = client.search_runs([exp.experiment_id]) if exp else []
+        for run in runs:
+            if epoch in metric_steps(client, run.info.run_id, "val_auroc"):
+                return run.info.run_id
+        time.sleep(1)
+    raise AssertionError(f"epoch {epoch} never reached MLflow")
+
+
+def test_interrupted_run_resumes_from_latest_checkpoint(ray_session, smoke_yaml):
+    overrides = ["train.epochs=4"]
+    cfg = load_config([smoke_yaml], overrides)
+    env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
+    driver = subprocess.Popen([sys.executable, "-m", "pneumo.cli", "run", str(smoke_yaml), *overrides],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    client = MlflowClient(cfg.mlflow.tracking_uri)
+    try:
+        run_id = wait_for_epoch(client, cfg.mlflow.experiment_name, 1, timeout_s=240)
+    finally:
+        driver.send_signal(signal.SIGINT)  # what Ctrl-C does to `pneumo run`
+        driver.wait(timeout=60)
+    assert client.get_run(run_id).info.status != "FINISHED"
+    interrupted_at = max(metric_steps(client, run_id, "val_auroc"))
+    assert interrupted_at < 3
+
+    outcome = run_experiment(cfg, resume=True)
+
+    assert outcome.mlflow_run_id == run_id, "resume continues the same MLflow run"
+    assert client.get_run(run_id).info.status == "FINISHED"
+    assert metric_steps(client, run_id, "val_auroc") == [0, 1, 2, 3], "no epoch redone, none missing"
+    assert load_checkpoint(outcome.model_dir).meta.epoch >= 0
+
+
+def test_resume_without_an_unfinished_run_says_so(ray_session, smoke_yaml):
+    from pneumo.config import ConfigError
+
+    with pytest.raises(ConfigError, match="no unfinished training run"):
+        run_experiment(load_config([smoke_yaml], ["name=never-ran"]), resume=True)
