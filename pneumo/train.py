@@ -20,7 +20,7 @@ import ray.train
 import ray.train.torch
 import torch
 import torch.distributed as dist
-from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, UserCallback
+from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig, UserCallback
 from ray.train.torch import TorchTrainer
 
 from pneumo.checkpoints import CheckpointMeta, load_train_state, save_checkpoint
@@ -193,14 +193,26 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
 # ---------------------------------------------------------------- driver side
 
-class MlflowEpochLogger(UserCallback):
-    """Runs in the Ray Train controller: logs rank 0's metrics of each epoch to one MLflow run."""
+class EpochLogger(UserCallback):
+    """Runs in the Ray Train controller: logs rank 0's metrics of each epoch to one MLflow run and
+    prints one progress line per epoch (the only per-epoch output a person needs to follow)."""
 
-    def __init__(self, tracking_uri: str, run_id: str):
-        self.tracking_uri, self.run_id = tracking_uri, run_id
+    def __init__(self, tracking_uri: str, run_id: str, epochs: int, label: str = ""):
+        self.tracking_uri, self.run_id, self.epochs, self.label = tracking_uri, run_id, epochs, label
+        self.last_report_s: Optional[float] = None
 
     def after_report(self, run_context, metrics: list[dict[str, Any]], checkpoint) -> None:
         log_epoch_metrics(self.tracking_uri, self.run_id, metrics[0])
+        print(self._progress_line(metrics[0]), flush=True)
+
+    def _progress_line(self, m: dict[str, Any]) -> str:
+        now = time.monotonic()
+        epoch_s = now - self.last_report_s if self.last_report_s is not None else None
+        self.last_report_s = now
+        left = f", ~{epoch_s * (self.epochs - m['epoch'] - 1):.0f} s left" if epoch_s else ""
+        return (f"{self.label}epoch {m['epoch'] + 1}/{self.epochs}  train_loss {m['train_loss']:.4f}  "
+                f"val_loss {m['val_loss']:.4f}  val_auroc {m['val_auroc']:.4f}  "
+                f"{m['train_images_per_s']:.0f} img/s/worker{left}")
 
 
 @dataclass
@@ -244,6 +256,7 @@ def build_trainer(cfg: ExperimentConfig, data: PreparedData, preprocessing: Prep
                                                checkpoint_score_order="max"),
             failure_config=FailureConfig(max_failures=cfg.scaling.max_failures),
             callbacks=callbacks,
+            logging_config=LoggingConfig(log_level="WARNING"),  # progress comes from EpochLogger
         ),
         datasets={split: data.datasets[split].select_columns(["image", "label"]) for split in ("train", "val")},
     )
@@ -258,7 +271,7 @@ def storage_path(cfg: ExperimentConfig) -> str:
 def fit(cfg: ExperimentConfig, data: PreparedData, preprocessing: Preprocessing, run_name: str,
         tracking_uri: str, mlflow_run_id: str) -> TrainOutcome:
     """Train once (or resume `run_name`) and return where the best checkpoint is."""
-    trainer = build_trainer(cfg, data, preprocessing, run_name, [MlflowEpochLogger(tracking_uri, mlflow_run_id)])
+    trainer = build_trainer(cfg, data, preprocessing, run_name, [EpochLogger(tracking_uri, mlflow_run_id, cfg.train.epochs)])
     result = trainer.fit()
     best_checkpoint, best_metrics = max(result.best_checkpoints, key=lambda pair: pair[1][SELECTION_METRIC])
     return TrainOutcome(best_checkpoint.path, best_metrics, result.metrics, result.path)

@@ -32,7 +32,7 @@ from pneumo.data.dataset import PreparedData
 from pneumo.data.transforms import Preprocessing
 from pneumo.tracking import (TAG_RAY_RUN, TAG_TRIAL_ID, find_unfinished_run, finish_run, log_metrics,
                              start_run)
-from pneumo.train import SELECTION_METRIC, MlflowEpochLogger, build_trainer, storage_path
+from pneumo.train import SELECTION_METRIC, EpochLogger, build_trainer, storage_path
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ def run_trial(params: dict[str, Any], base_config: dict, data: PreparedData, pre
     client = MlflowClient(tracking_uri)
     run_id = _trial_run_id(client, cfg, parent_run_id, context.get_trial_id(), context.get_trial_name(), params)
     trainer = build_trainer(cfg, data, preprocessing, run_name=context.get_trial_id(),
-                            callbacks=[TuneReportCallback(), MlflowEpochLogger(tracking_uri, run_id)],
+                            callbacks=[TuneReportCallback(), EpochLogger(tracking_uri, run_id, cfg.train.epochs, f"[{context.get_trial_name()}] ")],
                             storage=train_storage)
     result = trainer.fit()
     best_checkpoint, best_metrics = max(result.best_checkpoints, key=lambda pair: pair[1][SELECTION_METRIC])

@@ -1,0 +1,123 @@
+"""Real searches on a local Ray (2 CPUs): ASHA stops weak trials, nested MLflow runs, the registry's
+champion alias, and an interrupted search that resumes."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import mlflow
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import write_smoke_yaml
+from pneumo.config import load_config
+from pneumo.experiment import run_experiment
+from pneumo.tracking import TAG_TRIAL_ID
+
+pytestmark = pytest.mark.slow
+
+SEARCH = """\
+tune:
+  num_samples: 1
+  grace_period: 1
+  reduction_factor: 2
+  search_space:
+    train.lr: {grid: %s}
+"""
+
+
+def child_runs(client: MlflowClient, parent_run_id: str) -> list:
+    experiment_id = client.get_run(parent_run_id).info.experiment_id
+    return client.search_runs([experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'")
+
+
+@pytest.fixture(scope="module")
+def first_search(ray_session, synthetic_root, tmp_path_factory):
+    """A 3-trial grid search: one learning rate that learns and two that barely move."""
+    directory = tmp_path_factory.mktemp("search")
+    path = write_smoke_yaml(directory, synthetic_root, "search", SEARCH % "[3.0e-3, 1.0e-6, 1.0e-6]")
+    cfg = load_config([path], ["train.epochs=3"])
+    return directory, cfg, run_experiment(cfg)
+
+
+def test_search_stops_weak_trials_and_logs_nested_runs(first_search):
+    _, cfg, outcome = first_search
+    client = MlflowClient(cfg.mlflow.tracking_uri)
+    parent = client.get_run(outcome.mlflow_run_id)
+    children = child_runs(client, parent.info.run_id)
+
+    assert parent.info.status == "FINISHED" and parent.data.tags["pneumo.kind"] == "search"
+    assert len(children) == 3 and len({c.data.tags[TAG_TRIAL_ID] for c in children}) == 3
+    assert parent.data.metrics["n_trials"] == 3
+    stopped = [c for c in children if c.data.tags.get("pneumo.stopped_early") == "true"]
+    assert stopped, "ASHA stopped no trial"
+    assert parent.data.metrics["n_trials_stopped_early"] == len(stopped)
+    for child in children:
+        steps = [m.step for m in client.get_metric_history(child.info.run_id, "val_auroc")]
+        assert steps == sorted(set(steps)) and steps[0] == 0, "one value per epoch, no duplicates"
+        assert child.data.params["train.lr"] in ("0.003", "1e-06")
+        assert child.info.status == "FINISHED"
+    assert all(len(client.get_metric_history(c.info.run_id, "val_auroc")) < 3 for c in stopped)
+    assert "test_auroc" in parent.data.metrics and "best_val_auroc" in parent.data.metrics
+
+
+def test_best_model_is_registered_as_champion_and_predicts(first_search, synthetic_root):
+    _, cfg, outcome = first_search
+    assert outcome.model_version.aliases == ["champion"]
+    client = MlflowClient(cfg.mlflow.tracking_uri)
+    version = client.get_model_version_by_alias(cfg.mlflow.registered_model_name, "champion")
+    assert version.run_id == outcome.mlflow_run_id
+    assert float(version.tags["test_auroc"]) == pytest.approx(outcome.test_metrics["auroc"], abs=1e-5)
+    assert len(version.tags["data_fingerprint"]) == 64 and "config" in version.tags
+    mlflow.set_tracking_uri(cfg.mlflow.tracking_uri)
+    model = mlflow.pyfunc.load_model(f"models:/{cfg.mlflow.registered_model_name}@champion")
+    assert model.metadata.signature.inputs.input_names() == ["image"]
+    films = sorted((synthetic_root / "test").glob("*/*.jpeg"))[:6]
+    predicted = model.predict(pd.DataFrame({"image": [f.read_bytes() for f in films]}))
+    assert predicted["probability"].between(0, 1).all() and set(predicted["label"]) <= {0, 1}
+
+
+def wait_for_finished_trial(client: MlflowClient, experiment: str, timeout_s: float) -> str:
+    """The parent run id once one of its trials has finished."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        exp = client.get_experiment_by_name(experiment)
+        for parent in client.search_runs([exp.experiment_id], "tags.`pneumo.kind` = 'search'") if exp else []:
+            if any(c.info.status == "FINISHED" for c in child_runs(client, parent.info.run_id)):
+                return parent.info.run_id
+        time.sleep(1)
+    raise AssertionError("no trial finished in time")
+
+
+def test_interrupted_worse_search_resumes_and_leaves_champion(first_search, ray_session, synthetic_root):
+    directory, first_cfg, first = first_search
+    path = write_smoke_yaml(directory, synthetic_root, "worse", SEARCH % "[1.0e-6, 2.0e-6, 3.0e-6]")
+    cfg = load_config([path], ["train.epochs=2", "tune.scheduler=fifo"])
+    env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
+    driver = subprocess.Popen([sys.executable, "-m", "pneumo.cli", "run", str(path), "train.epochs=2",
+                               "tune.scheduler=fifo"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    client = MlflowClient(cfg.mlflow.tracking_uri)
+    try:
+        parent_id = wait_for_finished_trial(client, cfg.mlflow.experiment_name, timeout_s=300)
+    finally:
+        driver.send_signal(signal.SIGINT)
+        driver.wait(timeout=120)
+    finished_before = {c.data.tags[TAG_TRIAL_ID]: c for c in child_runs(client, parent_id) if c.info.status == "FINISHED"}
+    assert 1 <= len(finished_before) < 3 and client.get_run(parent_id).info.status != "FINISHED"
+
+    outcome = run_experiment(cfg, resume=True)
+
+    assert outcome.mlflow_run_id == parent_id
+    children = child_runs(client, parent_id)
+    assert len(children) == 3, "no duplicate trial runs after resuming"
+    for trial_id, before in finished_before.items():
+        after = next(c for c in children if c.data.tags[TAG_TRIAL_ID] == trial_id)
+        assert after.info.run_id == before.info.run_id
+        assert len(client.get_metric_history(after.info.run_id, "val_auroc")) == 2, "finished trial not redone"
+    assert outcome.test_metrics["auroc"] < first.test_metrics["auroc"]
+    name = cfg.mlflow.registered_model_name
+    assert client.get_model_version_by_alias(name, "champion").version == first.model_version.version
+    assert client.get_model_version_by_alias(name, "challenger").version == outcome.model_version.version
