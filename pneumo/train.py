@@ -258,7 +258,7 @@ def build_trainer(cfg: ExperimentConfig, data: PreparedData, preprocessing: Prep
             callbacks=callbacks,
             logging_config=LoggingConfig(log_level="WARNING"),  # progress comes from EpochLogger
         ),
-        datasets={split: data.datasets[split].select_columns(["image", "label"]) for split in ("train", "val")},
+        datasets=data.training_datasets,
     )
 
 

@@ -174,6 +174,15 @@ def _close_trial_runs(client: MlflowClient, results, parent_run_id: str, cfg: Ex
     return stopped
 
 
+def _raise_if_interrupted(results, cfg: ExperimentConfig, elapsed_s: float) -> None:
+    """Tune returns normally on Ctrl-C with trials left unfinished; we stop instead of registering."""
+    unfinished = len(results) - results.num_terminated - results.num_errors
+    out_of_time = cfg.tune.time_budget_s is not None and elapsed_s >= cfg.tune.time_budget_s
+    if unfinished and not out_of_time:
+        raise KeyboardInterrupt(f"search interrupted with {unfinished} trial(s) unfinished; "
+                                f"continue it with `pneumo run ... --resume`")
+
+
 def search(cfg: ExperimentConfig, data: PreparedData, preprocessing: Preprocessing, client: MlflowClient,
            resume: bool = False) -> tuple[str, SearchOutcome]:
     """Run (or resume) the search; returns the parent run id and where the best checkpoint is."""
@@ -190,8 +199,10 @@ def search(cfg: ExperimentConfig, data: PreparedData, preprocessing: Preprocessi
                                    restart_errored=True)
     else:
         tuner = _build_tuner(cfg, trainable, search_name)
+    started_s = time.monotonic()
     try:
         results = tuner.fit()
+        _raise_if_interrupted(results, cfg, time.monotonic() - started_s)
     except BaseException:
         finish_run(client, parent_run_id, failed=True)
         raise

@@ -31,6 +31,7 @@ class BadImageError(ValueError):
 @dataclass
 class PreparedData:
     datasets: dict[str, ray.data.Dataset]  # split -> rows {image: uint8 (C,H,W), label, path}
+    training_datasets: dict[str, ray.data.Dataset]  # train/val -> {image, label}: tensors only
     counts: dict[str, dict[str, int]]  # split -> class name -> images
     fingerprint: str  # SHA-256 over (split, label, file SHA-1) of every used image
     skipped_files: dict[str, str] = field(default_factory=dict)  # path -> why it was dropped
@@ -118,9 +119,9 @@ def prepare_data(cfg: DataConfig, preprocessing: Preprocessing, max_pixels: int 
     usable = [r for r in rows if not r["error"]]
     counts = {split: {name: sum(1 for r in usable if r["split"] == split and r["label"] == label)
                       for label, name in enumerate(CLASS_NAMES)} for split in SPLITS}
-    datasets = {
-        split: decoded.filter(expr=(col("split") == split) & (col("error") == ""))
-        .select_columns(["image", "label", "path"]).materialize()
-        for split in SPLITS
-    }
-    return PreparedData(datasets, counts, _fingerprint(usable), skipped, ignored)
+    datasets = {split: decoded.filter(expr=(col("split") == split) & (col("error") == ""))
+                .select_columns(["image", "label", "path"]).materialize() for split in SPLITS}
+    # Materialized without a pending operator, so streaming them to trainers starts no Ray Data task:
+    # on a small machine a task that needs a whole CPU could wait forever behind the training workers.
+    training = {split: datasets[split].select_columns(["image", "label"]).materialize() for split in ("train", "val")}
+    return PreparedData(datasets, training, counts, _fingerprint(usable), skipped, ignored)

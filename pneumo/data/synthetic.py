@@ -40,8 +40,8 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-SPLITS = ("train", "val", "test")
-CLASS_NAMES = ("NORMAL", "PNEUMONIA")
+from pneumo.data.folder import CLASS_NAMES, SPLITS
+
 PNEUMONIA_SHARE = 0.74  # share of images whose true class is PNEUMONIA
 MEAN_IMAGES_PER_PATIENT = 2.5  # each patient has 1 to 4 films
 MIN_HELD_OUT_PATIENTS = 2  # per class, in val and in test (when their fraction is > 0)
