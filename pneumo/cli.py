@@ -4,7 +4,7 @@
     pneumo run experiments/quickstart.yaml train.lr=3e-4 [--resume]
     pneumo config show experiments/quickstart.yaml [overrides]
     pneumo data synth --out data/synthetic --n 1200 --size 128 --seed 0
-    pneumo serve [MODEL_URI] [--config experiments/quickstart.yaml]
+    pneumo serve [MODEL_URI] [--config experiments/quickstart.yaml] [--host 127.0.0.1] [--port 8000]
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import socket
 import sys
 from typing import Optional
 
@@ -20,6 +21,7 @@ QUIET_DEFAULTS = {  # set only when the user has not: no telemetry, no hub calls
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "DO_NOT_TRACK": "true",
     "TOKENIZERS_PARALLELISM": "false",
+    "RAY_DATA_LOG_LEVEL": "WARNING",  # Ray Data logs every dataset execution at INFO
 }
 
 
@@ -28,13 +30,39 @@ def split_paths_and_overrides(items: list[str]) -> tuple[list[str], list[str]]:
     return [i for i in items if "=" not in i], [i for i in items if "=" in i]
 
 
+def _free_local_port(preferred: int) -> int:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", preferred))
+        except OSError:
+            probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _prepare_local_ray_env() -> int:
+    """Environment for a Ray started here; returns its dashboard port.
+
+    RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 keeps every Ray process on 127.0.0.1 (Ray reads it at import,
+    so `main` sets it first too). RAY_API_SERVER_ADDRESS, inherited by every Ray process started
+    here, lets Ray Train's placement-group cleaner find *this* Ray even when other Ray instances run
+    on the machine (otherwise it fails, and Tune trials stopped by ASHA leak their CPUs until the
+    search hangs).
+    """
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    dashboard_port = _free_local_port(8265)
+    os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{dashboard_port}"
+    return dashboard_port
+
+
 def init_ray() -> None:
     """Join $RAY_ADDRESS (a cluster or `ray job submit`), else start a local Ray in-process."""
+    if "ray" in sys.modules and sys.modules["ray"].is_initialized():
+        return
+    dashboard_port = _prepare_local_ray_env() if not os.environ.get("RAY_ADDRESS") else None
     import ray
 
-    if ray.is_initialized():
-        return
-    ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=True, logging_level=logging.WARNING)
+    extra = {"dashboard_host": "127.0.0.1", "dashboard_port": dashboard_port} if dashboard_port else {}
+    ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=True, logging_level=logging.WARNING, **extra)
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True  # same seed, same batches
     context.enable_progress_bars = sys.stderr.isatty()
@@ -82,6 +110,29 @@ def cmd_data_synth(args: argparse.Namespace) -> None:
     print(f"{summary.n_patients} patients, label noise {summary.label_noise:.1%}, written to {summary.root}")
 
 
+def cmd_serve(args: argparse.Namespace) -> None:
+    from ray import serve
+
+    from pneumo.serve import ServeArgs, build_app, load_serving_config
+    from pneumo.serve_model import resolve_model_uri
+
+    paths, overrides = split_paths_and_overrides(args.config)
+    serve_args = ServeArgs(model_uri=args.model, config=paths, overrides=overrides)
+    serve_cfg, mlflow_cfg = load_serving_config(serve_args)
+    model_uri = resolve_model_uri(args.model, serve_cfg, mlflow_cfg)
+    app = build_app(serve_args.model_copy(update={"model_uri": model_uri}))
+    host, port = args.host or serve_cfg.host, args.port or serve_cfg.port
+    init_ray()
+    serve.start(http_options={"host": host, "port": port})
+    url = f"http://{host}:{port}"
+    print(f"serving {model_uri} at {url} (docs {url}/docs, ready once {url}/readyz answers 200)\n"
+          f"  curl -F file=@film.jpeg {url}/predict")
+    try:
+        serve.run(app, name="pneumo", route_prefix="/", blocking=True)
+    except KeyboardInterrupt:  # Ctrl-C is how a local endpoint ends: stop cleanly, without a traceback
+        serve.shutdown()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pneumo", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -101,12 +152,22 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--label-noise", type=float, default=0.02, help="fraction of flipped folder labels")
     synth.set_defaults(handler=cmd_data_synth)
+    serve_cmd = commands.add_parser("serve", help="serve a model over HTTP with Ray Serve (POST /predict)")
+    serve_cmd.add_argument("model", nargs="?", help="checkpoint folder, models:/NAME@alias, models:/NAME/VERSION or "
+                                                    "runs:/RUN_ID/model (default: $PNEUMO_MODEL_URI, serve.model_uri, "
+                                                    "models:/<registered_model_name>@champion)")
+    serve_cmd.add_argument("--config", nargs="+", default=[], help="experiment YAML(s), then key=value overrides")
+    serve_cmd.add_argument("--host", help="bind address (default serve.host: 127.0.0.1, this machine only)")
+    serve_cmd.add_argument("--port", type=int, help="HTTP port (default serve.port: 8000)")
+    serve_cmd.set_defaults(handler=cmd_serve)
     return parser
 
 
 def main(argv: Optional[list[str]] = None) -> None:
     for key, value in QUIET_DEFAULTS.items():
         os.environ.setdefault(key, value)
+    if not os.environ.get("RAY_ADDRESS"):
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     from pneumo.config import ConfigError

@@ -95,7 +95,9 @@ def run_trial(params: dict[str, Any], base_config: dict, data: PreparedData, pre
     client = MlflowClient(tracking_uri)
     run_id = _trial_run_id(client, cfg, parent_run_id, context.get_trial_id(), context.get_trial_name(), params)
     trainer = build_trainer(cfg, data, preprocessing, run_name=context.get_trial_id(),
-                            callbacks=[TuneReportCallback(), EpochLogger(tracking_uri, run_id, cfg.train.epochs, f"[{context.get_trial_name()}] ")],
+                            # MLflow first: once Tune sees an epoch, ASHA may stop the trial at once
+                            callbacks=[EpochLogger(tracking_uri, run_id, cfg.train.epochs, f"[{context.get_trial_name()}] "),
+                                       TuneReportCallback()],
                             storage=train_storage)
     result = trainer.fit()
     best_checkpoint, best_metrics = max(result.best_checkpoints, key=lambda pair: pair[1][SELECTION_METRIC])

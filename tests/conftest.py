@@ -1,7 +1,7 @@
 """Shared fixtures: one local Ray for the session, one synthetic dataset, small real configs.
 
 `smoke_yaml` writes a real experiment file that extends experiments/quickstart.yaml and shrinks it
-(tiny timm test model, 32 px, 2 epochs), the way users write experiment diffs.
+(tiny timm test model, 48 px, 2 epochs), the way users write experiment diffs.
 """
 
 import os
@@ -36,7 +36,7 @@ def synthetic_root(tmp_path_factory) -> Path:
     from pneumo.data.synthetic import generate_chest_xrays
 
     root = tmp_path_factory.mktemp("synthetic") / "chest_xray"
-    generate_chest_xrays(root, n_images=240, image_size=64, seed=1)
+    generate_chest_xrays(root, n_images=400, image_size=64, seed=1)
     return root
 
 
@@ -48,13 +48,13 @@ base: {QUICKSTART}
 name: {name}
 data:
   path: {data_path}
-  image_size: 32
+  image_size: 48
 model:
   name: test_resnet
 train:
   epochs: 2
   batch_size: 16
-  lr: 3.0e-3
+  lr: 1.0e-2
 scaling:
   storage_path: {directory / 'results'}
 mlflow:

@@ -35,7 +35,7 @@ def test_two_worker_run_logs_to_mlflow_and_registers(ray_session, smoke_yaml, sy
     assert run.info.status == "FINISHED"
     assert metric_steps(client, run.info.run_id, "val_auroc") == [0, 1], "one value per epoch, rank 0 only"
     assert metric_steps(client, run.info.run_id, "train_loss") == [0, 1]
-    assert run.data.params["train.lr"] == "0.003" and run.data.params["scaling.num_workers"] == "2"
+    assert run.data.params["train.lr"] == "0.01" and run.data.params["scaling.num_workers"] == "2"
     assert run.data.tags["data_fingerprint"] == outcome_fingerprint(run)
     for key in ("test_auroc", "test_sensitivity", "test_specificity", "test_f1", "data.n_images"):
         assert key in run.data.metrics

@@ -38,7 +38,7 @@ def child_runs(client: MlflowClient, parent_run_id: str) -> list:
 def first_search(ray_session, synthetic_root, tmp_path_factory):
     """A 3-trial grid search: one learning rate that learns and two that barely move."""
     directory = tmp_path_factory.mktemp("search")
-    path = write_smoke_yaml(directory, synthetic_root, "search", SEARCH % "[3.0e-3, 1.0e-6, 1.0e-6]")
+    path = write_smoke_yaml(directory, synthetic_root, "search", SEARCH % "[1.0e-2, 1.0e-6, 1.0e-6]")
     cfg = load_config([path], ["train.epochs=3"])
     return directory, cfg, run_experiment(cfg)
 
@@ -58,7 +58,7 @@ def test_search_stops_weak_trials_and_logs_nested_runs(first_search):
     for child in children:
         steps = [m.step for m in client.get_metric_history(child.info.run_id, "val_auroc")]
         assert steps == sorted(set(steps)) and steps[0] == 0, "one value per epoch, no duplicates"
-        assert child.data.params["train.lr"] in ("0.003", "1e-06")
+        assert child.data.params["train.lr"] in ("0.01", "1e-06")
         assert child.info.status == "FINISHED"
     assert all(len(client.get_metric_history(c.info.run_id, "val_auroc")) < 3 for c in stopped)
     assert "test_auroc" in parent.data.metrics and "best_val_auroc" in parent.data.metrics
@@ -80,12 +80,13 @@ def test_best_model_is_registered_as_champion_and_predicts(first_search, synthet
     assert predicted["probability"].between(0, 1).all() and set(predicted["label"]) <= {0, 1}
 
 
-def wait_for_finished_trial(client: MlflowClient, experiment: str, timeout_s: float) -> str:
-    """The parent run id once one of its trials has finished."""
+def wait_for_finished_trial(client: MlflowClient, cfg, timeout_s: float) -> str:
+    """The id of the search's parent run once one of its trials has finished."""
     deadline = time.monotonic() + timeout_s
+    searches = f"tags.`pneumo.kind` = 'search' and tags.`pneumo.experiment` = '{cfg.name}'"
     while time.monotonic() < deadline:
-        exp = client.get_experiment_by_name(experiment)
-        for parent in client.search_runs([exp.experiment_id], "tags.`pneumo.kind` = 'search'") if exp else []:
+        exp = client.get_experiment_by_name(cfg.mlflow.experiment_name)
+        for parent in client.search_runs([exp.experiment_id], searches) if exp else []:
             if any(c.info.status == "FINISHED" for c in child_runs(client, parent.info.run_id)):
                 return parent.info.run_id
         time.sleep(1)
@@ -101,7 +102,7 @@ def test_interrupted_worse_search_resumes_and_leaves_champion(first_search, ray_
                                "tune.scheduler=fifo"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     client = MlflowClient(cfg.mlflow.tracking_uri)
     try:
-        parent_id = wait_for_finished_trial(client, cfg.mlflow.experiment_name, timeout_s=300)
+        parent_id = wait_for_finished_trial(client, cfg, timeout_s=300)
     finally:
         driver.send_signal(signal.SIGINT)
         driver.wait(timeout=120)
