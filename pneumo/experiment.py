@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Optional
@@ -20,8 +19,8 @@ from pneumo.data.dataset import PreparedData, prepare_data
 from pneumo.data.transforms import Preprocessing
 from pneumo.evaluate import binary_metrics, choose_threshold, format_metrics_table, predict_dataset
 from pneumo.models import create_model, resolve_preprocessing
-from pneumo.tracking import (TAG_RAY_RUN, client_for, find_unfinished_run, finish_run, log_and_register_model,
-                             log_metrics, resolve_tracking_uri, start_run)
+from pneumo.tracking import (client_for, finish_run, log_and_register_model, open_run,
+                             log_metrics, resolve_tracking_uri)
 
 logger = logging.getLogger(__name__)
 
@@ -50,18 +49,6 @@ def log_data_summary(client: MlflowClient, run_id: str, data: PreparedData) -> N
                                  "data.ignored_files": data.ignored_files})
     if data.skipped_files:
         client.log_dict(run_id, data.skipped_files, "data/skipped_files.json")
-
-
-def _train_run(cfg: ExperimentConfig, client: MlflowClient, resume: bool) -> tuple[str, str]:
-    """(mlflow run id, Ray Train run name): a new pair, or the unfinished one when resuming."""
-    if resume:
-        previous = find_unfinished_run(client, cfg, "train")
-        if previous is None:
-            raise ConfigError(f"--resume: no unfinished training run of experiment {cfg.name!r} in MLflow")
-        client.update_run(previous.info.run_id, "RUNNING")
-        return previous.info.run_id, previous.data.tags[TAG_RAY_RUN]
-    ray_run_name = f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    return start_run(client, cfg, "train", ray_run_name, tags={TAG_RAY_RUN: ray_run_name}), ray_run_name
 
 
 def evaluate_checkpoint(cfg: ExperimentConfig, data: PreparedData, checkpoint_dir: str, model_dir: Path) -> dict:
@@ -112,7 +99,7 @@ def run_experiment(cfg: ExperimentConfig, resume: bool = False) -> ExperimentOut
     else:
         from pneumo.train import fit
 
-        run_id, ray_run_name = _train_run(cfg, client, resume)
+        run_id, ray_run_name = open_run(client, cfg, "train", resume)
         log_data_summary(client, run_id, data)
         try:
             trained = fit(cfg, data, preprocessing, ray_run_name, resolve_tracking_uri(cfg.mlflow), run_id)

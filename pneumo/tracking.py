@@ -17,7 +17,7 @@ import mlflow
 from mlflow.entities import Metric, Param, RunStatus
 from mlflow.tracking import MlflowClient
 
-from pneumo.config import ExperimentConfig, MlflowConfig, flatten, to_dict, to_yaml
+from pneumo.config import ConfigError, ExperimentConfig, MlflowConfig, flatten, to_dict, to_yaml
 
 DEFAULT_DB = "mlflow.db"
 TAG_EXPERIMENT = "pneumo.experiment"  # experiment (YAML) name
@@ -100,6 +100,21 @@ def find_unfinished_run(client: MlflowClient, cfg: ExperimentConfig, kind: str):
                       f"and attributes.status != 'FINISHED'",
         order_by=["attributes.start_time DESC"], max_results=1)
     return runs[0] if runs else None
+
+
+def open_run(client: MlflowClient, cfg: ExperimentConfig, kind: str, resume: bool) -> tuple[str, str]:
+    """(MLflow run id, Ray run name) of a `train` or `search`: new, or the newest unfinished one to resume.
+
+    The Ray run name is stored on the MLflow run, so --resume finds Ray's checkpoints/experiment again.
+    """
+    if resume:
+        previous = find_unfinished_run(client, cfg, kind)
+        if previous is None:
+            raise ConfigError(f"--resume: no unfinished {kind} run of experiment {cfg.name!r} in MLflow")
+        client.update_run(previous.info.run_id, "RUNNING")
+        return previous.info.run_id, previous.data.tags[TAG_RAY_RUN]
+    ray_run_name = f"{cfg.name}-{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return start_run(client, cfg, kind, ray_run_name, tags={TAG_RAY_RUN: ray_run_name}), ray_run_name
 
 
 def client_for(cfg: ExperimentConfig) -> MlflowClient:

@@ -18,7 +18,8 @@ starting duplicates.
 from __future__ import annotations
 
 import logging
-import time
+import signal
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,8 +31,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from pneumo.config import ConfigError, ExperimentConfig, from_dict, to_dict, with_updates
 from pneumo.data.dataset import PreparedData
 from pneumo.data.transforms import Preprocessing
-from pneumo.tracking import (TAG_RAY_RUN, TAG_TRIAL_ID, find_unfinished_run, finish_run, log_metrics,
-                             start_run)
+from pneumo.tracking import TAG_TRIAL_ID, finish_run, log_metrics, open_run, start_run
 from pneumo.train import SELECTION_METRIC, EpochLogger, build_trainer, storage_path
 
 logger = logging.getLogger(__name__)
@@ -137,18 +137,6 @@ def _build_tuner(cfg: ExperimentConfig, trainable, search_name: str) -> tune.Tun
     )
 
 
-def _parent_run(cfg: ExperimentConfig, client: MlflowClient, resume: bool) -> tuple[str, str]:
-    """(parent MLflow run id, Tune experiment name): new, or the unfinished search when resuming."""
-    if resume:
-        previous = find_unfinished_run(client, cfg, "search")
-        if previous is None:
-            raise ConfigError(f"--resume: no unfinished search of experiment {cfg.name!r} in MLflow")
-        client.update_run(previous.info.run_id, "RUNNING")
-        return previous.info.run_id, previous.data.tags[TAG_RAY_RUN]
-    search_name = f"{cfg.name}-search-{time.strftime('%Y%m%d-%H%M%S')}"
-    return start_run(client, cfg, "search", search_name, tags={TAG_RAY_RUN: search_name}), search_name
-
-
 def _best_trial(results, cfg: ExperimentConfig) -> tuple[str, dict, float]:
     """(checkpoint path, params, metric) of the best epoch of any trial (checkpoints kept by val AUROC)."""
     best = results.get_best_result(metric=cfg.tune.metric, mode=cfg.tune.mode, scope="all")
@@ -176,20 +164,36 @@ def _close_trial_runs(client: MlflowClient, results, parent_run_id: str, cfg: Ex
     return stopped
 
 
-def _raise_if_interrupted(results, cfg: ExperimentConfig, elapsed_s: float) -> None:
-    """Tune returns normally on Ctrl-C with trials left unfinished; we stop instead of registering."""
-    unfinished = len(results) - results.num_terminated - results.num_errors
-    out_of_time = cfg.tune.time_budget_s is not None and elapsed_s >= cfg.tune.time_budget_s
-    if unfinished and not out_of_time:
-        raise KeyboardInterrupt(f"search interrupted with {unfinished} trial(s) unfinished; "
-                                f"continue it with `pneumo run ... --resume`")
+def _fit_or_raise_if_interrupted(tuner: tune.Tuner):
+    """tuner.fit(), raising KeyboardInterrupt when Ctrl-C (SIGINT) stopped the search.
+
+    On Ctrl-C Tune saves the experiment state and returns normally, with the interrupted trials shown
+    as terminated; registering that as the search's result would be wrong. Tune swaps in its own
+    SIGINT handler for the run and puts the previous one back only when the signal arrives, so the
+    handler in place after fit() tells whether the search was interrupted.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return tuner.fit()  # Tune installs no handler off the main thread either
+
+    def on_interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        results = tuner.fit()
+        interrupted = signal.getsignal(signal.SIGINT) is on_interrupt
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if interrupted:
+        raise KeyboardInterrupt("search interrupted; continue it with `pneumo run ... --resume`")
+    return results
 
 
 def search(cfg: ExperimentConfig, data: PreparedData, preprocessing: Preprocessing, client: MlflowClient,
            resume: bool = False) -> tuple[str, SearchOutcome]:
     """Run (or resume) the search; returns the parent run id and where the best checkpoint is."""
     check_search_space(cfg)
-    parent_run_id, search_name = _parent_run(cfg, client, resume)
+    parent_run_id, search_name = open_run(client, cfg, "search", resume)
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, base_config=to_dict(cfg), data=data, preprocessing=preprocessing,
                              tracking_uri=client.tracking_uri, parent_run_id=parent_run_id,
@@ -201,10 +205,8 @@ def search(cfg: ExperimentConfig, data: PreparedData, preprocessing: Preprocessi
                                    restart_errored=True)
     else:
         tuner = _build_tuner(cfg, trainable, search_name)
-    started_s = time.monotonic()
     try:
-        results = tuner.fit()
-        _raise_if_interrupted(results, cfg, time.monotonic() - started_s)
+        results = _fit_or_raise_if_interrupted(tuner)
     except BaseException:
         finish_run(client, parent_run_id, failed=True)
         raise

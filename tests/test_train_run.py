@@ -102,5 +102,5 @@ def test_interrupted_run_resumes_from_latest_checkpoint(ray_session, smoke_yaml)
 def test_resume_without_an_unfinished_run_says_so(ray_session, smoke_yaml):
     from pneumo.config import ConfigError
 
-    with pytest.raises(ConfigError, match="no unfinished training run"):
+    with pytest.raises(ConfigError, match="no unfinished train run"):
         run_experiment(load_config([smoke_yaml], ["name=never-ran"]), resume=True)

@@ -260,7 +260,6 @@ def _film_grid(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndar
     dx, dy = rng.normal(0, 0.04, size=2).tolist()
     cos, sin = math.cos(angle) / zoom, math.sin(angle) / zoom
     return cos * (x - dx) + sin * (y - dy), cos * (y - dy) - sin * (x - dx)
-    return u, v
 
 
 def draw_body(u: np.ndarray, v: np.ndarray, anatomy: Anatomy) -> np.ndarray:
