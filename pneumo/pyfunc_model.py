@@ -5,12 +5,13 @@
     #    probability  label
     # 0       0.9731      1
 
-The pneumo package travels inside the model (code_paths), and the weights stay a safetensors
-checkpoint folder, so loading runs no pickled code of ours beyond the small wrapper class.
+The pneumo package travels inside the model (code_paths), the model is logged from code
+(pyfunc_entry.py, nothing pickled), and the weights stay a safetensors checkpoint folder.
 """
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import mlflow.pyfunc
@@ -50,14 +51,16 @@ def log_pyfunc_model(checkpoint_dir: str | Path):
     """Log into the active MLflow run; returns mlflow's ModelInfo."""
     import pneumo
 
-    return mlflow.pyfunc.log_model(
-        name="model",
-        python_model=PneumoniaClassifier(),
-        artifacts={CHECKPOINT_ARTIFACT: str(checkpoint_dir)},
-        code_paths=[str(Path(pneumo.__file__).parent)],
-        signature=SIGNATURE,
-        pip_requirements=_requirements(),
-    )
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*input example was not provided.*")
+        return mlflow.pyfunc.log_model(
+            name="model",
+            python_model=str(Path(__file__).with_name("pyfunc_entry.py")),
+            artifacts={CHECKPOINT_ARTIFACT: str(checkpoint_dir)},
+            code_paths=[str(Path(pneumo.__file__).parent)],
+            signature=SIGNATURE,
+            pip_requirements=_requirements(),
+        )
 
 
 def _requirements() -> list[str]:
