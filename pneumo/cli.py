@@ -22,6 +22,7 @@ QUIET_DEFAULTS = {  # set only when the user has not: no telemetry, no hub calls
     "DO_NOT_TRACK": "true",
     "TOKENIZERS_PARALLELISM": "false",
     "RAY_DATA_LOG_LEVEL": "WARNING",  # Ray Data logs every dataset execution at INFO
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
 }
 
 

@@ -4,35 +4,31 @@ Readiness is tested honestly: the app starts on `models:/NAME@champion` of an em
 /readyz must answer 503 (the loader keeps retrying) until this module registers the model.
 """
 
-import os
+import asyncio
+import importlib.util
+import io
+import re
+import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
-for key, value in {"RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_DISABLE_TELEMETRY": "true", "HF_HUB_OFFLINE": "1",
-                   "DO_NOT_TRACK": "true", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}.items():
-    os.environ.setdefault(key, value)
+import numpy as np
+import pydicom.data
+import pytest
+import requests
+import torch
+from PIL import Image
 
-import importlib.util  # noqa: E402
-import io  # noqa: E402
-import re  # noqa: E402
-import socket  # noqa: E402
-import time  # noqa: E402
-from concurrent.futures import ThreadPoolExecutor  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import numpy as np  # noqa: E402
-import pydicom.data  # noqa: E402
-import pytest  # noqa: E402
-import requests  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from pneumo.checkpoints import CheckpointMeta, load_checkpoint, save_checkpoint  # noqa: E402
-from pneumo.config import ConfigError, EvalConfig, MlflowConfig, ModelConfig, ServeConfig, load_config  # noqa: E402
-from pneumo.data.synthetic import generate_chest_xrays  # noqa: E402
-from pneumo.data.transforms import decode_image, normalize  # noqa: E402
-from pneumo.evaluate import binary_metrics, choose_threshold, predict_probabilities  # noqa: E402
-from pneumo.models import create_model, resolve_preprocessing  # noqa: E402
-from pneumo.serve_inputs import RequestError, parse_header, parse_multipart  # noqa: E402
-from pneumo.serve_model import fetch_model, resolve_model_uri  # noqa: E402
+from pneumo.checkpoints import CheckpointMeta, load_checkpoint, save_checkpoint
+from pneumo.config import ConfigError, EvalConfig, MlflowConfig, ModelConfig, ServeConfig, load_config
+from pneumo.data.synthetic import generate_chest_xrays
+from pneumo.data.transforms import decode_image, normalize
+from pneumo.evaluate import binary_metrics, choose_threshold, predict_probabilities
+from pneumo.models import create_model, resolve_preprocessing
+from pneumo.serve_inputs import RequestError, parse_multipart
+from starlette.datastructures import Headers
+from pneumo.serve_model import fetch_model, resolve_model_uri
 
 REPO = Path(__file__).resolve().parents[1]
 REGISTERED_NAME = "serve-test"
@@ -145,14 +141,11 @@ def wait_for_state(url: str, *states: str, timeout_s: float = 60) -> requests.Re
 
 
 def start_serve(yaml: Path) -> str:
-    """Ray (unless a session fixture started it) and Serve on a free loopback port; the app's URL."""
-    import ray
+    """Serve on a free loopback port (Ray comes from the session fixture); the app's URL."""
     from ray import serve
 
     from pneumo.serve import ServeArgs, build_app
 
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(build_app(ServeArgs(config=[str(yaml)])), name="pneumo", route_prefix="/")
@@ -160,9 +153,8 @@ def start_serve(yaml: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(tmp_path_factory, ray_session):
     """The app starts on an empty registry (so /readyz is honestly 503), then the model is registered."""
-    import ray
     from ray import serve
 
     from pneumo.tracking import client_for, ensure_experiment
@@ -172,7 +164,6 @@ def server(tmp_path_factory):
     yaml = write_yaml(root)
     cfg = load_config([yaml])
     ensure_experiment(client_for(cfg), cfg.mlflow.experiment_name)  # a registry without the model yet
-    ray_was_running = ray.is_initialized()
     with ThreadPoolExecutor(1) as pool:  # train while Ray and Serve start
         trained = pool.submit(train_checkpoint, root / "xray", root / "checkpoint")
         url = start_serve(yaml)
@@ -181,12 +172,11 @@ def server(tmp_path_factory):
                   "predict": post_raw(url, images["palette.png"])}
         checkpoint, metrics = trained.result()
     register(yaml, checkpoint, metrics)
-    assert wait_for_state(url, "ready", "failed").status_code == 200
+    loaded = wait_for_state(url, "ready", "failed")
+    assert loaded.status_code == 200, loaded.json()
     yield {"url": url, "before": before, "yaml": yaml, "checkpoint": checkpoint, "metrics": metrics,
            "images": images}
     serve.shutdown()
-    if not ray_was_running:
-        ray.shutdown()
 
 
 def post_raw(url: str, data: bytes, content_type: str = "image/png", path: str = "/predict") -> requests.Response:
@@ -356,11 +346,14 @@ def test_multipart_parser_returns_the_exact_bytes():
     payload = bytes(range(256)) * 4 + b"\r\n--\r\n\r\n"  # line breaks and dashes inside the file
     prepared = requests.Request("POST", "http://127.0.0.1/", data={"note": "hi"},
                                 files=[("files", ("a.bin", payload)), ("files", ("b.bin", b""))]).prepare()
-    _, params = parse_header(prepared.headers["Content-Type"])
-    parts = parse_multipart(prepared.body, params["boundary"])
+    headers = Headers({"content-type": prepared.headers["Content-Type"]})
+    parts = asyncio.run(parse_multipart(headers, prepared.body, max_files=2))
     assert parts == [("note", None, b"hi"), ("files", "a.bin", payload), ("files", "b.bin", b"")]
-    with pytest.raises(RequestError, match="closing boundary"):
-        parse_multipart(prepared.body[:-10], params["boundary"])
+    with pytest.raises(RequestError) as too_many:
+        asyncio.run(parse_multipart(headers, prepared.body, max_files=1))
+    assert too_many.value.status == 413
+    with pytest.raises(RequestError, match="malformed multipart"):
+        asyncio.run(parse_multipart(Headers({"content-type": "multipart/form-data"}), prepared.body, max_files=2))
 
 
 def test_model_uri_resolution_order(tmp_path):
@@ -373,6 +366,21 @@ def test_model_uri_resolution_order(tmp_path):
     assert resolve_model_uri(str(tmp_path), serve_cfg, mlflow_cfg, environ=env) == str(tmp_path.resolve())
     with pytest.raises(ConfigError, match="no such checkpoint folder"):
         resolve_model_uri(str(tmp_path / "missing"), serve_cfg, mlflow_cfg, environ={})
+
+
+def test_loader_waits_for_an_alias_that_is_not_set_yet(tmp_path):
+    """A registered model without @champion (only challengers so far) is 'not yet', not a failure."""
+    from mlflow.tracking import MlflowClient
+
+    from pneumo.serve_model import ModelLoader
+
+    tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    MlflowClient(tracking_uri).create_registered_model("chest")
+    loader = ModelLoader("models:/chest@champion", tracking_uri)
+    deadline = time.monotonic() + 30
+    while loader.state == "loading" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert loader.status()["state"] == "waiting" and "no @champion version yet" in loader.status()["error"]
 
 
 def test_run_and_folder_uris_load_the_same_weights(server):

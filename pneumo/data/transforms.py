@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps
 
 from pneumo.config import AugmentConfig
+from pneumo.data.dicom import decode_dicom, is_dicom
 
 
 class ImageDecodeError(ValueError):
@@ -62,14 +63,14 @@ def _to_mode(image: Image.Image, in_chans: int) -> Image.Image:
 
 
 def decode_image(data: bytes, preprocessing: Preprocessing, max_pixels: int = 40_000_000) -> np.ndarray:
-    """JPEG/PNG/… bytes -> uint8 array (C, H, W) at the model's size and channels.
+    """JPEG/PNG/DICOM/… bytes -> uint8 array (C, H, W) at the model's size and channels.
 
     Raises ImageDecodeError for empty, truncated or non-image bytes and decompression bombs.
     """
     if not data:
         raise ImageDecodeError("empty file")
     try:
-        with Image.open(io.BytesIO(data)) as image:
+        with decode_dicom(data, max_pixels) if is_dicom(data) else Image.open(io.BytesIO(data)) as image:
             width, height = image.size
             if width * height > max_pixels:
                 raise ImageDecodeError(f"{width}x{height} pixels exceeds the limit of {max_pixels}")
