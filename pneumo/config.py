@@ -219,12 +219,22 @@ def _describe(error: OmegaConfBaseException) -> str:
     return (f"{key}: " if key else "") + str(error).split("\n")[0]
 
 
+def _replace_search_dimensions(merged: DictConfig, layer: DictConfig) -> None:
+    """A search dimension redefined by a later file replaces the earlier one instead of merging
+    into it ({loguniform: …} and {grid: …} for the same key would make no distribution)."""
+    redefined = OmegaConf.select(layer, "tune.search_space", default=None)
+    if isinstance(redefined, DictConfig):
+        for key in redefined:
+            merged.tune.search_space.pop(key, None)
+
+
 def load_config(paths: list[str | Path], overrides: list[str] = ()) -> ExperimentConfig:
     """Merge dataclass defaults, YAML files (with their bases) and `key=value` overrides."""
     merged = OmegaConf.structured(ExperimentConfig)
     for path in paths:
         for source, layer in _read_with_bases(Path(path)):
             try:
+                _replace_search_dimensions(merged, layer)
                 merged = OmegaConf.merge(merged, layer)
             except OmegaConfBaseException as error:
                 raise ConfigError(f"{source}: {_describe(error)}") from None

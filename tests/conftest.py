@@ -40,8 +40,10 @@ def synthetic_root(tmp_path_factory) -> Path:
     return root
 
 
-def write_smoke_yaml(directory: Path, data_path: Path, name: str = "smoke", extra: str = "") -> Path:
-    """An experiment diff over quickstart.yaml: tiny model and data, storage under `directory`."""
+def write_smoke_yaml(directory: Path, data_path: Path, name: str = "smoke",
+                     tune_section: str = "tune: {num_samples: 0}\n") -> Path:
+    """An experiment diff over quickstart.yaml: tiny model and data, storage under `directory`;
+    no search unless `tune_section` asks for one."""
     path = directory / f"{name}.yaml"
     path.write_text(f"""\
 base: {QUICKSTART}
@@ -59,7 +61,7 @@ scaling:
   storage_path: {directory / 'results'}
 mlflow:
   tracking_uri: sqlite:///{directory / 'mlflow.db'}
-{extra}""")
+{tune_section}""")
     return path
 
 

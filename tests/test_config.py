@@ -101,3 +101,11 @@ def test_with_updates_checks_keys_and_types():
 def test_flatten_handles_nested_dicts_and_lists():
     flat = flatten({"a": {"b": 1, "c": {"d": [1, 2]}}, "e": {}, "f": None})
     assert flat == {"a.b": 1, "a.c.d": "[1, 2]", "e": "{}", "f": None}
+
+
+def test_search_dimension_in_a_later_file_replaces_the_earlier_one(tmp_path):
+    write(tmp_path / "parent.yaml", "name: p\ndata: {path: d}\n"
+          "tune: {num_samples: 2, search_space: {train.lr: {loguniform: [0.001, 0.01]}, train.epochs: {choice: [1, 2]}}}\n")
+    write(tmp_path / "child.yaml", "base: parent.yaml\ntune: {search_space: {train.lr: {grid: [0.1, 0.2]}}}\n")
+    space = load_config([tmp_path / "child.yaml"]).tune.search_space
+    assert space == {"train.lr": {"grid": [0.1, 0.2]}, "train.epochs": {"choice": [1, 2]}}
