@@ -7,6 +7,7 @@ report (Ray Train keeps the best `train.checkpoints_to_keep` by val AUROC and re
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import tempfile
@@ -166,8 +167,18 @@ def _report(ctx: WorkerContext, metrics: dict, optimizer, scheduler, epoch: int)
                          checkpoint_dir_name=f"epoch_{epoch:03d}")
 
 
+def _quiet_report_log() -> None:
+    """Ray 2.60 logs every `ray.train.report` at INFO through a logger named after its *file*, so
+    RunConfig's LoggingConfig does not reach it and each epoch floods the console; EpochLogger
+    already prints one line per epoch."""
+    from ray.train.v2._internal.execution import context as train_context
+
+    logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
+
+
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """What each Ray Train worker runs. `loop_config` holds only plain values (see `fit`)."""
+    _quiet_report_log()
     cfg = from_dict(loop_config["experiment"])
     rank = ray.train.get_context().get_world_rank()
     torch.set_num_threads(loop_config["torch_threads"])
