@@ -36,7 +36,7 @@ def create_app(checkpoint: Path) -> FastAPI:
     async def predict(request: Request) -> dict:
         started = time.perf_counter()
         image = torch.from_numpy(np.stack([decode_image(await request.body(), spec)]))
-        probability = float(predict_probabilities(loaded.model, image, spec)[0])
+        probability = float(predict_probabilities(loaded, image)[0])
         label = "PNEUMONIA" if probability >= loaded.meta.decision_threshold else "NORMAL"
         return {"probability": probability, "label": label, "time_ms": 1000 * (time.perf_counter() - started)}
 

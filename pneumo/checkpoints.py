@@ -2,7 +2,7 @@
 
     checkpoint/
       model.safetensors   weights (safetensors: tensors only)
-      pneumo.json         model config, preprocessing, epoch, metrics, decision threshold
+      pneumo.json         model config, preprocessing, epoch, metrics, decision threshold, temperature
       train_state.pt      optimizer/scheduler state for resuming (torch.load weights_only=True)
 
 Serving and evaluation need only the first two; the preprocessing recorded here is what every
@@ -39,6 +39,7 @@ class CheckpointMeta:
     epoch: int = -1  # last finished epoch, 0-based
     metrics: dict[str, float] = field(default_factory=dict)
     decision_threshold: float = 0.5  # P(pneumonia) at or above which the label is PNEUMONIA
+    temperature: float = 1.0  # P(pneumonia) = sigmoid(logit / temperature); fitted on val
 
     @property
     def preprocessing_spec(self) -> Preprocessing:

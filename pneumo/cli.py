@@ -5,6 +5,7 @@
     pneumo config show experiments/quickstart.yaml [overrides]
     pneumo data synth --out data/synthetic --n 1200 --size 128 --seed 0
     pneumo serve [MODEL_URI] [--config experiments/quickstart.yaml] [--host 127.0.0.1] [--port 8000]
+    pneumo eval models:/pneumo-pneumonia@champion data/chest_xray [--split test] [--out reports/x]
 """
 
 from __future__ import annotations
@@ -95,6 +96,21 @@ def cmd_run(args: argparse.Namespace) -> None:
               f"serve it:     pneumo serve models:/{name}@champion")
 
 
+def cmd_eval(args: argparse.Namespace) -> None:
+    from pneumo.config import load_config
+
+    paths, overrides = split_paths_and_overrides(args.config)
+    defaults = [] if paths else ["name=pneumo-eval"]
+    cfg = load_config(paths, [*defaults, *overrides, f"data.path={args.data}"])
+    init_ray()
+    from pneumo.eval_run import evaluate_model
+    from pneumo.metrics import format_metrics_table
+
+    outcome = evaluate_model(args.model, cfg, args.split, args.out)
+    print(format_metrics_table(outcome.evaluation.metrics, outcome.evaluation.intervals, title=args.split))
+    print(f"\nmlflow run:   {outcome.mlflow_run_id}\nreport:       {outcome.report_path}")
+
+
 def cmd_config_show(args: argparse.Namespace) -> None:
     from pneumo.config import to_yaml
 
@@ -141,6 +157,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("config", nargs="+", help="experiment YAML(s), then key=value overrides")
     run.add_argument("--resume", action="store_true", help="continue the last unfinished run of this experiment")
     run.set_defaults(handler=cmd_run)
+    evaluate = commands.add_parser("eval", help="score a model on a dataset: metrics with intervals, pictures, "
+                                                "report.html, an MLflow run")
+    evaluate.add_argument("model", help="checkpoint folder, models:/NAME@alias, models:/NAME/VERSION or runs:/RUN_ID/model")
+    evaluate.add_argument("data", help="dataset path (data.path), e.g. a Kaggle-layout chest_xray folder")
+    evaluate.add_argument("--split", default="test", choices=("train", "val", "test"), help="split to score")
+    evaluate.add_argument("--config", nargs="+", default=[],
+                          help="experiment YAML(s) for the data/eval/mlflow settings, then key=value overrides")
+    evaluate.add_argument("--out", help="report folder (default reports/<model>-<version>-<split>-<time>)")
+    evaluate.set_defaults(handler=cmd_eval)
     config = commands.add_parser("config", help="inspect experiment configs").add_subparsers(dest="action", required=True)
     show = config.add_parser("show", help="print the resolved config")
     show.add_argument("config", nargs="+")

@@ -125,12 +125,24 @@ class EvalConfig:
     target_sensitivity: float = 0.95  # the `sensitivity` policy's floor (screening use)
     target_specificity: float = 0.90  # the `specificity` policy's floor
     batch_size: int = 64  # images per inference batch
+    calibration: str = "temperature"  # temperature: fit T on val, store it with the model; none
+    calibration_bins: int = 15  # equal-width bins of the reliability diagram and ECE
+    bootstrap_samples: int = 1000  # resamples of the test set for confidence intervals; 0 disables
+    confidence_level: float = 0.95  # width of the bootstrap intervals
+    baselines: str = "auto"  # published figures to compare with: auto | kaggle | pneumoniamnist | none
+    report: bool = True  # write the pictures and report.html (and log them to MLflow)
+    mistakes_shown: int = 16  # most confident test mistakes in the report grid (false negatives first)
 
     def __post_init__(self) -> None:
         _check_choice("eval.threshold_policy", self.threshold_policy,
                       ("fixed", "youden", "sensitivity", "specificity"))
+        _check_choice("eval.calibration", self.calibration, ("temperature", "none"))
+        _check_choice("eval.baselines", self.baselines, ("auto", "kaggle", "pneumoniamnist", "none"))
         for key in ("threshold", "target_sensitivity", "target_specificity"):
             _check_range(f"eval.{key}", getattr(self, key), 0.0, 1.0)
+        _check_range("eval.confidence_level", self.confidence_level, 0.5, 0.999)
+        if self.bootstrap_samples < 0 or self.calibration_bins < 2 or self.mistakes_shown < 0:
+            raise ConfigError("eval.bootstrap_samples and eval.mistakes_shown must be >= 0, eval.calibration_bins >= 2")
 
 
 @dataclass

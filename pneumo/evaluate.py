@@ -1,21 +1,23 @@
-"""Scoring a checkpoint: predictions, decision thresholds chosen on validation, test metrics.
+"""Scoring a model on prepared splits: predictions, calibration and threshold fitted on validation,
+test metrics with bootstrap intervals, every operating point, and the most confident mistakes.
 
-Accuracy alone misleads at 3 pneumonia : 1 normal, so every result carries AUROC, sensitivity
-and specificity at a threshold picked on the validation split by a configured policy.
+Used at the end of every run (experiment.finalize) and by `pneumo eval` (eval_run.py).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 import torch
-from sklearn.metrics import average_precision_score, confusion_matrix, f1_score, roc_auc_score, roc_curve
 
+from pneumo.calibration import (ReliabilityBins, apply_temperature, expected_calibration_error, fit_temperature,
+                                reliability_bins)
 from pneumo.checkpoints import LoadedModel
 from pneumo.config import EvalConfig
-from pneumo.data.transforms import normalize
+from pneumo.data.transforms import Preprocessing, normalize
+from pneumo.metrics import OperatingPoint, binary_metrics, bootstrap_intervals, choose_threshold, operating_points
 
 if TYPE_CHECKING:
     import ray.data
@@ -24,73 +26,84 @@ if TYPE_CHECKING:
 @dataclass
 class Predictions:
     labels: np.ndarray  # 0/1 ground truth
-    probabilities: np.ndarray  # P(pneumonia)
-    paths: list[str]
+    logits: np.ndarray  # raw model outputs; P(pneumonia) = sigmoid(logit / temperature)
+    paths: list[str]  # where each image came from
 
 
 @torch.inference_mode()
-def predict_probabilities(model: torch.nn.Module, images: torch.Tensor, preprocessing) -> np.ndarray:
-    """uint8 (N, C, H, W) images -> P(pneumonia) for each."""
-    logits = model(normalize(images, preprocessing)).float().squeeze(1)
-    return torch.sigmoid(logits).cpu().numpy()
+def predict_logits(model: torch.nn.Module, images: torch.Tensor, preprocessing: Preprocessing) -> np.ndarray:
+    """uint8 (N, C, H, W) images -> one logit each."""
+    return model(normalize(images, preprocessing)).float().squeeze(1).cpu().numpy()
+
+
+def predict_probabilities(loaded: LoadedModel, images: torch.Tensor) -> np.ndarray:
+    """uint8 (N, C, H, W) images -> P(pneumonia), with the temperature stored in the checkpoint."""
+    logits = predict_logits(loaded.model, images, loaded.meta.preprocessing_spec)
+    return apply_temperature(logits, loaded.meta.temperature)
 
 
 def predict_dataset(loaded: LoadedModel, dataset: "ray.data.Dataset", batch_size: int = 64) -> Predictions:
     """Score every row of a prepared split (columns image, label, path) in this process."""
     preprocessing = loaded.meta.preprocessing_spec
-    labels, probabilities, paths = [], [], []
+    labels, logits, paths = [], [], []
     for batch in dataset.iter_batches(batch_size=batch_size, batch_format="numpy"):
-        probabilities.append(predict_probabilities(loaded.model, torch.as_tensor(np.array(batch["image"])), preprocessing))
+        logits.append(predict_logits(loaded.model, torch.as_tensor(np.array(batch["image"])), preprocessing))
         labels.append(batch["label"])
         paths.extend(str(p) for p in batch["path"])
-    return Predictions(np.concatenate(labels).astype(int), np.concatenate(probabilities), paths)
+    if not labels:
+        return Predictions(np.zeros(0, int), np.zeros(0, np.float32), [])
+    return Predictions(np.concatenate(labels).astype(int), np.concatenate(logits), paths)
 
 
-def choose_threshold(labels: np.ndarray, probabilities: np.ndarray, cfg: EvalConfig) -> float:
-    """The decision threshold that `cfg.threshold_policy` picks on these (validation) predictions.
-
-    youden: maximises sensitivity + specificity - 1; sensitivity/specificity: the threshold that keeps
-    that rate at or above its target with the best value of the other; fixed: cfg.threshold.
-    """
-    if cfg.threshold_policy == "fixed" or len(np.unique(labels)) < 2:
-        return cfg.threshold
-    fpr, tpr, thresholds = roc_curve(labels, probabilities)
-    thresholds = np.clip(thresholds, 0.0, 1.0)
-    if cfg.threshold_policy == "youden":
-        return float(thresholds[np.argmax(tpr - fpr)])
-    if cfg.threshold_policy == "sensitivity":
-        ok = np.flatnonzero(tpr >= cfg.target_sensitivity)
-        return float(thresholds[ok[np.argmin(fpr[ok])]])
-    ok = np.flatnonzero(1 - fpr >= cfg.target_specificity)
-    return float(thresholds[ok[np.argmax(tpr[ok])]])
+@dataclass
+class Evaluation:
+    threshold: float  # decision threshold on calibrated P(pneumonia)
+    temperature: float  # logit divisor (1.0: uncalibrated)
+    metrics: dict[str, float]  # test binary_metrics plus ece and ece_uncalibrated
+    intervals: dict[str, tuple[float, float]]  # bootstrap interval per score (empty when disabled)
+    operating_points: list[OperatingPoint]  # every threshold policy (empty without validation)
+    reliability: ReliabilityBins  # test, after calibration
+    test: Predictions
+    test_probabilities: np.ndarray  # calibrated
 
 
-def binary_metrics(labels: np.ndarray, probabilities: np.ndarray, threshold: float) -> dict[str, float]:
-    """AUROC/AUPRC over all thresholds; the rest at `threshold` (probability >= threshold: pneumonia)."""
-    predicted = (probabilities >= threshold).astype(int)
-    tn, fp, fn, tp = confusion_matrix(labels, predicted, labels=[0, 1]).ravel()
-    both_classes = len(np.unique(labels)) == 2
-    sensitivity = tp / (tp + fn) if tp + fn else float("nan")
-    specificity = tn / (tn + fp) if tn + fp else float("nan")
-    return {
-        "auroc": float(roc_auc_score(labels, probabilities)) if both_classes else float("nan"),
-        "auprc": float(average_precision_score(labels, probabilities)) if both_classes else float("nan"),
-        "accuracy": float((tp + tn) / len(labels)),
-        "balanced_accuracy": float((sensitivity + specificity) / 2),
-        "sensitivity": float(sensitivity),
-        "specificity": float(specificity),
-        "precision": float(tp / (tp + fp)) if tp + fp else 0.0,
-        "f1": float(f1_score(labels, predicted, zero_division=0)),
-        "threshold": float(threshold),
-        "tp": int(tp), "fp": int(fp), "tn": int(tn), "fn": int(fn),
-    }
+def evaluate_predictions(val: Optional[Predictions], test: Predictions, cfg: EvalConfig,
+                         threshold: Optional[float] = None, temperature: Optional[float] = None) -> Evaluation:
+    """Fit the temperature and choose the threshold on `val` (unless given), then score `test`."""
+    if val is None and (threshold is None or temperature is None):
+        raise ValueError("choosing a threshold or temperature needs validation predictions")
+    if temperature is None:
+        temperature = fit_temperature(val.labels, val.logits) if cfg.calibration == "temperature" else 1.0
+    val_probabilities = apply_temperature(val.logits, temperature) if val is not None else None
+    if threshold is None:
+        threshold = choose_threshold(val.labels, val_probabilities, cfg)
+    probabilities = apply_temperature(test.logits, temperature)
+    metrics = binary_metrics(test.labels, probabilities, threshold)
+    reliability = reliability_bins(test.labels, probabilities, cfg.calibration_bins)
+    metrics["ece"] = reliability.expected_calibration_error
+    metrics["ece_uncalibrated"] = expected_calibration_error(test.labels, apply_temperature(test.logits),
+                                                             cfg.calibration_bins)
+    intervals = (bootstrap_intervals(test.labels, probabilities, threshold, cfg.bootstrap_samples,
+                                     cfg.confidence_level, seed=0) if cfg.bootstrap_samples else {})
+    points = (operating_points(val.labels, val_probabilities, test.labels, probabilities, cfg)
+              if val is not None and len(val.labels) else [])
+    return Evaluation(threshold, temperature, metrics, intervals, points, reliability, test, probabilities)
 
 
-def format_metrics_table(metrics: dict[str, float], title: str = "test") -> str:
-    """A small fixed-width table for the end of a run."""
-    rows = [f"{title} metrics (n={metrics['tp'] + metrics['fp'] + metrics['tn'] + metrics['fn']}, "
-            f"threshold {metrics['threshold']:.3f})"]
-    for key in ("auroc", "auprc", "accuracy", "balanced_accuracy", "sensitivity", "specificity", "precision", "f1"):
-        rows.append(f"  {key:<18} {metrics[key]:.4f}")
-    rows.append(f"  confusion           TP {metrics['tp']}  FN {metrics['fn']}  TN {metrics['tn']}  FP {metrics['fp']}")
-    return "\n".join(rows)
+def confident_mistakes(labels: np.ndarray, probabilities: np.ndarray, threshold: float, limit: int) -> np.ndarray:
+    """Indices of wrong predictions: false negatives first (missed pneumonia), each group most confident first."""
+    missed = np.flatnonzero((labels == 1) & (probabilities < threshold))
+    false_alarms = np.flatnonzero((labels == 0) & (probabilities >= threshold))
+    ordered = np.concatenate([missed[np.argsort(probabilities[missed], kind="stable")],
+                              false_alarms[np.argsort(-probabilities[false_alarms], kind="stable")]])
+    return ordered[:limit].astype(int)
+
+
+def images_at(dataset: "ray.data.Dataset", paths: list[str]) -> dict[str, np.ndarray]:
+    """The decoded images of a prepared split whose path is in `paths`."""
+    from ray.data.expressions import col
+
+    if not paths:
+        return {}
+    rows = dataset.filter(expr=col("path").is_in(list(paths))).take_all()
+    return {str(row["path"]): np.asarray(row["image"]) for row in rows}

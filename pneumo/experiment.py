@@ -1,4 +1,4 @@
-"""One experiment end to end: data -> train (or a Tune search) -> evaluate on test -> register.
+"""One experiment end to end: data -> train (or a Tune search) -> evaluate on test -> register -> report.
 
 `run_experiment` is what `pneumo run` calls; it expects Ray to be initialised by the caller.
 """
@@ -13,14 +13,16 @@ from typing import Any, Optional
 
 from mlflow.tracking import MlflowClient
 
-from pneumo.checkpoints import read_meta, write_meta
+from pneumo.checkpoints import load_checkpoint, read_meta, write_meta
 from pneumo.config import ConfigError, ExperimentConfig
 from pneumo.data.dataset import PreparedData, prepare_data
 from pneumo.data.transforms import Preprocessing
-from pneumo.evaluate import binary_metrics, choose_threshold, format_metrics_table, predict_dataset
+from pneumo.evaluate import Evaluation, evaluate_predictions, predict_dataset
+from pneumo.metrics import format_metrics_table
 from pneumo.models import create_model, resolve_preprocessing
-from pneumo.tracking import (client_for, finish_run, log_and_register_model, open_run,
-                             log_metrics, resolve_tracking_uri)
+from pneumo.report.build import write_evaluation_report
+from pneumo.tracking import (TAG_BEST_CHECKPOINT, client_for, finish_run, log_and_register_model, log_metrics, metric_history, open_run,
+                             resolve_tracking_uri, training_run_for)
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +34,7 @@ class ExperimentOutcome:
     test_metrics: dict[str, float]
     results_path: str  # Ray's folder for this run or search
     model_version: Optional[Any] = None  # mlflow ModelVersion when registered
+    report_path: Optional[str] = None  # report.html, when eval.report
 
 
 def model_preprocessing(cfg: ExperimentConfig) -> Preprocessing:
@@ -51,37 +54,61 @@ def log_data_summary(client: MlflowClient, run_id: str, data: PreparedData) -> N
         client.log_dict(run_id, data.skipped_files, "data/skipped_files.json")
 
 
-def evaluate_checkpoint(cfg: ExperimentConfig, data: PreparedData, checkpoint_dir: str, model_dir: Path) -> dict:
-    """Pick the threshold on val, score test, and write both into a copy of the checkpoint at model_dir."""
-    from pneumo.checkpoints import load_checkpoint
-
+def evaluate_checkpoint(cfg: ExperimentConfig, data: PreparedData, checkpoint_dir: str, model_dir: Path) -> Evaluation:
+    """Fit the temperature and pick the threshold on val, score test, and store both in a copy of the
+    checkpoint at model_dir (what gets registered and served)."""
     shutil.copytree(checkpoint_dir, model_dir, dirs_exist_ok=True)
     (model_dir / "train_state.pt").unlink(missing_ok=True)  # serving needs weights only
     loaded = load_checkpoint(model_dir)
     val = predict_dataset(loaded, data.datasets["val"], cfg.eval.batch_size)
-    threshold = choose_threshold(val.labels, val.probabilities, cfg.eval)
     test = predict_dataset(loaded, data.datasets["test"], cfg.eval.batch_size)
-    test_metrics = binary_metrics(test.labels, test.probabilities, threshold)
+    evaluation = evaluate_predictions(val, test, cfg.eval)
     meta = read_meta(model_dir)
-    meta.decision_threshold = threshold
-    meta.metrics = {**meta.metrics, **{f"test_{k}": v for k, v in test_metrics.items()}}
+    meta.decision_threshold, meta.temperature = evaluation.threshold, evaluation.temperature
+    meta.metrics = {**meta.metrics, **{f"test_{k}": v for k, v in evaluation.metrics.items()}}
     write_meta(model_dir, meta)
-    return test_metrics
+    return evaluation
+
+
+def interval_metrics(intervals: dict[str, tuple[float, float]]) -> dict[str, float]:
+    """{auroc: (low, high)} -> {auroc_ci_low: low, auroc_ci_high: high}: how MLflow holds an interval."""
+    return {f"{key}_ci_{end}": value for key, (low, high) in intervals.items()
+            for end, value in (("low", low), ("high", high))}
+
+
+def model_identity(cfg: ExperimentConfig, run_id: str, model_dir: Path, evaluation: Evaluation,
+                   version: Optional[Any]) -> dict[str, str]:
+    """The report's "Model" rows."""
+    registered = (f"models:/{version.name}/{version.version} (aliases: {', '.join(version.aliases) or 'none'})"
+                  if version is not None else "not registered (mlflow.register: false)")
+    return {"architecture": cfg.model.name, "registered model": registered, "MLflow run": run_id,
+            "checkpoint": str(model_dir), "decision threshold": f"{evaluation.threshold:.4f} "
+            f"({cfg.eval.threshold_policy} policy on val)", "temperature": f"{evaluation.temperature:.4f}"}
 
 
 def finalize(cfg: ExperimentConfig, data: PreparedData, client: MlflowClient, run_id: str,
              checkpoint_dir: str, results_path: str) -> ExperimentOutcome:
-    """Evaluate the best checkpoint, log test metrics, register the model and print the summary."""
+    """Evaluate the best checkpoint, log test metrics, register the model, write the report, print the summary."""
     model_dir = Path(results_path) / "best_model"
-    test_metrics = evaluate_checkpoint(cfg, data, checkpoint_dir, model_dir)
-    log_metrics(client, run_id, test_metrics, prefix="test_")
+    evaluation = evaluate_checkpoint(cfg, data, checkpoint_dir, model_dir)
+    client.set_tag(run_id, TAG_BEST_CHECKPOINT, checkpoint_dir)
+    test_metrics = evaluation.metrics
+    log_metrics(client, run_id, {**test_metrics, **interval_metrics(evaluation.intervals)}, prefix="test_")
     client.log_artifacts(run_id, str(model_dir), "best_checkpoint")
     version = None
     if cfg.mlflow.register:
         version = log_and_register_model(cfg, run_id, model_dir, {f"test_{k}": v for k, v in test_metrics.items()},
                                          data.fingerprint)
-    print(format_metrics_table(test_metrics), flush=True)
-    return ExperimentOutcome(run_id, str(model_dir), test_metrics, results_path, version)
+    report = None
+    if cfg.eval.report:
+        history = metric_history(client, training_run_for(client, run_id))
+        report = write_evaluation_report(evaluation, cfg, data, "test",
+                                         model_identity(cfg, run_id, model_dir, evaluation, version), history,
+                                         Path(results_path) / "report")
+        client.log_artifacts(run_id, str(report.parent), "report")
+    print(format_metrics_table(test_metrics, evaluation.intervals), flush=True)
+    return ExperimentOutcome(run_id, str(model_dir), test_metrics, results_path, version,
+                             str(report) if report else None)
 
 
 def run_experiment(cfg: ExperimentConfig, resume: bool = False) -> ExperimentOutcome:

@@ -29,7 +29,7 @@ SIGNATURE = ModelSignature(
 
 
 class PneumoniaClassifier(mlflow.pyfunc.PythonModel):
-    """Wraps a checkpoint folder; applies the preprocessing and threshold stored with it."""
+    """Wraps a checkpoint folder; applies the preprocessing, temperature and threshold stored with it."""
 
     def load_context(self, context) -> None:
         from pneumo.checkpoints import load_checkpoint
@@ -42,7 +42,7 @@ class PneumoniaClassifier(mlflow.pyfunc.PythonModel):
 
         preprocessing = self.loaded.meta.preprocessing_spec
         images = np.stack([decode_image(bytes(data), preprocessing) for data in model_input["image"]])
-        probabilities = predict_probabilities(self.loaded.model, torch.from_numpy(images), preprocessing)
+        probabilities = predict_probabilities(self.loaded, torch.from_numpy(images))
         labels = (probabilities >= self.loaded.meta.decision_threshold).astype(np.int64)
         return pd.DataFrame({"probability": probabilities.astype(np.float64), "label": labels})
 

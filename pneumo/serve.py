@@ -244,8 +244,7 @@ class PneumoniaService:
         self.metrics.batch_size.observe(len(images))
         model = self.loader.model.loaded
         batch = torch.from_numpy(np.stack(images))
-        probabilities = await asyncio.to_thread(predict_probabilities, model.model, batch,
-                                                model.meta.preprocessing_spec)
+        probabilities = await asyncio.to_thread(predict_probabilities, model, batch)
         return [float(p) for p in probabilities]
 
 

@@ -67,7 +67,7 @@ class ServedModel:
         meta = self.loaded.meta
         return {"name": self.name, "version": self.version, "uri": self.uri, "architecture": meta.model["name"],
                 "metrics": self.metrics, "preprocessing": meta.preprocessing_spec.to_dict(),
-                "decision_threshold": meta.decision_threshold}
+                "decision_threshold": meta.decision_threshold, "temperature": meta.temperature}
 
 
 def _numeric_tags(tags: dict[str, str]) -> dict[str, float]:
@@ -115,7 +115,7 @@ def warm_up(model: ServedModel) -> None:
     """One forward pass, so the first request does not pay for lazy allocations."""
     spec = model.loaded.meta.preprocessing_spec
     blank = torch.from_numpy(np.zeros((1, spec.in_chans, spec.image_size, spec.image_size), dtype=np.uint8))
-    predict_probabilities(model.loaded.model, blank, spec)
+    predict_probabilities(model.loaded, blank)
 
 
 class ModelLoader:

@@ -24,6 +24,7 @@ TAG_EXPERIMENT = "pneumo.experiment"  # experiment (YAML) name
 TAG_KIND = "pneumo.kind"  # train | search | trial
 TAG_RAY_RUN = "pneumo.ray_run_name"  # Ray Train run / Tune experiment folder, for --resume
 TAG_TRIAL_ID = "pneumo.trial_id"
+TAG_BEST_CHECKPOINT = "pneumo.best_checkpoint"  # the best Ray Train checkpoint of a train, search or trial run
 CHAMPION, CHALLENGER = "champion", "challenger"
 MAX_PARAM_CHARS = 6000
 
@@ -168,4 +169,33 @@ def download_model_checkpoint(model_uri: str, tracking_uri: str, destination: Op
     mlflow.set_tracking_uri(tracking_uri)
     destination = destination or tempfile.mkdtemp(prefix="pneumo-model-")
     local = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=destination)
-    return Path(local) / "artifacts" / CHECKPOINT_ARTIFACT
+    # MLflow keeps the logged folder's own name (e.g. artifacts/best_model); the MLmodel file says which
+    artifacts = mlflow.models.Model.load(local).flavors["python_function"]["artifacts"]
+    return Path(local) / artifacts[CHECKPOINT_ARTIFACT]["path"]
+
+
+def training_run_for(client: MlflowClient, run_id: str) -> str:
+    """The run whose epochs produced the best checkpoint of `run_id`: the run itself, or for a search
+    the trial child run whose best checkpoint lies in the same trial folder as the search's."""
+    run = client.get_run(run_id)
+    checkpoint_dir = run.data.tags.get(TAG_BEST_CHECKPOINT)
+    if run.data.tags.get(TAG_KIND) != "search" or not checkpoint_dir:
+        return run_id
+    trial_folder = Path(checkpoint_dir).parent
+    children = client.search_runs([run.info.experiment_id],
+                                  filter_string=f"tags.`mlflow.parentRunId` = '{run_id}'")
+    for child in children:
+        best = child.data.tags.get(TAG_BEST_CHECKPOINT)
+        if best and Path(best).parent == trial_folder:
+            return child.info.run_id
+    return run_id
+
+
+TRAINING_CURVES = ("train_loss", "val_loss", "val_auroc", "lr")  # per-epoch metrics a report draws
+
+
+def metric_history(client: MlflowClient, run_id: str, keys: tuple[str, ...] = TRAINING_CURVES
+                   ) -> dict[str, list[tuple[int, float]]]:
+    """key -> [(step, value)] for the keys the run has."""
+    history = {key: [(m.step, m.value) for m in client.get_metric_history(run_id, key)] for key in keys}
+    return {key: points for key, points in history.items() if points}

@@ -28,7 +28,7 @@ from pneumo.checkpoints import CheckpointMeta, load_train_state, save_checkpoint
 from pneumo.config import ExperimentConfig, TrainConfig, from_dict, to_dict
 from pneumo.data.dataset import PreparedData
 from pneumo.data.transforms import Preprocessing, augment, normalize
-from pneumo.evaluate import binary_metrics
+from pneumo.metrics import binary_metrics
 from pneumo.models import create_model, unwrap
 from pneumo.tracking import log_epoch_metrics
 

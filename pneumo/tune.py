@@ -31,7 +31,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from pneumo.config import ConfigError, ExperimentConfig, from_dict, to_dict, with_updates
 from pneumo.data.dataset import PreparedData
 from pneumo.data.transforms import Preprocessing
-from pneumo.tracking import TAG_TRIAL_ID, finish_run, log_metrics, open_run, start_run
+from pneumo.tracking import TAG_BEST_CHECKPOINT, TAG_TRIAL_ID, finish_run, log_metrics, open_run, start_run
 from pneumo.train import SELECTION_METRIC, EpochLogger, build_trainer, storage_path
 
 logger = logging.getLogger(__name__)
@@ -101,7 +101,7 @@ def run_trial(params: dict[str, Any], base_config: dict, data: PreparedData, pre
                             storage=train_storage)
     result = trainer.fit()
     best_checkpoint, best_metrics = max(result.best_checkpoints, key=lambda pair: pair[1][SELECTION_METRIC])
-    client.set_tag(run_id, "pneumo.best_checkpoint", best_checkpoint.path)
+    client.set_tag(run_id, TAG_BEST_CHECKPOINT, best_checkpoint.path)
     log_metrics(client, run_id, {f"best_{SELECTION_METRIC}": best_metrics[SELECTION_METRIC]})
     finish_run(client, run_id)
 

@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -14,10 +15,13 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from pneumo.checkpoints import load_checkpoint
+from pneumo.cli import main as pneumo_main
 from pneumo.config import load_config
 from pneumo.data.transforms import decode_image
 from pneumo.evaluate import predict_probabilities
 from pneumo.experiment import run_experiment
+
+from conftest import write_smoke_yaml
 
 pytestmark = pytest.mark.slow
 
@@ -26,9 +30,16 @@ def metric_steps(client: MlflowClient, run_id: str, key: str) -> list[int]:
     return sorted(m.step for m in client.get_metric_history(run_id, key))
 
 
-def test_two_worker_run_logs_to_mlflow_and_registers(ray_session, smoke_yaml, synthetic_root):
-    cfg = load_config([smoke_yaml])
-    outcome = run_experiment(cfg)
+@pytest.fixture(scope="module")
+def trained(ray_session, tmp_path_factory, synthetic_root):
+    """One finished 2-epoch run, shared by the tests that inspect what it left behind."""
+    yaml = write_smoke_yaml(tmp_path_factory.mktemp("trained"), synthetic_root)
+    cfg = load_config([yaml])
+    return cfg, run_experiment(cfg), yaml
+
+
+def test_two_worker_run_logs_to_mlflow_and_registers(trained, synthetic_root):
+    cfg, outcome, _ = trained
     client = MlflowClient(cfg.mlflow.tracking_uri)
     run = client.get_run(outcome.mlflow_run_id)
 
@@ -39,11 +50,16 @@ def test_two_worker_run_logs_to_mlflow_and_registers(ray_session, smoke_yaml, sy
     assert run.data.tags["data_fingerprint"] == outcome_fingerprint(run)
     for key in ("test_auroc", "test_sensitivity", "test_specificity", "test_f1", "data.n_images"):
         assert key in run.data.metrics
+    assert run.data.metrics["test_auroc_ci_low"] <= run.data.metrics["test_auroc"] <= run.data.metrics["test_auroc_ci_high"]
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"config.yaml", "best_checkpoint"} <= artifacts
+    assert {"config.yaml", "best_checkpoint", "report"} <= artifacts
+    report_files = {Path(a.path).name for a in client.list_artifacts(run.info.run_id, "report")}
+    assert {"report.html", "roc.png", "pr.png", "confusion.png", "reliability.png", "training_curves.png",
+            "mistakes.png"} <= report_files
 
     loaded = load_checkpoint(outcome.model_dir)
     assert loaded.meta.decision_threshold == pytest.approx(outcome.test_metrics["threshold"])
+    assert loaded.meta.temperature != 1.0, "temperature fitted on val and stored with the model"
     assert outcome.model_version.aliases == ["champion"]
 
     images = [p.read_bytes() for p in sorted((synthetic_root / "test" / "PNEUMONIA").glob("*.jpeg"))[:4]]
@@ -51,9 +67,31 @@ def test_two_worker_run_logs_to_mlflow_and_registers(ray_session, smoke_yaml, sy
     served = mlflow.pyfunc.load_model(f"models:/{cfg.mlflow.registered_model_name}@champion")
     predicted = served.predict(pd.DataFrame({"image": images}))
     spec = loaded.meta.preprocessing_spec
-    offline = predict_probabilities(loaded.model, torch.from_numpy(np.stack([decode_image(b, spec) for b in images])), spec)
+    offline = predict_probabilities(loaded, torch.from_numpy(np.stack([decode_image(b, spec) for b in images])))
     np.testing.assert_allclose(predicted["probability"].to_numpy(), offline, atol=1e-6)
     assert list(predicted["label"]) == [int(p >= loaded.meta.decision_threshold) for p in offline]
+
+
+def test_eval_scores_a_registered_model_and_a_checkpoint_folder(trained, tmp_path, capsys):
+    cfg, outcome, yaml = trained
+    from pneumo.eval_run import evaluate_model
+
+    registered = evaluate_model(f"models:/{cfg.mlflow.registered_model_name}@champion", cfg, "test",
+                                tmp_path / "registry")
+    evaluation = registered.evaluation
+    assert evaluation.metrics["auroc"] == pytest.approx(outcome.test_metrics["auroc"])
+    assert evaluation.threshold == pytest.approx(outcome.test_metrics["threshold"]), "the stored threshold is used"
+    page = Path(registered.report_path).read_text()
+    assert "models:/pneumo-pneumonia/1" in page and "Training curves" in page
+    client = MlflowClient(cfg.mlflow.tracking_uri)
+    eval_run = client.get_run(registered.mlflow_run_id)
+    assert eval_run.data.tags["pneumo.kind"] == "eval" and "test_auroc_ci_high" in eval_run.data.metrics
+
+    pneumo_main(["eval", outcome.model_dir, cfg.data.path, "--out", str(tmp_path / "folder"),
+                 "--config", str(yaml), "eval.bootstrap_samples=50"])
+    printed = capsys.readouterr().out
+    assert f"auroc              {outcome.test_metrics['auroc']:.4f}" in printed
+    assert (tmp_path / "folder" / "report.html").stat().st_size > 10_000
 
 
 def outcome_fingerprint(run) -> str:

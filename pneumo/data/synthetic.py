@@ -42,6 +42,8 @@ from scipy import ndimage
 
 from pneumo.data.folder import CLASS_NAMES, SPLITS
 
+SYNTHETIC_MARKER = "SYNTHETIC.md"  # provenance note at the dataset root
+
 PNEUMONIA_SHARE = 0.74  # share of images whose true class is PNEUMONIA
 MEAN_IMAGES_PER_PATIENT = 2.5  # each patient has 1 to 4 films
 MIN_HELD_OUT_PATIENTS = 2  # per class, in val and in test (when their fraction is > 0)
@@ -415,6 +417,17 @@ def _prepare_out_dir(out_dir: Path) -> None:
             (out_dir / split / label).mkdir(parents=True, exist_ok=True)
 
 
+def _write_provenance(root: Path, n_images: int, image_size: int, seed: int, label_noise: float,
+                      n_patients: int) -> None:
+    """SYNTHETIC.md at the root: says what the set is, and tells reports not to compare it with
+    published results on real films."""
+    (root / SYNTHETIC_MARKER).write_text(
+        f"# Synthetic chest X-rays (pneumo.data.synthetic)\n\nNot real patients. {n_images} films of "
+        f"{image_size} px from {n_patients} simulated patients, seed {seed}, {label_noise:.1%} of folder "
+        f"labels flipped on purpose.\nRegenerate with: pneumo data synth --out DIR --n {n_images} "
+        f"--size {image_size} --seed {seed} --label-noise {label_noise}\n")
+
+
 def generate_chest_xrays(
     out_dir: str | Path,
     n_images: int = 1200,
@@ -438,4 +451,5 @@ def generate_chest_xrays(
         film.save(root / image.relative_path, format="JPEG", quality=JPEG_QUALITY)
         counts[image.split][image.label] += 1
     n_patients = len({image.patient_index for image in plan})
+    _write_provenance(root, n_images, image_size, seed, label_noise, n_patients)
     return SynthSummary(root, counts, n_patients, label_noise)

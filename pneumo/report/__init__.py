@@ -1,0 +1,1 @@
+"""Pictures, published baselines and the self-contained HTML report of an evaluation."""

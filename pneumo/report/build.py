@@ -1,0 +1,71 @@
+"""Draw every picture of an evaluation and write report.html beside them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from pneumo.config import ExperimentConfig, to_yaml
+from pneumo.data.dataset import PreparedData
+from pneumo.evaluate import Evaluation, confident_mistakes, images_at
+from pneumo.report import plots
+from pneumo.report.baselines import resolve_baseline_dataset
+from pneumo.report.html import ReportContent, render_report
+
+REPORT_FILE = "report.html"
+
+
+def write_report(content: ReportContent, history: dict[str, list[tuple[int, float]]],
+                 mistakes: list[tuple[np.ndarray, int, float]], out_dir: str | Path) -> Path:
+    """PNG pictures and report.html into out_dir; returns the report's path.
+
+    history: MLflow metric history of the training run (key -> [(epoch, value)]), empty for a model
+    evaluated on its own; mistakes: (image, true label, probability) of the most confident errors.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    evaluation, metrics = content.evaluation, content.evaluation.metrics
+    labels, probabilities = evaluation.test.labels, evaluation.test_probabilities
+    figures = {}
+    if len(np.unique(labels)) == 2:
+        figures["ROC curve, operating point marked"] = plots.plot_roc(labels, probabilities, metrics, out / "roc.png")
+        figures["Precision-recall curve"] = plots.plot_precision_recall(labels, probabilities, metrics, out / "pr.png")
+    figures["Confusion matrix"] = plots.plot_confusion(metrics, out / "confusion.png")
+    figures["Reliability diagram"] = plots.plot_reliability(evaluation.reliability, evaluation.temperature,
+                                                            out / "reliability.png")
+    if history:
+        figures["Training curves"] = plots.plot_training_curves(history, out / "training_curves.png")
+    images, truths, scores = zip(*mistakes) if mistakes else ((), (), ())
+    figures["Most confident mistakes, missed pneumonia first"] = plots.plot_mistakes(
+        list(images), list(truths), list(scores), evaluation.threshold, out / "mistakes.png")
+    report = out / REPORT_FILE
+    report.write_text(render_report(content, figures), encoding="utf-8")
+    return report
+
+
+def data_summary(data: PreparedData) -> dict[str, Any]:
+    """What the report's data section lists."""
+    return {"counts": data.counts, "fingerprint": data.fingerprint, "skipped files": len(data.skipped_files),
+            "ignored non-image files": data.ignored_files}
+
+
+def write_evaluation_report(evaluation: Evaluation, cfg: ExperimentConfig, data: PreparedData, split: str,
+                            model: dict[str, str], history: dict[str, list[tuple[int, float]]],
+                            out_dir: str | Path, title: str = "", threshold_policy: Optional[str] = None) -> Path:
+    """The report of `evaluation` (scored on `split` of `data`), with its most confident mistakes.
+
+    title defaults to the experiment name; threshold_policy (default eval.threshold_policy) is the row
+    the operating-point table highlights, "" for a threshold that came stored with the model."""
+    labels, probabilities = evaluation.test.labels, evaluation.test_probabilities
+    indices = confident_mistakes(labels, probabilities, evaluation.threshold, cfg.eval.mistakes_shown)
+    paths = [evaluation.test.paths[i] for i in indices]
+    images = images_at(data.datasets[split], paths)
+    mistakes = [(images[path], int(labels[i]), float(probabilities[i])) for i, path in zip(indices, paths)
+                if path in images]
+    content = ReportContent(title=title or cfg.name, evaluation=evaluation, config_yaml=to_yaml(cfg),
+                            data_summary=data_summary(data), model=model,
+                            baseline_dataset=resolve_baseline_dataset(cfg.eval.baselines, cfg.data),
+                            threshold_policy=cfg.eval.threshold_policy if threshold_policy is None else threshold_policy)
+    return write_report(content, history, mistakes, out_dir)
