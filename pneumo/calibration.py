@@ -1,9 +1,11 @@
-"""Calibration of P(pneumonia): reliability bins, expected calibration error, temperature scaling.
+"""Calibration of P(pneumonia): reliability bins, expected calibration error, and a recalibration
+fitted on validation.
 
-A class-balanced loss and a few epochs leave probabilities that rank well but do not mean what they
-say. Temperature scaling (Guo et al., 2017) divides the logit by one scalar T fitted on validation:
-it changes no ranking (AUROC) and no decision (the threshold is chosen after it), only how far a
-probability can be trusted as one.
+Few epochs leave probabilities that rank well but do not mean what they say. Temperature scaling
+(Guo et al., 2017) divides the logit by one scalar T; Platt scaling also shifts it by a bias b,
+which undoes the prior shift of a class-balanced loss (positives weighted by negatives/positives).
+Both are monotonic: they change no ranking (AUROC) and no decision (the threshold is chosen after
+them), only how far a probability can be trusted as one.
 """
 
 from __future__ import annotations
@@ -11,13 +13,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.optimize import minimize_scalar
+from scipy.optimize import minimize
 from scipy.special import expit, log_expit
 
+LOG_T_BOUNDS = (np.log(0.02), np.log(50.0))  # temperatures outside [0.02, 50] mean a broken model
 
-def apply_temperature(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    """P(pneumonia) = sigmoid(logit / T)."""
-    return expit(np.asarray(logits, dtype=np.float64) / temperature)
+
+@dataclass(frozen=True)
+class Calibration:
+    """P(pneumonia) = sigmoid(logit / temperature + bias)."""
+
+    temperature: float = 1.0
+    bias: float = 0.0  # 0 for temperature scaling
+
+    def probabilities(self, logits: np.ndarray) -> np.ndarray:
+        return expit(np.asarray(logits, dtype=np.float64) / self.temperature + self.bias)
 
 
 @dataclass
@@ -51,16 +61,25 @@ def expected_calibration_error(labels: np.ndarray, probabilities: np.ndarray, n_
     return reliability_bins(labels, probabilities, n_bins).expected_calibration_error
 
 
-def fit_temperature(labels: np.ndarray, logits: np.ndarray) -> float:
-    """The T in [0.02, 50] that minimises the validation negative log-likelihood of sigmoid(logit / T)."""
+def _negative_log_likelihood(labels: np.ndarray, logits: np.ndarray, log_t: float, bias: float) -> float:
+    scaled = logits / np.exp(log_t) + bias
+    return -float(np.mean(labels * log_expit(scaled) + (1 - labels) * log_expit(-scaled)))
+
+
+def fit_calibration(labels: np.ndarray, logits: np.ndarray, method: str = "temperature") -> Calibration:
+    """The calibration (`temperature`, `platt` or `none`) that minimises validation negative log-likelihood."""
     labels, logits = np.asarray(labels, dtype=np.float64), np.asarray(logits, dtype=np.float64)
-    if len(np.unique(labels)) < 2:
-        return 1.0  # one class only: any T "fits"; keep the model's own scale
+    if method == "none" or len(np.unique(labels)) < 2:
+        return Calibration()  # one class only: any scale "fits"; keep the model's own
+    if method == "temperature":
+        best = minimize(lambda x: _negative_log_likelihood(labels, logits, x[0], 0.0), x0=[0.0],
+                        bounds=[LOG_T_BOUNDS], method="L-BFGS-B")
+        return Calibration(float(np.exp(best.x[0])))
+    best = minimize(lambda x: _negative_log_likelihood(labels, logits, x[0], x[1]), x0=[0.0, 0.0],
+                    bounds=[LOG_T_BOUNDS, (-20.0, 20.0)], method="L-BFGS-B")
+    return Calibration(float(np.exp(best.x[0])), float(best.x[1]))
 
-    def negative_log_likelihood(log_t: float) -> float:
-        scaled = logits / np.exp(log_t)
-        return -float(np.mean(labels * log_expit(scaled) + (1 - labels) * log_expit(-scaled)))
 
-    best = minimize_scalar(negative_log_likelihood, bounds=(np.log(0.02), np.log(50.0)), method="bounded",
-                           options={"xatol": 1e-4})
-    return float(np.exp(best.x))
+def describe_calibration(calibration: Calibration, method: str) -> str:
+    """One line for reports: "temperature: T=1.42, bias=+0.00"."""
+    return f"{method}: T={calibration.temperature:.4f}, bias={calibration.bias:+.4f}"

@@ -2,7 +2,7 @@
 
     checkpoint/
       model.safetensors   weights (safetensors: tensors only)
-      pneumo.json         model config, preprocessing, epoch, metrics, decision threshold, temperature
+      pneumo.json         model config, preprocessing, epoch, metrics, decision threshold, calibration
       train_state.pt      optimizer/scheduler state for resuming (torch.load weights_only=True)
 
 Serving and evaluation need only the first two; the preprocessing recorded here is what every
@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from pneumo.calibration import Calibration
 from pneumo.config import ModelConfig
 from pneumo.data.transforms import Preprocessing
 from pneumo.models import create_model, unwrap
@@ -39,7 +40,12 @@ class CheckpointMeta:
     epoch: int = -1  # last finished epoch, 0-based
     metrics: dict[str, float] = field(default_factory=dict)
     decision_threshold: float = 0.5  # P(pneumonia) at or above which the label is PNEUMONIA
-    temperature: float = 1.0  # P(pneumonia) = sigmoid(logit / temperature); fitted on val
+    temperature: float = 1.0  # P(pneumonia) = sigmoid(logit / temperature + logit_bias); fitted on val
+    logit_bias: float = 0.0
+
+    @property
+    def calibration(self) -> Calibration:
+        return Calibration(self.temperature, self.logit_bias)
 
     @property
     def preprocessing_spec(self) -> Preprocessing:

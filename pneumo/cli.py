@@ -4,6 +4,7 @@
     pneumo run experiments/quickstart.yaml train.lr=3e-4 [--resume]
     pneumo config show experiments/quickstart.yaml [overrides]
     pneumo data synth --out data/synthetic --n 1200 --size 128 --seed 0
+    pneumo data inspect data/chest_xray
     pneumo serve [MODEL_URI] [--config experiments/quickstart.yaml] [--host 127.0.0.1] [--port 8000]
     pneumo eval models:/pneumo-pneumonia@champion data/chest_xray [--split test] [--out reports/x]
 """
@@ -127,6 +128,16 @@ def cmd_data_synth(args: argparse.Namespace) -> None:
     print(f"{summary.n_patients} patients, label noise {summary.label_noise:.1%}, written to {summary.root}")
 
 
+def cmd_data_inspect(args: argparse.Namespace) -> None:
+    from pneumo.config import DataConfig
+    from pneumo.data.inspect import format_inspection, inspect_dataset
+
+    inspection = inspect_dataset(DataConfig(path=args.path, format=args.format))
+    print(format_inspection(inspection))
+    if inspection.leaks:
+        raise SystemExit(1)
+
+
 def cmd_serve(args: argparse.Namespace) -> None:
     from ray import serve
 
@@ -178,6 +189,11 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--label-noise", type=float, default=0.02, help="fraction of flipped folder labels")
     synth.set_defaults(handler=cmd_data_synth)
+    inspect = data.add_parser("inspect", help="counts, sizes, unreadable files and leakage between splits "
+                                              "(exit status 1 on leakage)")
+    inspect.add_argument("path", help="Kaggle-layout folder, MedMNIST .npz or CSV/Parquet manifest")
+    inspect.add_argument("--format", default="auto", choices=("auto", "folder", "npz", "manifest"))
+    inspect.set_defaults(handler=cmd_data_inspect)
     serve_cmd = commands.add_parser("serve", help="serve a model over HTTP with Ray Serve (POST /predict)")
     serve_cmd.add_argument("model", nargs="?", help="checkpoint folder, models:/NAME@alias, models:/NAME/VERSION or "
                                                     "runs:/RUN_ID/model (default: $PNEUMO_MODEL_URI, serve.model_uri, "
@@ -197,11 +213,14 @@ def main(argv: Optional[list[str]] = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     from pneumo.config import ConfigError
+    from pneumo.data.folder import DatasetLayoutError
 
     try:
         args.handler(args)
     except ConfigError as error:
         raise SystemExit(f"pneumo: config error: {error}") from None
+    except DatasetLayoutError as error:
+        raise SystemExit(f"pneumo: data error: {error}") from None
 
 
 if __name__ == "__main__":

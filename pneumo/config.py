@@ -53,19 +53,24 @@ class AugmentConfig:
 
 @dataclass
 class DataConfig:
-    path: str = MISSING  # dataset root holding train/ val/ test/ with NORMAL/ and PNEUMONIA/ inside
-    format: str = "folder"  # folder: the Kaggle chest_xray layout
+    path: str = MISSING  # Kaggle-layout folder, MedMNIST .npz, or CSV/Parquet manifest (local or s3://, gs://)
+    format: str = "auto"  # auto (from the path) | folder | npz | manifest
     synthesize_if_missing: bool = False  # write the synthetic set to `path` when it is empty
     synth: SynthConfig = field(default_factory=SynthConfig)
     resplit_val: bool = True  # rebuild val from train+val by patient (Kaggle's val has 16 images)
     val_fraction: float = 0.1  # share of train+val patients moved to val when resplit_val
     split_seed: int = 0  # seed of the patient-grouped split
+    split_fractions: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])  # train/val/test, manifests without split
+    cache_dir: Optional[str] = None  # decoded images kept here across runs, keyed by files and preprocessing
     on_bad_file: str = "skip"  # skip: drop and count unreadable images; error: stop the run
     image_size: Optional[int] = None  # input side in px; None takes the model's default
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self) -> None:
-        _check_choice("data.format", self.format, ("folder",))
+        _check_choice("data.format", self.format, ("auto", "folder", "npz", "manifest"))
+        if len(self.split_fractions) != 3 or min(self.split_fractions) < 0 or abs(sum(self.split_fractions) - 1) > 1e-6:
+            raise ConfigError(f"data.split_fractions={list(self.split_fractions)} must be three shares "
+                              "(train, val, test) that sum to 1")
         _check_choice("data.on_bad_file", self.on_bad_file, ("skip", "error"))
         _check_range("data.val_fraction", self.val_fraction, 0.01, 0.9)
 
@@ -125,7 +130,7 @@ class EvalConfig:
     target_sensitivity: float = 0.95  # the `sensitivity` policy's floor (screening use)
     target_specificity: float = 0.90  # the `specificity` policy's floor
     batch_size: int = 64  # images per inference batch
-    calibration: str = "temperature"  # temperature: fit T on val, store it with the model; none
+    calibration: str = "temperature"  # fitted on val, stored with the model: temperature | platt (T and bias) | none
     calibration_bins: int = 15  # equal-width bins of the reliability diagram and ECE
     bootstrap_samples: int = 1000  # resamples of the test set for confidence intervals; 0 disables
     confidence_level: float = 0.95  # width of the bootstrap intervals
@@ -136,7 +141,7 @@ class EvalConfig:
     def __post_init__(self) -> None:
         _check_choice("eval.threshold_policy", self.threshold_policy,
                       ("fixed", "youden", "sensitivity", "specificity"))
-        _check_choice("eval.calibration", self.calibration, ("temperature", "none"))
+        _check_choice("eval.calibration", self.calibration, ("temperature", "platt", "none"))
         _check_choice("eval.baselines", self.baselines, ("auto", "kaggle", "pneumoniamnist", "none"))
         for key in ("threshold", "target_sensitivity", "target_specificity"):
             _check_range(f"eval.{key}", getattr(self, key), 0.0, 1.0)

@@ -1,5 +1,5 @@
 """`pneumo eval MODEL DATA`: score any registered model, logged model or checkpoint folder on any
-supported dataset, with the threshold and temperature stored in the model, and write its report.
+supported dataset, with the threshold and calibration stored in the model, and write its report.
 
 The evaluation is logged as its own MLflow run (kind `eval`) with the metrics, their intervals and
 the report, so a model's results on a new hospital's data sit next to its training runs.
@@ -16,6 +16,7 @@ from typing import Optional
 from mlflow.entities import Param
 from mlflow.tracking import MlflowClient
 
+from pneumo.calibration import describe_calibration
 from pneumo.config import ConfigError, ExperimentConfig, flatten, to_dict
 from pneumo.data.dataset import prepare_data
 from pneumo.evaluate import Evaluation, evaluate_predictions, predict_dataset
@@ -73,7 +74,7 @@ def evaluate_model(model_uri: str, cfg: ExperimentConfig, split: str = "test",
     scored = predict_dataset(model.loaded, data.datasets[split], cfg.eval.batch_size)
     val = predict_dataset(model.loaded, data.datasets["val"], cfg.eval.batch_size) if split != "val" else None
     evaluation = evaluate_predictions(val, scored, cfg.eval, threshold=meta.decision_threshold,
-                                      temperature=meta.temperature)
+                                      calibration=meta.calibration)
     run_id = _start_eval_run(client, cfg, model, split)
     client.set_tag(run_id, "data_fingerprint", data.fingerprint)
     log_metrics(client, run_id, {**evaluation.metrics, **interval_metrics(evaluation.intervals)}, prefix=f"{split}_")
@@ -83,7 +84,7 @@ def evaluate_model(model_uri: str, cfg: ExperimentConfig, split: str = "test",
         history = metric_history(client, training_run_for(client, training_run)) if training_run else {}
         rows = {"model": model.uri, "architecture": meta.model["name"], "version": model.version,
                 "evaluation MLflow run": run_id, "decision threshold": f"{meta.decision_threshold:.4f} (stored)",
-                "temperature": f"{meta.temperature:.4f} (stored)"}
+                "calibration": describe_calibration(meta.calibration, "stored")}
         report = write_evaluation_report(evaluation, cfg, data, split, rows, history,
                                          out_dir or default_report_dir(model, split),
                                          title=f"{model.name} {model.version} on {cfg.data.path} ({split})",

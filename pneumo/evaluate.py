@@ -12,8 +12,7 @@ from typing import TYPE_CHECKING, Optional
 import numpy as np
 import torch
 
-from pneumo.calibration import (ReliabilityBins, apply_temperature, expected_calibration_error, fit_temperature,
-                                reliability_bins)
+from pneumo.calibration import Calibration, ReliabilityBins, expected_calibration_error, fit_calibration, reliability_bins
 from pneumo.checkpoints import LoadedModel
 from pneumo.config import EvalConfig
 from pneumo.data.transforms import Preprocessing, normalize
@@ -26,7 +25,7 @@ if TYPE_CHECKING:
 @dataclass
 class Predictions:
     labels: np.ndarray  # 0/1 ground truth
-    logits: np.ndarray  # raw model outputs; P(pneumonia) = sigmoid(logit / temperature)
+    logits: np.ndarray  # raw model outputs, before calibration
     paths: list[str]  # where each image came from
 
 
@@ -37,9 +36,8 @@ def predict_logits(model: torch.nn.Module, images: torch.Tensor, preprocessing: 
 
 
 def predict_probabilities(loaded: LoadedModel, images: torch.Tensor) -> np.ndarray:
-    """uint8 (N, C, H, W) images -> P(pneumonia), with the temperature stored in the checkpoint."""
-    logits = predict_logits(loaded.model, images, loaded.meta.preprocessing_spec)
-    return apply_temperature(logits, loaded.meta.temperature)
+    """uint8 (N, C, H, W) images -> P(pneumonia), with the calibration stored in the checkpoint."""
+    return loaded.meta.calibration.probabilities(predict_logits(loaded.model, images, loaded.meta.preprocessing_spec))
 
 
 def predict_dataset(loaded: LoadedModel, dataset: "ray.data.Dataset", batch_size: int = 64) -> Predictions:
@@ -58,7 +56,7 @@ def predict_dataset(loaded: LoadedModel, dataset: "ray.data.Dataset", batch_size
 @dataclass
 class Evaluation:
     threshold: float  # decision threshold on calibrated P(pneumonia)
-    temperature: float  # logit divisor (1.0: uncalibrated)
+    calibration: Calibration  # fitted on val or stored with the model
     metrics: dict[str, float]  # test binary_metrics plus ece and ece_uncalibrated
     intervals: dict[str, tuple[float, float]]  # bootstrap interval per score (empty when disabled)
     operating_points: list[OperatingPoint]  # every threshold policy (empty without validation)
@@ -68,26 +66,26 @@ class Evaluation:
 
 
 def evaluate_predictions(val: Optional[Predictions], test: Predictions, cfg: EvalConfig,
-                         threshold: Optional[float] = None, temperature: Optional[float] = None) -> Evaluation:
-    """Fit the temperature and choose the threshold on `val` (unless given), then score `test`."""
-    if val is None and (threshold is None or temperature is None):
-        raise ValueError("choosing a threshold or temperature needs validation predictions")
-    if temperature is None:
-        temperature = fit_temperature(val.labels, val.logits) if cfg.calibration == "temperature" else 1.0
-    val_probabilities = apply_temperature(val.logits, temperature) if val is not None else None
+                         threshold: Optional[float] = None, calibration: Optional[Calibration] = None) -> Evaluation:
+    """Fit the calibration and choose the threshold on `val` (unless given), then score `test`."""
+    if val is None and (threshold is None or calibration is None):
+        raise ValueError("choosing a threshold or a calibration needs validation predictions")
+    if calibration is None:
+        calibration = fit_calibration(val.labels, val.logits, cfg.calibration)
+    val_probabilities = calibration.probabilities(val.logits) if val is not None else None
     if threshold is None:
         threshold = choose_threshold(val.labels, val_probabilities, cfg)
-    probabilities = apply_temperature(test.logits, temperature)
+    probabilities = calibration.probabilities(test.logits)
     metrics = binary_metrics(test.labels, probabilities, threshold)
     reliability = reliability_bins(test.labels, probabilities, cfg.calibration_bins)
     metrics["ece"] = reliability.expected_calibration_error
-    metrics["ece_uncalibrated"] = expected_calibration_error(test.labels, apply_temperature(test.logits),
+    metrics["ece_uncalibrated"] = expected_calibration_error(test.labels, Calibration().probabilities(test.logits),
                                                              cfg.calibration_bins)
     intervals = (bootstrap_intervals(test.labels, probabilities, threshold, cfg.bootstrap_samples,
                                      cfg.confidence_level, seed=0) if cfg.bootstrap_samples else {})
     points = (operating_points(val.labels, val_probabilities, test.labels, probabilities, cfg)
               if val is not None and len(val.labels) else [])
-    return Evaluation(threshold, temperature, metrics, intervals, points, reliability, test, probabilities)
+    return Evaluation(threshold, calibration, metrics, intervals, points, reliability, test, probabilities)
 
 
 def confident_mistakes(labels: np.ndarray, probabilities: np.ndarray, threshold: float, limit: int) -> np.ndarray:

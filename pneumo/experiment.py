@@ -11,8 +11,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Optional
 
+import pandas as pd
 from mlflow.tracking import MlflowClient
 
+from pneumo.calibration import describe_calibration
 from pneumo.checkpoints import load_checkpoint, read_meta, write_meta
 from pneumo.config import ConfigError, ExperimentConfig
 from pneumo.data.dataset import PreparedData, prepare_data
@@ -21,8 +23,8 @@ from pneumo.evaluate import Evaluation, evaluate_predictions, predict_dataset
 from pneumo.metrics import format_metrics_table
 from pneumo.models import create_model, resolve_preprocessing
 from pneumo.report.build import write_evaluation_report
-from pneumo.tracking import (TAG_BEST_CHECKPOINT, client_for, finish_run, log_and_register_model, log_metrics, metric_history, open_run,
-                             resolve_tracking_uri, training_run_for)
+from pneumo.tracking import (TAG_BEST_CHECKPOINT, client_for, finish_run, log_and_register_model, log_metrics,
+                             metric_history, open_run, resolve_tracking_uri, training_run_for)
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +47,11 @@ def model_preprocessing(cfg: ExperimentConfig) -> Preprocessing:
     return resolve_preprocessing(bare, cfg.model.in_chans, cfg.data.image_size)
 
 
+def split_csv(rows: list[dict]) -> str:
+    """The split pneumo assigned, as a manifest (path,label,patient_id,split) that reproduces it."""
+    return pd.DataFrame(rows, columns=["path", "label", "patient_id", "split"]).to_csv(index=False)
+
+
 def log_data_summary(client: MlflowClient, run_id: str, data: PreparedData) -> None:
     client.set_tag(run_id, "data_fingerprint", data.fingerprint)
     counts = {f"data.{split}.{name}": n for split, per in data.counts.items() for name, n in per.items()}
@@ -52,10 +59,12 @@ def log_data_summary(client: MlflowClient, run_id: str, data: PreparedData) -> N
                                  "data.ignored_files": data.ignored_files})
     if data.skipped_files:
         client.log_dict(run_id, data.skipped_files, "data/skipped_files.json")
+    if data.assigned_split:  # a valid manifest: point data.path at it to train on the same split again
+        client.log_text(run_id, split_csv(data.assigned_split), "data/split.csv")
 
 
 def evaluate_checkpoint(cfg: ExperimentConfig, data: PreparedData, checkpoint_dir: str, model_dir: Path) -> Evaluation:
-    """Fit the temperature and pick the threshold on val, score test, and store both in a copy of the
+    """Fit the calibration and pick the threshold on val, score test, and store both in a copy of the
     checkpoint at model_dir (what gets registered and served)."""
     shutil.copytree(checkpoint_dir, model_dir, dirs_exist_ok=True)
     (model_dir / "train_state.pt").unlink(missing_ok=True)  # serving needs weights only
@@ -64,7 +73,8 @@ def evaluate_checkpoint(cfg: ExperimentConfig, data: PreparedData, checkpoint_di
     test = predict_dataset(loaded, data.datasets["test"], cfg.eval.batch_size)
     evaluation = evaluate_predictions(val, test, cfg.eval)
     meta = read_meta(model_dir)
-    meta.decision_threshold, meta.temperature = evaluation.threshold, evaluation.temperature
+    meta.decision_threshold = evaluation.threshold
+    meta.temperature, meta.logit_bias = evaluation.calibration.temperature, evaluation.calibration.bias
     meta.metrics = {**meta.metrics, **{f"test_{k}": v for k, v in evaluation.metrics.items()}}
     write_meta(model_dir, meta)
     return evaluation
@@ -83,13 +93,15 @@ def model_identity(cfg: ExperimentConfig, run_id: str, model_dir: Path, evaluati
                   if version is not None else "not registered (mlflow.register: false)")
     return {"architecture": cfg.model.name, "registered model": registered, "MLflow run": run_id,
             "checkpoint": str(model_dir), "decision threshold": f"{evaluation.threshold:.4f} "
-            f"({cfg.eval.threshold_policy} policy on val)", "temperature": f"{evaluation.temperature:.4f}"}
+            f"({cfg.eval.threshold_policy} policy on val)", "calibration": describe_calibration(evaluation.calibration, cfg.eval.calibration)}
 
 
 def finalize(cfg: ExperimentConfig, data: PreparedData, client: MlflowClient, run_id: str,
              checkpoint_dir: str, results_path: str) -> ExperimentOutcome:
     """Evaluate the best checkpoint, log test metrics, register the model, write the report, print the summary."""
     model_dir = Path(results_path) / "best_model"
+    if data.assigned_split:
+        (Path(results_path) / "split.csv").write_text(split_csv(data.assigned_split))
     evaluation = evaluate_checkpoint(cfg, data, checkpoint_dir, model_dir)
     client.set_tag(run_id, TAG_BEST_CHECKPOINT, checkpoint_dir)
     test_metrics = evaluation.metrics

@@ -29,7 +29,7 @@ SIGNATURE = ModelSignature(
 
 
 class PneumoniaClassifier(mlflow.pyfunc.PythonModel):
-    """Wraps a checkpoint folder; applies the preprocessing, temperature and threshold stored with it."""
+    """Wraps a checkpoint folder; applies the preprocessing, calibration and threshold stored with it."""
 
     def load_context(self, context) -> None:
         from pneumo.checkpoints import load_checkpoint

@@ -67,7 +67,7 @@ class ServedModel:
         meta = self.loaded.meta
         return {"name": self.name, "version": self.version, "uri": self.uri, "architecture": meta.model["name"],
                 "metrics": self.metrics, "preprocessing": meta.preprocessing_spec.to_dict(),
-                "decision_threshold": meta.decision_threshold, "temperature": meta.temperature}
+                "decision_threshold": meta.decision_threshold, "temperature": meta.temperature, "logit_bias": meta.logit_bias}
 
 
 def _numeric_tags(tags: dict[str, str]) -> dict[str, float]:

@@ -24,7 +24,8 @@ TAG_EXPERIMENT = "pneumo.experiment"  # experiment (YAML) name
 TAG_KIND = "pneumo.kind"  # train | search | trial
 TAG_RAY_RUN = "pneumo.ray_run_name"  # Ray Train run / Tune experiment folder, for --resume
 TAG_TRIAL_ID = "pneumo.trial_id"
-TAG_BEST_CHECKPOINT = "pneumo.best_checkpoint"  # the best Ray Train checkpoint of a train, search or trial run
+TAG_BEST_CHECKPOINT = "pneumo.best_checkpoint"  # the evaluated checkpoint of a train or search run
+TAG_TRAIN_FOLDER = "pneumo.train_folder"  # a trial's Ray Train folder, which holds its checkpoints
 CHAMPION, CHALLENGER = "champion", "challenger"
 MAX_PARAM_CHARS = 6000
 
@@ -175,18 +176,17 @@ def download_model_checkpoint(model_uri: str, tracking_uri: str, destination: Op
 
 
 def training_run_for(client: MlflowClient, run_id: str) -> str:
-    """The run whose epochs produced the best checkpoint of `run_id`: the run itself, or for a search
-    the trial child run whose best checkpoint lies in the same trial folder as the search's."""
+    """The run whose epochs produced the evaluated checkpoint of `run_id`: the run itself, or for a
+    search the trial child run whose Ray Train folder holds that checkpoint."""
     run = client.get_run(run_id)
     checkpoint_dir = run.data.tags.get(TAG_BEST_CHECKPOINT)
     if run.data.tags.get(TAG_KIND) != "search" or not checkpoint_dir:
         return run_id
-    trial_folder = Path(checkpoint_dir).parent
+    trial_folder = checkpoint_dir.rstrip("/").rpartition("/")[0]  # strings: storage may be s3://…
     children = client.search_runs([run.info.experiment_id],
                                   filter_string=f"tags.`mlflow.parentRunId` = '{run_id}'")
     for child in children:
-        best = child.data.tags.get(TAG_BEST_CHECKPOINT)
-        if best and Path(best).parent == trial_folder:
+        if child.data.tags.get(TAG_TRAIN_FOLDER, "").rstrip("/") == trial_folder:
             return child.info.run_id
     return run_id
 

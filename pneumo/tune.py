@@ -31,8 +31,8 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from pneumo.config import ConfigError, ExperimentConfig, from_dict, to_dict, with_updates
 from pneumo.data.dataset import PreparedData
 from pneumo.data.transforms import Preprocessing
-from pneumo.tracking import TAG_BEST_CHECKPOINT, TAG_TRIAL_ID, finish_run, log_metrics, open_run, start_run
-from pneumo.train import SELECTION_METRIC, EpochLogger, build_trainer, storage_path
+from pneumo.tracking import TAG_TRAIN_FOLDER, TAG_TRIAL_ID, finish_run, log_metrics, open_run, start_run
+from pneumo.train import EpochLogger, build_trainer, storage_path
 
 logger = logging.getLogger(__name__)
 
@@ -94,16 +94,15 @@ def run_trial(params: dict[str, Any], base_config: dict, data: PreparedData, pre
     context = tune.get_context()
     client = MlflowClient(tracking_uri)
     run_id = _trial_run_id(client, cfg, parent_run_id, context.get_trial_id(), context.get_trial_name(), params)
+    client.set_tag(run_id, TAG_TRAIN_FOLDER, f"{train_storage}/{context.get_trial_id()}")
     trainer = build_trainer(cfg, data, preprocessing, run_name=context.get_trial_id(),
                             # MLflow first: once Tune sees an epoch, ASHA may stop the trial at once
                             callbacks=[EpochLogger(tracking_uri, run_id, cfg.train.epochs, f"[{context.get_trial_name()}] "),
                                        TuneReportCallback()],
                             storage=train_storage)
-    result = trainer.fit()
-    best_checkpoint, best_metrics = max(result.best_checkpoints, key=lambda pair: pair[1][SELECTION_METRIC])
-    client.set_tag(run_id, TAG_BEST_CHECKPOINT, best_checkpoint.path)
-    log_metrics(client, run_id, {f"best_{SELECTION_METRIC}": best_metrics[SELECTION_METRIC]})
-    finish_run(client, run_id)
+    # Nothing may follow fit(): ASHA stops a trial right after a report (its last epoch included), and
+    # the function never returns. _close_trial_runs finishes the MLflow run afterwards.
+    trainer.fit()
 
 
 @dataclass

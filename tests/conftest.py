@@ -51,6 +51,7 @@ name: {name}
 data:
   path: {data_path}
   image_size: 48
+  cache_dir: {directory / 'cache'}
 model:
   name: test_resnet
 train:

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
+from pneumo.calibration import Calibration
 from pneumo.config import EvalConfig
 from pneumo.evaluate import Predictions, confident_mistakes, evaluate_predictions
 from pneumo.metrics import (SCORES, binary_metrics, bootstrap_intervals, choose_threshold, format_metrics_table,
@@ -118,7 +119,7 @@ def test_evaluation_fits_temperature_and_threshold_on_validation():
     test_labels, test_logits = logits_of(np.zeros(3000), seed=1, scale=4.0)
     val, test = Predictions(val_labels, val_logits, []), Predictions(test_labels, test_logits, [])
     evaluation = evaluate_predictions(val, test, EvalConfig(bootstrap_samples=20))
-    assert evaluation.temperature == pytest.approx(4.0, rel=0.15)
+    assert evaluation.calibration.temperature == pytest.approx(4.0, rel=0.15)
     assert evaluation.metrics["ece"] < evaluation.metrics["ece_uncalibrated"] / 2
     assert evaluation.metrics["auroc"] == pytest.approx(roc_auc_score(test_labels, test_logits))  # ranking kept
     assert len(evaluation.operating_points) == 4 and set(evaluation.intervals) == set(SCORES)
@@ -127,8 +128,10 @@ def test_evaluation_fits_temperature_and_threshold_on_validation():
 def test_stored_threshold_and_temperature_are_used_as_given():
     labels, logits = logits_of(np.zeros(500), seed=2)
     test = Predictions(labels, logits, [])
-    evaluation = evaluate_predictions(None, test, EvalConfig(bootstrap_samples=0), threshold=0.3, temperature=2.0)
-    assert (evaluation.threshold, evaluation.temperature, evaluation.intervals) == (0.3, 2.0, {})
+    stored = Calibration(2.0, 0.5)
+    evaluation = evaluate_predictions(None, test, EvalConfig(bootstrap_samples=0), threshold=0.3, calibration=stored)
+    assert (evaluation.threshold, evaluation.calibration, evaluation.intervals) == (0.3, stored, {})
+    np.testing.assert_allclose(evaluation.test_probabilities, 1 / (1 + np.exp(-(logits / 2.0 + 0.5))))
     assert evaluation.operating_points == []
     with pytest.raises(ValueError, match="validation"):
         evaluate_predictions(None, test, EvalConfig())

@@ -24,7 +24,7 @@ from pneumo.checkpoints import CheckpointMeta, load_checkpoint, save_checkpoint
 from pneumo.config import ConfigError, EvalConfig, MlflowConfig, ModelConfig, ServeConfig, load_config
 from pneumo.data.synthetic import generate_chest_xrays
 from pneumo.data.transforms import decode_image, normalize
-from pneumo.calibration import apply_temperature
+from pneumo.calibration import Calibration
 from pneumo.evaluate import predict_logits, predict_probabilities
 from pneumo.metrics import binary_metrics, choose_threshold
 from pneumo.models import create_model, resolve_preprocessing
@@ -73,12 +73,12 @@ def train_checkpoint(data_root: Path, out: Path) -> tuple[Path, dict[str, float]
         loss.backward()
         optimizer.step()
     model.eval()
-    threshold = choose_threshold(labels, apply_temperature(predict_logits(model, images, spec)), EvalConfig())
+    threshold = choose_threshold(labels, Calibration().probabilities(predict_logits(model, images, spec)), EvalConfig())
     test_images, test_labels = split("test")
-    metrics = binary_metrics(test_labels, apply_temperature(predict_logits(model, test_images, spec)), threshold)
+    metrics = binary_metrics(test_labels, Calibration().probabilities(predict_logits(model, test_images, spec)), threshold)
     meta = CheckpointMeta(model=model_cfg.__dict__, preprocessing=spec.to_dict(), epoch=0,
                           metrics={"test_auroc": metrics["auroc"]}, decision_threshold=threshold,
-                          temperature=1.7)  # not 1: a server that ignored the stored temperature would differ
+                          temperature=1.7, logit_bias=-0.4)  # a server that ignored them would differ
     return save_checkpoint(out, model, meta), {"test_auroc": metrics["auroc"]}
 
 
@@ -201,7 +201,7 @@ def test_model_endpoint_describes_the_registered_champion(server):
     assert (info["name"], info["version"], info["uri"]) == (REGISTERED_NAME, "1", f"models:/{REGISTERED_NAME}/1")
     assert info["metrics"]["test_auroc"] == pytest.approx(server["metrics"]["test_auroc"], abs=1e-5)
     assert info["decision_threshold"] == pytest.approx(meta.decision_threshold)
-    assert info["temperature"] == pytest.approx(1.7)
+    assert (info["temperature"], info["logit_bias"]) == (pytest.approx(1.7), pytest.approx(-0.4))
     assert info["preprocessing"]["image_size"] == 32 and info["preprocessing"]["in_chans"] == 1
 
 

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import mlflow
 import pandas as pd
@@ -15,7 +16,7 @@ from mlflow.tracking import MlflowClient
 from conftest import write_smoke_yaml
 from pneumo.config import load_config
 from pneumo.experiment import run_experiment
-from pneumo.tracking import TAG_TRIAL_ID
+from pneumo.tracking import TAG_TRIAL_ID, training_run_for
 
 pytestmark = pytest.mark.slow
 
@@ -62,6 +63,13 @@ def test_search_stops_weak_trials_and_logs_nested_runs(first_search):
         assert child.info.status == "FINISHED"
     assert all(len(client.get_metric_history(c.info.run_id, "val_auroc")) < 3 for c in stopped)
     assert "test_auroc" in parent.data.metrics and "best_val_auroc" in parent.data.metrics
+
+    # the report draws the training curves of the trial whose checkpoint won
+    winner = training_run_for(client, parent.info.run_id)
+    assert winner in {c.info.run_id for c in children}
+    assert outcome.test_metrics and (Path(outcome.report_path).parent / "training_curves.png").stat().st_size > 0
+    winner_auroc = [m.value for m in client.get_metric_history(winner, "val_auroc")]
+    assert max(winner_auroc) == pytest.approx(parent.data.metrics["best_val_auroc"])
 
 
 def test_best_model_is_registered_as_champion_and_predicts(first_search, synthetic_root):

@@ -2,8 +2,9 @@
 
 Images are decoded and resized once, in parallel Ray Data tasks, and kept (materialized) as uint8
 arrays in Ray's object store: every epoch and every Tune trial then streams them without decoding
-again, and augmentation happens on the training device. Each row also carries a SHA-1 of the file
-bytes, which gives the dataset fingerprint logged with every run.
+again, and augmentation happens on the training device. With data.cache_dir set, the decoded rows
+are also kept on disk (cache.py) for later runs. Each row carries a SHA-1 of the file bytes, which
+gives the dataset fingerprint logged with every run.
 """
 
 from __future__ import annotations
@@ -11,15 +12,17 @@ from __future__ import annotations
 import hashlib
 import logging
 from dataclasses import asdict, dataclass, field
+from typing import Optional
 
 import numpy as np
 import ray.data
 from ray.data.expressions import col
 
 from pneumo.config import DataConfig
-from pneumo.data.folder import CLASS_NAMES, SPLITS, ImageRecord, is_empty_dir, list_kaggle_folder
-from pneumo.data.split import resplit_by_patient
-from pneumo.data.transforms import ImageDecodeError, Preprocessing, decode_image
+from pneumo.data.cache import cache_key, read_cached, write_cached
+from pneumo.data.folder import CLASS_NAMES, SPLITS, ImageRecord, is_empty_dir
+from pneumo.data.sources import list_source, load_image
+from pneumo.data.transforms import ImageDecodeError, Preprocessing
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +39,7 @@ class PreparedData:
     fingerprint: str  # SHA-256 over (split, label, file SHA-1) of every used image
     skipped_files: dict[str, str] = field(default_factory=dict)  # path -> why it was dropped
     ignored_files: int = 0  # non-image files in the class folders
+    assigned_split: Optional[list[dict]] = None  # path/label/split rows, when pneumo made the split
 
     @property
     def n_images(self) -> int:
@@ -47,19 +51,19 @@ class PreparedData:
         return train[CLASS_NAMES[0]] / max(train[CLASS_NAMES[1]], 1)
 
 
-def _decode_one(path: str, preprocessing: Preprocessing, max_pixels: int) -> tuple[np.ndarray, str, str]:
-    """(image, SHA-1 of the bytes, error message or '') for one file."""
+def _decode_one(location: str, preprocessing: Preprocessing, max_pixels: int) -> tuple[np.ndarray, str, str]:
+    """(image, SHA-1 of the stored bytes, error message or '') for one record."""
     side = preprocessing.image_size
     blank = np.zeros((preprocessing.in_chans, side, side), np.uint8)
     try:
-        with open(path, "rb") as file:
-            data = file.read()
+        image, digest = load_image(location, preprocessing, max_pixels)
+        return image, digest, ""
+    except FileNotFoundError:
+        return blank, "", "file not found"
     except OSError as error:
-        return blank, "", f"cannot read file ({error.strerror})"
-    try:
-        return decode_image(data, preprocessing, max_pixels), hashlib.sha1(data).hexdigest(), ""
+        return blank, "", f"cannot read file ({error.strerror or error})"
     except ImageDecodeError as error:
-        return blank, hashlib.sha1(data).hexdigest(), str(error)
+        return blank, "", str(error)
 
 
 def _decode_batch(batch: dict[str, np.ndarray], preprocessing: Preprocessing, max_pixels: int) -> dict[str, np.ndarray]:
@@ -78,15 +82,6 @@ def ensure_dataset(cfg: DataConfig) -> None:
                              seed=cfg.synth.seed, label_noise=cfg.synth.label_noise)
 
 
-def list_records(cfg: DataConfig) -> tuple[list[ImageRecord], int]:
-    """The image records of every split (after the optional patient re-split) and the ignored-file count."""
-    listing = list_kaggle_folder(cfg.path)
-    records = listing.records
-    if cfg.resplit_val:
-        records = resplit_by_patient(records, cfg.val_fraction, cfg.split_seed)
-    return records, len(listing.ignored_files)
-
-
 def _fingerprint(rows: list[dict]) -> str:
     digest = hashlib.sha256()
     for row in sorted(rows, key=lambda r: (r["split"], r["sha1"], r["label"])):
@@ -94,28 +89,45 @@ def _fingerprint(rows: list[dict]) -> str:
     return digest.hexdigest()
 
 
-def _handle_bad_files(rows: list[dict], on_bad_file: str) -> dict[str, str]:
-    bad = {row["path"]: row["error"] for row in rows if row["error"]}
+def _handle_bad_files(rows: list[dict], refused: dict[str, str], on_bad_file: str) -> dict[str, str]:
+    """Unusable images and refused rows: raise under `error`, else log each and return them (location -> why)."""
+    bad = {**refused, **{row["path"]: row["error"] for row in rows if row["error"]}}
     if bad and on_bad_file == "error":
         listing = "\n".join(f"  {path}: {why}" for path, why in list(bad.items())[:20])
-        raise BadImageError(f"{len(bad)} unusable image file(s) (set data.on_bad_file=skip to drop them):\n{listing}")
+        raise BadImageError(f"{len(bad)} unusable image(s) or manifest row(s) (set data.on_bad_file=skip to drop "
+                            f"them):\n{listing}")
     for path, why in bad.items():
         logger.warning("skipping %s: %s", path, why)
     return bad
 
 
-def prepare_data(cfg: DataConfig, preprocessing: Preprocessing, max_pixels: int = 40_000_000) -> PreparedData:
-    """Decode every image once into per-split Ray Datasets at the model's size and channels."""
-    ensure_dataset(cfg)
-    records, ignored = list_records(cfg)
+def _decoded_records(cfg: DataConfig, records: list[ImageRecord], preprocessing: Preprocessing,
+                     max_pixels: int) -> ray.data.Dataset:
+    """Every record decoded (materialized in Ray's object store): from data.cache_dir when it holds
+    this exact set and preprocessing, else decoded now (and stored there when a cache is set)."""
+    key = cache_key(records, preprocessing, max_pixels) if cfg.cache_dir else ""
+    cached = read_cached(cfg.cache_dir, key) if cfg.cache_dir else None
+    if cached is not None:
+        logger.info("decoded images read from cache %s/%s", cfg.cache_dir, key[:12])
+        return cached.materialize()
     decoded = (
         ray.data.from_items([asdict(r) for r in records])
         .map_batches(_decode_batch, fn_kwargs={"preprocessing": preprocessing, "max_pixels": max_pixels},
                      batch_size=64, num_cpus=0.5)
         .materialize()
     )
-    rows = decoded.select_columns(["path", "label", "split", "sha1", "error"]).take_all()
-    skipped = _handle_bad_files(rows, cfg.on_bad_file)
+    if cfg.cache_dir:
+        write_cached(decoded, cfg.cache_dir, key)
+    return decoded
+
+
+def prepare_data(cfg: DataConfig, preprocessing: Preprocessing, max_pixels: int = 40_000_000) -> PreparedData:
+    """Decode every image once into per-split Ray Datasets at the model's size and channels."""
+    ensure_dataset(cfg)
+    listing = list_source(cfg)
+    decoded = _decoded_records(cfg, listing.records, preprocessing, max_pixels)
+    rows = decoded.select_columns(["path", "label", "patient_id", "split", "sha1", "error"]).take_all()
+    skipped = _handle_bad_files(rows, listing.refused, cfg.on_bad_file)
     usable = [r for r in rows if not r["error"]]
     counts = {split: {name: sum(1 for r in usable if r["split"] == split and r["label"] == label)
                       for label, name in enumerate(CLASS_NAMES)} for split in SPLITS}
@@ -124,4 +136,6 @@ def prepare_data(cfg: DataConfig, preprocessing: Preprocessing, max_pixels: int 
     # Materialized without a pending operator, so streaming them to trainers starts no Ray Data task:
     # on a small machine a task that needs a whole CPU could wait forever behind the training workers.
     training = {split: datasets[split].select_columns(["image", "label"]).materialize() for split in ("train", "val")}
-    return PreparedData(datasets, training, counts, _fingerprint(usable), skipped, ignored)
+    split_table = ([{k: r[k] for k in ("path", "label", "patient_id", "split")} for r in usable]
+                   if listing.split_assigned else None)
+    return PreparedData(datasets, training, counts, _fingerprint(usable), skipped, listing.ignored_files, split_table)

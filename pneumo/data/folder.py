@@ -15,7 +15,7 @@ from pneumo.data.patients import patient_id_from_filename
 
 SPLITS = ("train", "val", "test")
 CLASS_NAMES = ("NORMAL", "PNEUMONIA")  # label 0, label 1
-IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png", ".bmp", ".tif", ".tiff"}
+IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png", ".bmp", ".tif", ".tiff", ".dcm", ".dicom"}  # any case
 
 
 class DatasetLayoutError(ValueError):

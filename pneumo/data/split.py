@@ -43,3 +43,25 @@ def patients_in_several_splits(records: list[ImageRecord]) -> dict[str, set[str]
     for record in records:
         splits[record.patient_id].add(record.split)
     return {pid: s for pid, s in splits.items() if len(s) > 1}
+
+
+def split_by_patient(records: list[ImageRecord], fractions: tuple[float, float, float], seed: int) -> list[ImageRecord]:
+    """Records assigned to train/val/test by patient, stratified by each patient's label: for a manifest
+    without a `split` column. Each held-out split gets at least one patient of each class that has three
+    or more; the same records, fractions and seed always give the same split."""
+    patient_label = _patient_labels(records)
+    rng = random.Random(seed)
+    assigned: dict[str, str] = {}
+    for label in (0, 1):
+        patients = sorted(pid for pid, lab in patient_label.items() if lab == label)
+        rng.shuffle(patients)
+        n_test, n_val = (_held_out(len(patients), fraction) for fraction in (fractions[2], fractions[1]))
+        for i, pid in enumerate(patients):
+            assigned[pid] = "test" if i < n_test else "val" if i < n_test + n_val else "train"
+    return [replace(r, split=assigned[r.patient_id]) for r in records]
+
+
+def _held_out(n_patients: int, fraction: float) -> int:
+    if fraction <= 0 or n_patients < 3:
+        return 0
+    return max(1, round(n_patients * fraction))

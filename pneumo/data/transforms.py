@@ -80,6 +80,20 @@ def decode_image(data: bytes, preprocessing: Preprocessing, max_pixels: int = 40
         raise
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         raise ImageDecodeError(f"not a readable image ({error})") from None
+    return _resize(image, preprocessing)
+
+
+def prepare_array(pixels: np.ndarray, preprocessing: Preprocessing) -> np.ndarray:
+    """An (H, W) or (H, W, 3) image array (MedMNIST .npz) -> uint8 (C, H, W) like `decode_image`."""
+    if pixels.ndim not in (2, 3) or (pixels.ndim == 3 and pixels.shape[2] not in (1, 3)):
+        raise ImageDecodeError(f"array of shape {pixels.shape} is not an (H, W) or (H, W, 3) image")
+    if pixels.ndim == 3 and pixels.shape[2] == 1:
+        pixels = pixels[:, :, 0]
+    image = Image.fromarray(pixels) if pixels.dtype == np.uint8 else _to_8bit(Image.fromarray(pixels.astype(np.float32)))
+    return _resize(_to_mode(image, preprocessing.in_chans), preprocessing)
+
+
+def _resize(image: Image.Image, preprocessing: Preprocessing) -> np.ndarray:
     size = (preprocessing.image_size, preprocessing.image_size)
     resized = np.asarray(image.resize(size, _RESAMPLE[preprocessing.interpolation]), dtype=np.uint8)
     return resized[None] if resized.ndim == 2 else resized.transpose(2, 0, 1)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pneumo.config import DataConfig
+from pneumo.data.sources import resolve_format
 from pneumo.data.synthetic import SYNTHETIC_MARKER
 
 KERMANY_2018 = ("Kermany et al., Identifying Medical Diagnoses and Treatable Diseases by Image-Based Deep "
@@ -45,9 +46,10 @@ def resolve_baseline_dataset(setting: str, data: DataConfig) -> str:
     is PneumoniaMNIST, a Kaggle-layout folder is the Kaggle set unless pneumo synthesised it."""
     if setting != "auto":
         return setting
-    if data.format == "npz":
+    data_format = resolve_format(data)
+    if data_format == "npz":
         return "pneumoniamnist"
-    if data.format == "folder" and not (Path(data.path) / SYNTHETIC_MARKER).is_file():
+    if data_format == "folder" and not (Path(data.path) / SYNTHETIC_MARKER).is_file():
         return "kaggle"
     return "none"
 

@@ -33,7 +33,7 @@ def write_report(content: ReportContent, history: dict[str, list[tuple[int, floa
         figures["ROC curve, operating point marked"] = plots.plot_roc(labels, probabilities, metrics, out / "roc.png")
         figures["Precision-recall curve"] = plots.plot_precision_recall(labels, probabilities, metrics, out / "pr.png")
     figures["Confusion matrix"] = plots.plot_confusion(metrics, out / "confusion.png")
-    figures["Reliability diagram"] = plots.plot_reliability(evaluation.reliability, evaluation.temperature,
+    figures["Reliability diagram"] = plots.plot_reliability(evaluation.reliability, evaluation.calibration,
                                                             out / "reliability.png")
     if history:
         figures["Training curves"] = plots.plot_training_curves(history, out / "training_curves.png")

@@ -54,10 +54,11 @@ def _metrics_section(evaluation: Evaluation) -> str:
     rows = [[key, f"{metrics[key]:.3f}",
              f"{intervals[key][0]:.3f} - {intervals[key][1]:.3f}" if key in intervals else "n/a"] for key in SCORES]
     rows.append(["expected calibration error", f"{metrics['ece']:.3f}",
-                 f"before temperature scaling: {metrics['ece_uncalibrated']:.3f}"])
+                 f"before recalibration: {metrics['ece_uncalibrated']:.3f}"])
     n = metrics["tp"] + metrics["fp"] + metrics["tn"] + metrics["fn"]
     return (f"<h2>Test metrics</h2><p class='note'>{n} test images, threshold {metrics['threshold']:.3f} on "
-            f"P(pneumonia), temperature {evaluation.temperature:.3f}; intervals: percentile bootstrap over test "
+            f"P(pneumonia), calibration T={evaluation.calibration.temperature:.3f}, "
+            f"bias={evaluation.calibration.bias:+.3f}; intervals: percentile bootstrap over test "
             f"images.</p>" + _table(["metric", "value", "95% interval" if intervals else "interval"], rows)
             + _table(["", "predicted NORMAL", "predicted PNEUMONIA"],
                      [["true NORMAL", metrics["tn"], metrics["fp"]], ["true PNEUMONIA", metrics["fn"], metrics["tp"]]]))

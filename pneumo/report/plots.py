@@ -12,7 +12,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from sklearn.metrics import precision_recall_curve, roc_curve
 
-from pneumo.calibration import ReliabilityBins
+from pneumo.calibration import Calibration, ReliabilityBins
 from pneumo.data.folder import CLASS_NAMES
 
 DPI = 110
@@ -69,7 +69,7 @@ def plot_confusion(metrics: dict[str, float], path: Path) -> Path:
     return _save(figure, path)
 
 
-def plot_reliability(bins: ReliabilityBins, temperature: float, path: Path) -> Path:
+def plot_reliability(bins: ReliabilityBins, calibration: Calibration, path: Path) -> Path:
     """Observed pneumonia rate against mean predicted probability per bin, with image counts below."""
     figure = Figure(figsize=(4.2, 5.0))
     top, bottom = figure.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
@@ -80,7 +80,8 @@ def plot_reliability(bins: ReliabilityBins, temperature: float, path: Path) -> P
     top.bar(centres[used], bins.observed_rate[used], width=width * 0.9, alpha=0.6, label="observed rate")
     top.plot(bins.mean_predicted[used], bins.observed_rate[used], "o-", color="crimson", ms=4)
     top.set(ylabel="fraction with pneumonia", xlim=(0, 1), ylim=(0, 1.01),
-            title=f"Reliability (test), ECE {bins.expected_calibration_error:.3f}, T={temperature:.2f}")
+            title=f"Reliability (test), ECE {bins.expected_calibration_error:.3f}\n"
+                  f"T={calibration.temperature:.2f}, bias={calibration.bias:+.2f}")
     top.legend(loc="upper left")
     bottom.bar(centres, bins.counts, width=width * 0.9, color="grey")
     bottom.set(xlabel="predicted P(pneumonia)", ylabel="images")
