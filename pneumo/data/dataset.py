@@ -25,6 +25,7 @@ from pneumo.data.sources import list_source, load_image
 from pneumo.data.transforms import ImageDecodeError, Preprocessing
 
 logger = logging.getLogger(__name__)
+DECODE_ROWS = 128  # records per Ray Data decode task
 
 
 class BadImageError(ValueError):
@@ -101,6 +102,16 @@ def _handle_bad_files(rows: list[dict], refused: dict[str, str], on_bad_file: st
     return bad
 
 
+def decode_records(records: list[ImageRecord], preprocessing: Preprocessing, max_pixels: int,
+                   cpus_per_task: float = 0.5) -> ray.data.Dataset:
+    """The lazy Ray Data pipeline: records -> rows with image, sha1 and error (streamed when iterated)."""
+    # blocks of ~DECODE_ROWS records: Ray Data's default (200 blocks) makes tasks of a few files each
+    n_blocks = max(1, -(-len(records) // DECODE_ROWS))
+    return (ray.data.from_items([asdict(r) for r in records], override_num_blocks=n_blocks)
+            .map_batches(_decode_batch, fn_kwargs={"preprocessing": preprocessing, "max_pixels": max_pixels},
+                         batch_size=64, num_cpus=cpus_per_task))
+
+
 def _decoded_records(cfg: DataConfig, records: list[ImageRecord], preprocessing: Preprocessing,
                      max_pixels: int) -> ray.data.Dataset:
     """Every record decoded (materialized in Ray's object store): from data.cache_dir when it holds
@@ -110,12 +121,7 @@ def _decoded_records(cfg: DataConfig, records: list[ImageRecord], preprocessing:
     if cached is not None:
         logger.info("decoded images read from cache %s/%s", cfg.cache_dir, key[:12])
         return cached.materialize()
-    decoded = (
-        ray.data.from_items([asdict(r) for r in records])
-        .map_batches(_decode_batch, fn_kwargs={"preprocessing": preprocessing, "max_pixels": max_pixels},
-                     batch_size=64, num_cpus=0.5)
-        .materialize()
-    )
+    decoded = decode_records(records, preprocessing, max_pixels).materialize()
     if cfg.cache_dir:
         write_cached(decoded, cfg.cache_dir, key)
     return decoded
