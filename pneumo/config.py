@@ -96,14 +96,15 @@ class TrainConfig:
     grad_clip_norm: float = 1.0  # max global gradient norm; 0 disables clipping
     class_weighting: str = "balanced"  # balanced: weight positives by negatives/positives; none
     seed: int = 0  # seeds weights, augmentation and batch order
-    precision: str = "auto"  # fp32 | bf16 | auto (bf16 autocast on GPUs that support it)
+    precision: str = "auto"  # fp32 | bf16 | fp16 (with loss scaling) | auto (bf16 autocast on GPUs that support it)
+    channels_last: Optional[bool] = None  # NHWC memory format; None: on GPUs only
     checkpoints_to_keep: int = 2  # best checkpoints kept by val AUROC (the latest is kept too)
 
     def __post_init__(self) -> None:
         _check_choice("train.optimizer", self.optimizer, ("adamw", "sgd"))
         _check_choice("train.lr_schedule", self.lr_schedule, ("cosine", "constant"))
         _check_choice("train.class_weighting", self.class_weighting, ("balanced", "none"))
-        _check_choice("train.precision", self.precision, ("auto", "fp32", "bf16"))
+        _check_choice("train.precision", self.precision, ("auto", "fp32", "bf16", "fp16"))
         if self.epochs < 1 or self.batch_size < 1 or self.checkpoints_to_keep < 1:
             raise ConfigError("train.epochs, train.batch_size and train.checkpoints_to_keep must be >= 1")
 
@@ -114,11 +115,14 @@ class ResourcesConfig:
     use_gpu: bool = False  # one GPU per worker, NCCL backend
     cpus_per_worker: float = 0.45  # fractional on small machines: Ray Data needs free CPU or it hangs
     storage_path: str = "results"  # checkpoints and Ray results; shared storage (s3://…) on clusters
-    max_failures: int = 0  # restarts from the latest checkpoint after a worker dies
+    max_failures: int = 0  # restarts from the latest checkpoint after a worker or node dies; -1: unlimited
+    placement_strategy: str = "PACK"  # PACK: fill a node first | SPREAD: workers on different nodes
 
     def __post_init__(self) -> None:
         if self.num_workers < 1:
             raise ConfigError("scaling.num_workers must be >= 1")
+        _check_choice("scaling.placement_strategy", self.placement_strategy,
+                      ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"))
         if self.cpus_per_worker <= 0:
             raise ConfigError("scaling.cpus_per_worker must be > 0 (fractions such as 0.45 are fine)")
 

@@ -17,7 +17,8 @@ from mlflow.tracking import MlflowClient
 from pneumo.calibration import describe_calibration
 from pneumo.checkpoints import load_checkpoint, read_meta, write_meta
 from pneumo.config import ConfigError, ExperimentConfig
-from pneumo.data.dataset import PreparedData, prepare_data
+from pneumo.cluster import check_shared_paths
+from pneumo.data.dataset import PreparedData, ensure_dataset, prepare_data
 from pneumo.data.transforms import Preprocessing
 from pneumo.evaluate import Evaluation, evaluate_predictions, predict_dataset
 from pneumo.metrics import format_metrics_table
@@ -127,6 +128,8 @@ def run_experiment(cfg: ExperimentConfig, resume: bool = False) -> ExperimentOut
     """Train once, or search when tune.num_samples > 0; then evaluate and register the best model."""
     client = client_for(cfg)
     preprocessing = model_preprocessing(cfg)
+    ensure_dataset(cfg.data)
+    check_shared_paths(cfg)
     data = prepare_data(cfg.data, preprocessing, cfg.serve.max_image_pixels)
     logger.info("data: %s, fingerprint %s", data.counts, data.fingerprint[:12])
     if cfg.tune.num_samples > 0:

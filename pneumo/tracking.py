@@ -87,6 +87,13 @@ def log_epoch_metrics(tracking_uri: str, run_id: str, metrics: dict[str, Any]) -
                 step=int(metrics["epoch"]))
 
 
+def record_worker_failure(tracking_uri: str, run_id: str, count: int, summary: str) -> None:
+    """Metric `worker_failures` (step = count) and the latest failure as a tag (from the Train controller)."""
+    client = MlflowClient(tracking_uri)
+    log_metrics(client, run_id, {"worker_failures": count}, step=count)
+    client.set_tag(run_id, "pneumo.last_worker_failure", summary[:5000])
+
+
 def finish_run(client: MlflowClient, run_id: str, failed: bool = False) -> None:
     client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED if failed else RunStatus.FINISHED))
 

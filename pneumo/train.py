@@ -30,7 +30,7 @@ from pneumo.data.dataset import PreparedData
 from pneumo.data.transforms import Preprocessing, augment, normalize
 from pneumo.metrics import binary_metrics
 from pneumo.models import create_model, unwrap
-from pneumo.tracking import log_epoch_metrics
+from pneumo.tracking import log_epoch_metrics, record_worker_failure
 
 SELECTION_METRIC = "val_auroc"  # what picks the checkpoints Ray Train keeps
 
@@ -68,9 +68,9 @@ def build_lr_schedule(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_
 
 
 def autocast_dtype(precision: str, device: torch.device) -> Optional[torch.dtype]:
-    """bf16 when asked, or on `auto` for GPUs that support it; None means full fp32."""
-    if precision == "bf16":
-        return torch.bfloat16
+    """bf16/fp16 when asked, or bf16 on `auto` for GPUs that support it; None means full fp32."""
+    if precision in ("bf16", "fp16"):
+        return torch.bfloat16 if precision == "bf16" else torch.float16
     if precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported():
         return torch.bfloat16
     return None
@@ -84,9 +84,18 @@ class WorkerContext:
     device: torch.device
     amp_dtype: Optional[torch.dtype]
     loss_fn: torch.nn.Module
+    scaler: torch.amp.GradScaler  # active for fp16 only: scales the loss so small gradients survive
+    channels_last: bool  # NHWC activations: faster convolutions with tensor cores
+
+
+def use_channels_last(setting: Optional[bool], device: torch.device) -> bool:
+    """train.channels_last, or on None (default) for GPUs only: on CPUs it rarely pays."""
+    return device.type == "cuda" if setting is None else setting
 
 
 def _forward(ctx: WorkerContext, images: torch.Tensor) -> torch.Tensor:
+    if ctx.channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
     with torch.autocast(ctx.device.type, dtype=ctx.amp_dtype or torch.float32, enabled=ctx.amp_dtype is not None):
         return ctx.model(images).float().squeeze(1)
 
@@ -103,10 +112,12 @@ def train_one_epoch(ctx: WorkerContext, shard, optimizer, scheduler, generator: 
         logits = _forward(ctx, normalize(images, ctx.preprocessing))
         loss = ctx.loss_fn(logits, batch["label"].float())
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        ctx.scaler.scale(loss).backward()
         if ctx.cfg.train.grad_clip_norm > 0:
+            ctx.scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(ctx.model.parameters(), ctx.cfg.train.grad_clip_norm)
-        optimizer.step()
+        ctx.scaler.step(optimizer)
+        ctx.scaler.update()
         scheduler.step()
         total_loss += loss.item() * len(logits)
         n_images += len(logits)
@@ -150,6 +161,8 @@ def _restore(ctx: WorkerContext, optimizer, scheduler) -> int:
         state = load_train_state(directory)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
+    if "scaler" in state:
+        ctx.scaler.load_state_dict(state["scaler"])
     return int(state["epoch"]) + 1
 
 
@@ -160,7 +173,8 @@ def _report(ctx: WorkerContext, metrics: dict, optimizer, scheduler, epoch: int)
         return
     meta = CheckpointMeta(model=to_dict(ctx.cfg)["model"], preprocessing=ctx.preprocessing.to_dict(),
                           epoch=epoch, metrics=metrics)
-    state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "epoch": epoch}
+    state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "epoch": epoch,
+             "scaler": ctx.scaler.state_dict()}
     with tempfile.TemporaryDirectory() as directory:
         save_checkpoint(directory, ctx.model, meta, state)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory),
@@ -184,11 +198,14 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     torch.set_num_threads(loop_config["torch_threads"])
     seed_everything(cfg.train.seed)  # same initial weights on every rank
     device = ray.train.torch.get_device()
-    model = ray.train.torch.prepare_model(create_model(cfg.model))  # [1] DDP + device placement
+    channels_last = use_channels_last(cfg.train.channels_last, device)
+    model = create_model(cfg.model).to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    model = ray.train.torch.prepare_model(model)  # [1] DDP (NCCL on GPUs, gloo on CPUs) + device placement
     pos_weight = torch.tensor(loop_config["positive_weight"] if cfg.train.class_weighting == "balanced" else 1.0)
-    ctx = WorkerContext(cfg, Preprocessing.from_dict(loop_config["preprocessing"]), model, device,
-                        autocast_dtype(cfg.train.precision, device),
-                        torch.nn.BCEWithLogitsLoss(pos_weight=pos_weight.to(device)))
+    amp_dtype = autocast_dtype(cfg.train.precision, device)
+    ctx = WorkerContext(cfg, Preprocessing.from_dict(loop_config["preprocessing"]), model, device, amp_dtype,
+                        torch.nn.BCEWithLogitsLoss(pos_weight=pos_weight.to(device)),
+                        torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16), channels_last)
     optimizer = build_optimizer(model, cfg.train)
     scheduler = build_lr_schedule(optimizer, cfg.train, loop_config["steps_per_epoch"])
     start_epoch = _restore(ctx, optimizer, scheduler)  # [2] resume from the latest checkpoint
@@ -211,10 +228,20 @@ class EpochLogger(UserCallback):
     def __init__(self, tracking_uri: str, run_id: str, epochs: int, label: str = ""):
         self.tracking_uri, self.run_id, self.epochs, self.label = tracking_uri, run_id, epochs, label
         self.last_report_s: Optional[float] = None
+        self.failures = 0
 
     def after_report(self, run_context, metrics: list[dict[str, Any]], checkpoint) -> None:
         log_epoch_metrics(self.tracking_uri, self.run_id, metrics[0])
         print(self._progress_line(metrics[0]), flush=True)
+
+    def after_exception(self, run_context, worker_exceptions: dict[int, Exception]) -> None:
+        """A worker died or raised: record it in MLflow; Ray Train restarts the worker group from the
+        latest checkpoint while scaling.max_failures allows."""
+        self.failures += 1
+        summary = "; ".join(f"rank {rank}: {type(error).__name__}: {str(error)[:300]}"
+                            for rank, error in sorted(worker_exceptions.items()))
+        record_worker_failure(self.tracking_uri, self.run_id, self.failures, summary)
+        print(f"{self.label}worker failure {self.failures}: {summary.splitlines()[0][:200]}", flush=True)
 
     def _progress_line(self, m: dict[str, Any]) -> str:
         now = time.monotonic()
@@ -258,7 +285,8 @@ def build_trainer(cfg: ExperimentConfig, data: PreparedData, preprocessing: Prep
         train_loop_per_worker,
         train_loop_config=build_loop_config(cfg, data, preprocessing),
         scaling_config=ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
-                                     resources_per_worker={"CPU": cfg.scaling.cpus_per_worker}),
+                                     resources_per_worker={"CPU": cfg.scaling.cpus_per_worker},
+                                     placement_strategy=cfg.scaling.placement_strategy),
         run_config=RunConfig(
             name=run_name,
             storage_path=storage or storage_path(cfg),

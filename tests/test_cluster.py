@@ -1,0 +1,140 @@
+"""The ways users run pneumo at scale, on real Ray clusters started here on loopback:
+`ray job submit` to a token-authenticated head, a two-node cluster, and a worker killed mid-run."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import QUICKSTART, REPO, write_smoke_yaml
+from pneumo.config import ConfigError, load_config
+
+pytestmark = pytest.mark.slow
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_job_upload_leaves_out_what_does_not_belong(tmp_path):
+    from ray._private.runtime_env.packaging import create_package
+
+    package = tmp_path / "package.zip"
+    create_package(str(REPO), package, include_gitignore=True)
+    names = zipfile.ZipFile(package).namelist()
+    assert "pneumo/cli.py" in names and "experiments/quickstart.yaml" in names and "serve_app.py" in names
+    for excluded in (".git/", ".venv/", "data/", "results/", "mlartifacts/", "mlflow.db"):
+        assert not any(name.startswith(excluded) for name in names), excluded
+    assert package.stat().st_size < 2_000_000, "far under Ray's 100 MiB working_dir limit"
+
+
+@pytest.fixture
+def ray_head(tmp_path):
+    """`ray start --head` on 127.0.0.1 (token authentication on, as Ray 2.60 clusters default to),
+    stopped by signalling only this head's process."""
+    dashboard_port = free_port()
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "PATH": f"{BIN}:{os.environ['PATH']}"}
+    env.pop("RAY_ADDRESS", None)
+    head = subprocess.Popen([BIN / "ray", "start", "--head", "--block", "--node-ip-address=127.0.0.1",
+                             f"--port={free_port()}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}",
+                             "--num-cpus=2", "--disable-usage-stats"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    address = f"http://127.0.0.1:{dashboard_port}"
+    client_env = {**env, "RAY_AUTH_MODE": "token"}
+    deadline = time.monotonic() + 90
+    while subprocess.run([BIN / "ray", "job", "list", "--address", address], env=client_env,
+                         capture_output=True).returncode != 0:
+        assert time.monotonic() < deadline and head.poll() is None, "Ray head did not come up"
+        time.sleep(2)
+    yield address, client_env
+    head.send_signal(signal.SIGTERM)
+    head.wait(timeout=60)
+
+
+def test_ray_job_submit_runs_an_experiment_and_logs_it_to_mlflow(ray_head, tmp_path, synthetic_root):
+    address, env = ray_head
+    unauthenticated = subprocess.run([BIN / "ray", "job", "list", "--address", address],
+                                     env={**env, "RAY_AUTH_MODE": "disabled"}, capture_output=True, text=True)
+    assert unauthenticated.returncode != 0, "the head refuses clients without the token"
+
+    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    overrides = ["name=job-smoke", f"data.path={synthetic_root}", "data.image_size=48", "model.name=test_resnet",
+                 "train.epochs=2", "train.batch_size=16", "tune.num_samples=0", f"mlflow.tracking_uri={tracking}",
+                 f"scaling.storage_path={tmp_path / 'results'}", f"data.cache_dir={tmp_path / 'cache'}"]
+    submitted = subprocess.run(
+        [BIN / "ray", "job", "submit", "--address", address, "--working-dir", ".", "--submission-id", "pneumo-job-test",
+         "--", "pneumo", "run", "experiments/quickstart.yaml", *overrides],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert submitted.returncode == 0, submitted.stdout[-3000:] + submitted.stderr[-3000:]
+    status = subprocess.run([BIN / "ray", "job", "status", "--address", address, "pneumo-job-test"],
+                            env=env, capture_output=True, text=True)
+    assert "job 'pneumo-job-test' succeeded" in status.stdout.lower(), status.stdout
+
+    client = MlflowClient(tracking)
+    runs = client.search_runs([client.get_experiment_by_name("pneumo").experiment_id],
+                              filter_string="tags.`pneumo.experiment` = 'job-smoke'")
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED" and "test_auroc" in runs[0].data.metrics
+
+
+def test_two_node_cluster_trains_with_workers_on_both_nodes(tmp_path, synthetic_root):
+    yaml = write_smoke_yaml(tmp_path, synthetic_root, "two-node")
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    env.pop("RAY_ADDRESS", None)
+    finished = subprocess.run([sys.executable, str(Path(__file__).with_name("two_node_run.py")), str(yaml)],
+                              env=env, capture_output=True, text=True, timeout=900)
+    assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
+    result = json.loads(finished.stdout.strip().splitlines()[-1])
+    assert result["nodes"] == 2
+    assert len(set(result["worker_nodes"])) == 2, "one training worker on each node"
+    assert result["epochs_logged"] == [0, 1] and result["status"] == "FINISHED"
+    assert "missing-chest_xray is not visible on nodes 127.0.0.1, 127.0.0.1" in result["invisible_data_error"]
+
+
+def test_killed_training_worker_restarts_from_checkpoint(ray_session, tmp_path, synthetic_root):
+    from ray.util.state import list_actors
+
+    yaml = write_smoke_yaml(tmp_path, synthetic_root, "worker-kill")
+    overrides = ["train.epochs=4", "scaling.max_failures=2"]
+    cfg = load_config([yaml], overrides)
+    env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
+    driver = subprocess.Popen([sys.executable, "-m", "pneumo.cli", "run", str(yaml), *overrides], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    client = MlflowClient(cfg.mlflow.tracking_uri)
+    deadline = time.monotonic() + 300
+    run_id = None
+    while run_id is None:
+        assert time.monotonic() < deadline and driver.poll() is None, "epoch 1 never reached MLflow"
+        experiment = client.get_experiment_by_name(cfg.mlflow.experiment_name)
+        for run in client.search_runs([experiment.experiment_id]) if experiment else []:
+            if len(client.get_metric_history(run.info.run_id, "val_auroc")) >= 1:
+                run_id = run.info.run_id
+        time.sleep(0.5)
+    workers = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")], detail=True)
+    assert workers, "no live training worker to kill"
+    os.kill(workers[0].pid, signal.SIGKILL)
+    output, _ = driver.communicate(timeout=600)
+    assert driver.returncode == 0, output[-3000:]
+
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    steps = sorted(m.step for m in client.get_metric_history(run_id, "val_auroc"))
+    assert steps == [0, 1, 2, 3], "restarted from the checkpoint: no epoch duplicated, none missing"
+    assert run.data.metrics["worker_failures"] == 1 and "pneumo.last_worker_failure" in run.data.tags
+
+
+def test_paths_missing_on_nodes_are_named(ray_session):
+    from pneumo.cluster import check_shared_paths, nodes_missing
+
+    assert nodes_missing("/no/such/folder") == ["127.0.0.1"]
+    check_shared_paths(load_config([QUICKSTART], ["data.path=/no/such/folder"]))  # one node: no constraint
