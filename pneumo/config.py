@@ -98,7 +98,7 @@ class TrainConfig:
     seed: int = 0  # seeds weights, augmentation and batch order
     precision: str = "auto"  # fp32 | bf16 | fp16 (with loss scaling) | auto (bf16 autocast on GPUs that support it)
     channels_last: Optional[bool] = None  # NHWC memory format; None: on GPUs only
-    checkpoints_to_keep: int = 2  # best checkpoints kept by val AUROC (the latest is kept too)
+    checkpoints_to_keep: int = 2  # best checkpoints kept by tune.metric (val_auroc by default)
 
     def __post_init__(self) -> None:
         _check_choice("train.optimizer", self.optimizer, ("adamw", "sgd"))
@@ -163,11 +163,14 @@ class MlflowConfig:
     register: bool = True  # register the evaluated best checkpoint in the model registry
 
 
+EPOCH_METRICS = ("val_auroc", "val_loss", "val_accuracy", "train_loss")  # reported by every epoch
+
+
 @dataclass
 class TuneConfig:
     num_samples: int = 0  # trials; 0 trains once without a search
     search_space: dict[str, Any] = field(default_factory=dict)  # dotted key -> {loguniform: [a, b]}…
-    metric: str = "val_auroc"  # what the search maximises or minimises
+    metric: str = "val_auroc"  # per-epoch metric the search optimises; also keeps and picks checkpoints
     mode: str = "max"  # max | min
     scheduler: str = "asha"  # asha (early stopping on per-epoch metrics) | fifo
     searcher: str = "random"  # random (and grid) | optuna
@@ -177,6 +180,7 @@ class TuneConfig:
     time_budget_s: Optional[float] = None  # stop starting trials after this many seconds
 
     def __post_init__(self) -> None:
+        _check_choice("tune.metric", self.metric, EPOCH_METRICS)
         _check_choice("tune.mode", self.mode, ("max", "min"))
         _check_choice("tune.scheduler", self.scheduler, ("asha", "fifo"))
         _check_choice("tune.searcher", self.searcher, ("random", "optuna"))

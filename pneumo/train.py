@@ -32,7 +32,6 @@ from pneumo.metrics import binary_metrics
 from pneumo.models import create_model, unwrap
 from pneumo.tracking import log_epoch_metrics, record_worker_failure
 
-SELECTION_METRIC = "val_auroc"  # what picks the checkpoints Ray Train keeps
 
 
 # ---------------------------------------------------------------- per-worker pieces
@@ -105,7 +104,7 @@ def train_one_epoch(ctx: WorkerContext, shard, optimizer, scheduler, generator: 
     ctx.model.train()
     total_loss, n_images, start = 0.0, 0, time.perf_counter()
     batches = shard.iter_torch_batches(batch_size=ctx.cfg.train.batch_size, device=ctx.device,
-                                       local_shuffle_buffer_size=4 * ctx.cfg.train.batch_size,
+                                       local_shuffle_buffer_size=max(256, 4 * ctx.cfg.train.batch_size),
                                        local_shuffle_seed=ctx.cfg.train.seed + epoch, prefetch_batches=2)
     for batch in batches:
         images = augment(batch["image"].float().div_(255.0), ctx.cfg.data.augment, generator)
@@ -214,8 +213,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     val_shard = ray.train.get_dataset_shard("val")
     for epoch in range(start_epoch, cfg.train.epochs):
         generator.manual_seed(cfg.train.seed * 100_003 + epoch * 1000 + rank)
+        started_at = time.time()  # unix seconds: when each epoch ran, for dashboards and bench/overhead_bench.py
         metrics = {"epoch": epoch, **train_one_epoch(ctx, train_shard, optimizer, scheduler, generator, epoch)}
-        metrics.update(validate(ctx, val_shard), lr=optimizer.param_groups[0]["lr"])
+        metrics.update(validate(ctx, val_shard), lr=optimizer.param_groups[0]["lr"], epoch_started_at=started_at,
+                       epoch_finished_at=time.time())
         _report(ctx, metrics, optimizer, scheduler, epoch)  # [4] metrics + checkpoint to Ray Train
 
 
@@ -291,8 +292,10 @@ def build_trainer(cfg: ExperimentConfig, data: PreparedData, preprocessing: Prep
             name=run_name,
             storage_path=storage or storage_path(cfg),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.checkpoints_to_keep,
-                                               checkpoint_score_attribute=SELECTION_METRIC,
-                                               checkpoint_score_order="max"),
+                                               # kept by what picks the best one (tune.metric, val_auroc
+                                               # by default), so the best is never among those deleted
+                                               checkpoint_score_attribute=cfg.tune.metric,
+                                               checkpoint_score_order=cfg.tune.mode),
             failure_config=FailureConfig(max_failures=cfg.scaling.max_failures),
             callbacks=callbacks,
             logging_config=LoggingConfig(log_level="WARNING"),  # progress comes from EpochLogger
@@ -312,5 +315,6 @@ def fit(cfg: ExperimentConfig, data: PreparedData, preprocessing: Preprocessing,
     """Train once (or resume `run_name`) and return where the best checkpoint is."""
     trainer = build_trainer(cfg, data, preprocessing, run_name, [EpochLogger(tracking_uri, mlflow_run_id, cfg.train.epochs)])
     result = trainer.fit()
-    best_checkpoint, best_metrics = max(result.best_checkpoints, key=lambda pair: pair[1][SELECTION_METRIC])
+    sign = 1 if cfg.tune.mode == "max" else -1
+    best_checkpoint, best_metrics = max(result.best_checkpoints, key=lambda pair: sign * pair[1][cfg.tune.metric])
     return TrainOutcome(best_checkpoint.path, best_metrics, result.metrics, result.path)

@@ -100,9 +100,11 @@ def run_trial(params: dict[str, Any], base_config: dict, data: PreparedData, pre
                             callbacks=[EpochLogger(tracking_uri, run_id, cfg.train.epochs, f"[{context.get_trial_name()}] "),
                                        TuneReportCallback()],
                             storage=train_storage)
-    # Nothing may follow fit(): ASHA stops a trial right after a report (its last epoch included), and
-    # the function never returns. _close_trial_runs finishes the MLflow run afterwards.
     trainer.fit()
+    # Reached only when Tune lets the function return (FIFO, or a trial that ends on its own): ASHA stops
+    # a trial at a report, its last epoch included, and never returns here; _close_trial_runs then
+    # finishes the run after the search. Nothing that must happen may live below this line.
+    finish_run(client, run_id)
 
 
 @dataclass

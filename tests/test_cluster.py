@@ -3,10 +3,12 @@
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import zipfile
 from pathlib import Path
@@ -45,7 +47,11 @@ def ray_head(tmp_path):
     stopped by signalling only this head's process."""
     dashboard_port = free_port()
     env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "PATH": f"{BIN}:{os.environ['PATH']}"}
-    env.pop("RAY_ADDRESS", None)
+    for inherited in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS"):  # set for the session's Ray: they would win
+        env.pop(inherited, None)                                   # over --address and reach that Ray instead
+    # its own temp dir: the head's address file (ray_current_cluster) must not outlive it in /tmp/ray,
+    # where any later ray.init() on the machine would try to join the stopped head (short: socket paths)
+    env["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="rayhead", dir="/tmp")
     head = subprocess.Popen([BIN / "ray", "start", "--head", "--block", "--node-ip-address=127.0.0.1",
                              f"--port={free_port()}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}",
                              "--num-cpus=2", "--disable-usage-stats"],
@@ -60,6 +66,7 @@ def ray_head(tmp_path):
     yield address, client_env
     head.send_signal(signal.SIGTERM)
     head.wait(timeout=60)
+    shutil.rmtree(env["RAY_TMPDIR"], ignore_errors=True)
 
 
 def test_ray_job_submit_runs_an_experiment_and_logs_it_to_mlflow(ray_head, tmp_path, synthetic_root):
@@ -72,10 +79,13 @@ def test_ray_job_submit_runs_an_experiment_and_logs_it_to_mlflow(ray_head, tmp_p
     overrides = ["name=job-smoke", f"data.path={synthetic_root}", "data.image_size=48", "model.name=test_resnet",
                  "train.epochs=2", "train.batch_size=16", "tune.num_samples=0", f"mlflow.tracking_uri={tracking}",
                  f"scaling.storage_path={tmp_path / 'results'}", f"data.cache_dir={tmp_path / 'cache'}"]
-    submitted = subprocess.run(
-        [BIN / "ray", "job", "submit", "--address", address, "--working-dir", ".", "--submission-id", "pneumo-job-test",
-         "--", "pneumo", "run", "experiments/quickstart.yaml", *overrides],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    submit = [BIN / "ray", "job", "submit", "--address", address, "--working-dir", ".",
+              "--submission-id", "pneumo-job-test", "--", "pneumo", "run", "experiments/quickstart.yaml", *overrides]
+    for _ in range(30):  # the head's job agent comes up a few seconds after its API answers
+        submitted = subprocess.run(submit, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+        if "No available agent to submit job" not in submitted.stdout + submitted.stderr:
+            break
+        time.sleep(2)
     assert submitted.returncode == 0, submitted.stdout[-3000:] + submitted.stderr[-3000:]
     status = subprocess.run([BIN / "ray", "job", "status", "--address", address, "pneumo-job-test"],
                             env=env, capture_output=True, text=True)
@@ -90,9 +100,12 @@ def test_ray_job_submit_runs_an_experiment_and_logs_it_to_mlflow(ray_head, tmp_p
 def test_two_node_cluster_trains_with_workers_on_both_nodes(tmp_path, synthetic_root):
     yaml = write_smoke_yaml(tmp_path, synthetic_root, "two-node")
     env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
-    env.pop("RAY_ADDRESS", None)
+    for inherited in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS"):  # the session Ray's, not this cluster's
+        env.pop(inherited, None)
+    env["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="ray2n", dir="/tmp")  # see ray_head
     finished = subprocess.run([sys.executable, str(Path(__file__).with_name("two_node_run.py")), str(yaml)],
                               env=env, capture_output=True, text=True, timeout=900)
+    shutil.rmtree(env["RAY_TMPDIR"], ignore_errors=True)
     assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
     result = json.loads(finished.stdout.strip().splitlines()[-1])
     assert result["nodes"] == 2

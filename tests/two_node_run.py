@@ -4,6 +4,7 @@ facts the test checks printed as one JSON line."""
 
 import json
 import os
+import socket
 import sys
 import threading
 from pathlib import Path
@@ -18,6 +19,12 @@ from pneumo.config import ConfigError, load_config, with_updates
 from pneumo.experiment import run_experiment
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def watch_worker_nodes(found: set, stop: threading.Event) -> None:
     while not stop.is_set():
         for actor in list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")]):
@@ -26,11 +33,14 @@ def watch_worker_nodes(found: set, stop: threading.Event) -> None:
 
 
 def main(yaml: str) -> None:
+    dashboard_port = free_port()
+    # as `pneumo run` does for its own Ray: Ray Train's cleaner actor must find this cluster's API server
+    os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{dashboard_port}"
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": True,
+                                                            "dashboard_port": dashboard_port,
                                                             "node_ip_address": "127.0.0.1"})
     cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")
     ray.init(address=cluster.address)
-    os.environ["RAY_ADDRESS"] = cluster.address  # Ray Train's cleaner actor finds this cluster, not another
     cluster.wait_for_nodes()
     cfg = load_config([yaml], ["scaling.placement_strategy=SPREAD"])
     found, stop = set(), threading.Event()

@@ -1,7 +1,7 @@
 """A cache of decoded, resized images across runs and Tune trials (data.cache_dir).
 
 Decoding and resizing JPEGs dominates data cost on small models; a cached dataset is read back from
-uncompressed NumPy shards (.npz of a few hundred rows each) instead. Shards, not Parquet: on this
+uncompressed NumPy shards (.npz, one per block of the decoded dataset) instead. Shards, not Parquet: on this
 project's bench, Ray Data read 2,000 decoded 224 px films back at ~5,000 images/s from shards and
 at ~850 from Parquet, where decoding the JPEGs gave ~1,200. The key covers everything that changes
 the decoded rows: each record's location, label, split and patient, each file's size and
@@ -30,7 +30,6 @@ from pneumo.data.transforms import Preprocessing
 
 CACHE_VERSION = 2  # bump when the decoded row layout or the storage changes
 COMPLETE_MARKER = "shards.json"  # written last: the shard files in row order
-SHARD_ROWS = 256  # rows per .npz shard
 
 
 def _file_of(location: str) -> str:
@@ -64,7 +63,7 @@ def cache_key(records: list[ImageRecord], preprocessing: Preprocessing, max_pixe
     stats = _stats({_file_of(r.path) for r in records})
     digest = hashlib.sha256(json.dumps({"version": CACHE_VERSION, "preprocessing": preprocessing.to_dict(),
                                         "max_pixels": max_pixels}, sort_keys=True).encode())
-    for r in sorted(records, key=lambda r: r.path):
+    for r in records:  # in their order: the cached rows keep it
         digest.update(f"{r.path}\t{r.label}\t{r.split}\t{r.patient_id}\t{stats[_file_of(r.path)]}\n".encode())
     return digest.hexdigest()
 
@@ -101,7 +100,9 @@ def write_cached(decoded: ray.data.Dataset, cache_dir: str, key: str) -> None:
     entry = Path(cache_dir).resolve() / key  # absolute: Ray Data's tasks run in other processes
     staging = entry.parent / f".{key}.{uuid.uuid4().hex}"
     staging.mkdir(parents=True)
-    written = decoded.map_batches(_save_shard, fn_kwargs={"directory": str(staging)}, batch_size=SHARD_ROWS,
+    # one shard per block: read back, the dataset has the same blocks, so a cache hit trains on exactly
+    # the batches and worker shards a fresh decode gives (same seed, same results)
+    written = decoded.map_batches(_save_shard, fn_kwargs={"directory": str(staging)}, batch_size=None,
                                   num_cpus=0.5).take_all()
     (staging / COMPLETE_MARKER).write_text(json.dumps([Path(row["shard"]).name for row in written]))
     try:

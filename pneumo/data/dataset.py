@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import random
 from dataclasses import asdict, dataclass, field
 from typing import Optional
 
@@ -131,7 +132,11 @@ def prepare_data(cfg: DataConfig, preprocessing: Preprocessing, max_pixels: int 
     """Decode every image once into per-split Ray Datasets at the model's size and channels."""
     ensure_dataset(cfg)
     listing = list_source(cfg)
-    decoded = _decoded_records(cfg, listing.records, preprocessing, max_pixels)
+    # listings come sorted by split and class folder; blocks of one class would give class-pure batches
+    # (training streams blocks in order, shuffling only within a local buffer), so mix them once, seeded
+    records = list(listing.records)
+    random.Random(cfg.split_seed).shuffle(records)
+    decoded = _decoded_records(cfg, records, preprocessing, max_pixels)
     rows = decoded.select_columns(["path", "label", "patient_id", "split", "sha1", "error"]).take_all()
     skipped = _handle_bad_files(rows, listing.refused, cfg.on_bad_file)
     usable = [r for r in rows if not r["error"]]
