@@ -54,7 +54,10 @@ def ray_head(tmp_path):
     env["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="rayhead", dir="/tmp")
     head = subprocess.Popen([BIN / "ray", "start", "--head", "--block", "--node-ip-address=127.0.0.1",
                              f"--port={free_port()}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}",
-                             "--num-cpus=2", "--disable-usage-stats"],
+                             "--num-cpus=2", "--disable-usage-stats",
+                             # the session's Ray already holds the default agent port: without its own,
+                             # this head's job agent never starts ("No available agent to submit job")
+                             f"--dashboard-agent-listen-port={free_port()}", f"--metrics-export-port={free_port()}"],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     address = f"http://127.0.0.1:{dashboard_port}"
     client_env = {**env, "RAY_AUTH_MODE": "token"}
