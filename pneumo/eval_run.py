@@ -20,7 +20,6 @@ from pneumo.calibration import describe_calibration
 from pneumo.config import ConfigError, ExperimentConfig, flatten, to_dict
 from pneumo.data.dataset import prepare_data
 from pneumo.evaluate import Evaluation, evaluate_predictions, predict_dataset
-from pneumo.experiment import interval_metrics
 from pneumo.report.build import write_evaluation_report
 from pneumo.serve_model import ServedModel, fetch_model
 from pneumo.tracking import (TAG_EXPERIMENT, TAG_KIND, ensure_experiment, finish_run, log_metrics, metric_history,
@@ -77,7 +76,7 @@ def evaluate_model(model_uri: str, cfg: ExperimentConfig, split: str = "test",
                                       calibration=meta.calibration)
     run_id = _start_eval_run(client, cfg, model, split)
     client.set_tag(run_id, "data_fingerprint", data.fingerprint)
-    log_metrics(client, run_id, {**evaluation.metrics, **interval_metrics(evaluation.intervals)}, prefix=f"{split}_")
+    log_metrics(client, run_id, evaluation.logged_metrics(), prefix=f"{split}_")
     report = None
     if cfg.eval.report:
         training_run = _training_run_id(client, model)

@@ -64,6 +64,12 @@ class Evaluation:
     test: Predictions
     test_probabilities: np.ndarray  # calibrated
 
+    def logged_metrics(self) -> dict[str, float]:
+        """The metrics plus each interval as <metric>_ci_low / <metric>_ci_high: how MLflow holds them."""
+        bounds = {f"{key}_ci_{end}": value for key, (low, high) in self.intervals.items()
+                  for end, value in (("low", low), ("high", high))}
+        return {**self.metrics, **bounds}
+
 
 def evaluate_predictions(val: Optional[Predictions], test: Predictions, cfg: EvalConfig,
                          threshold: Optional[float] = None, calibration: Optional[Calibration] = None) -> Evaluation:

@@ -81,20 +81,15 @@ def evaluate_checkpoint(cfg: ExperimentConfig, data: PreparedData, checkpoint_di
     return evaluation
 
 
-def interval_metrics(intervals: dict[str, tuple[float, float]]) -> dict[str, float]:
-    """{auroc: (low, high)} -> {auroc_ci_low: low, auroc_ci_high: high}: how MLflow holds an interval."""
-    return {f"{key}_ci_{end}": value for key, (low, high) in intervals.items()
-            for end, value in (("low", low), ("high", high))}
-
-
 def model_identity(cfg: ExperimentConfig, run_id: str, model_dir: Path, evaluation: Evaluation,
                    version: Optional[Any]) -> dict[str, str]:
     """The report's "Model" rows."""
     registered = (f"models:/{version.name}/{version.version} (aliases: {', '.join(version.aliases) or 'none'})"
                   if version is not None else "not registered (mlflow.register: false)")
     return {"architecture": cfg.model.name, "registered model": registered, "MLflow run": run_id,
-            "checkpoint": str(model_dir), "decision threshold": f"{evaluation.threshold:.4f} "
-            f"({cfg.eval.threshold_policy} policy on val)", "calibration": describe_calibration(evaluation.calibration, cfg.eval.calibration)}
+            "checkpoint": str(model_dir),
+            "decision threshold": f"{evaluation.threshold:.4f} ({cfg.eval.threshold_policy} policy on val)",
+            "calibration": describe_calibration(evaluation.calibration, cfg.eval.calibration)}
 
 
 def finalize(cfg: ExperimentConfig, data: PreparedData, client: MlflowClient, run_id: str,
@@ -106,7 +101,7 @@ def finalize(cfg: ExperimentConfig, data: PreparedData, client: MlflowClient, ru
     evaluation = evaluate_checkpoint(cfg, data, checkpoint_dir, model_dir)
     client.set_tag(run_id, TAG_BEST_CHECKPOINT, checkpoint_dir)
     test_metrics = evaluation.metrics
-    log_metrics(client, run_id, {**test_metrics, **interval_metrics(evaluation.intervals)}, prefix="test_")
+    log_metrics(client, run_id, evaluation.logged_metrics(), prefix="test_")
     client.log_artifacts(run_id, str(model_dir), "best_checkpoint")
     version = None
     if cfg.mlflow.register:

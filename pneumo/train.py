@@ -33,7 +33,6 @@ from pneumo.models import create_model, unwrap
 from pneumo.tracking import log_epoch_metrics, record_worker_failure
 
 
-
 # ---------------------------------------------------------------- per-worker pieces
 
 def seed_everything(seed: int) -> None:

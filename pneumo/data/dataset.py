@@ -41,7 +41,7 @@ class PreparedData:
     fingerprint: str  # SHA-256 over (split, label, file SHA-1) of every used image
     skipped_files: dict[str, str] = field(default_factory=dict)  # path -> why it was dropped
     ignored_files: int = 0  # non-image files in the class folders
-    assigned_split: Optional[list[dict]] = None  # path/label/split rows, when pneumo made the split
+    assigned_split: Optional[list[dict]] = None  # path/label/patient_id/split rows, when pneumo made the split
 
     @property
     def n_images(self) -> int:

@@ -7,21 +7,24 @@ splits are inspected as they are (no re-split).
 
 from __future__ import annotations
 
-import hashlib
 import io
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
+import numpy as np
+import pydicom
 from PIL import Image
 
 from pneumo.config import DataConfig
-from pneumo.data.dicom import decode_dicom, is_dicom
+from pneumo.data.dicom import is_dicom
 from pneumo.data.folder import CLASS_NAMES, SPLITS, ImageRecord
-from pneumo.data.manifest import read_bytes
-from pneumo.data.medmnist import is_npz_location, read_npz_image
-from pneumo.data.sources import list_source
+from pneumo.data.sources import decode_stored, list_source, read_stored
 from pneumo.data.split import patients_in_several_splits
+from pneumo.data.transforms import ImageDecodeError, Preprocessing
+
+
+DECODE_PROBE = Preprocessing(in_chans=1, image_size=8, mean=(0.5,), std=(0.5,))  # tiny: the decode is the check
 
 
 @dataclass
@@ -49,31 +52,29 @@ class Inspection:
         return bool(self.duplicate_bytes_across_splits or self.patients_across_splits)
 
 
+def _size_and_mode(stored: bytes | np.ndarray) -> tuple[str, str]:
+    """"WxH" and mode of an image that decodes, read from its header."""
+    if isinstance(stored, np.ndarray):
+        return f"{stored.shape[1]}x{stored.shape[0]}", "L" if stored.ndim == 2 else "RGB"
+    if is_dicom(stored):
+        header = pydicom.dcmread(io.BytesIO(stored), stop_before_pixels=True)
+        return f"{header.Columns}x{header.Rows}", "DICOM"
+    with Image.open(io.BytesIO(stored)) as image:
+        return f"{image.width}x{image.height}", image.mode
+
+
 def _facts(location: str, max_pixels: int) -> FileFacts:
-    """Hash, size and mode of one image, decoding it fully so truncated files show up."""
+    """Hash, size and mode of one image, decoded as training decodes it, so what training would skip
+    (empty, truncated, over the pixel limit, unusable DICOM) is unreadable here too."""
     try:
-        if is_npz_location(location):
-            pixels = read_npz_image(location)
-            return FileFacts(hashlib.sha1(pixels.tobytes()).hexdigest(), f"{pixels.shape[1]}x{pixels.shape[0]}",
-                             "L" if pixels.ndim == 2 else "RGB")
-        data = read_bytes(location)
+        stored, digest = read_stored(location)
     except OSError as error:
         return FileFacts(error=f"cannot read file ({error.strerror or error})")
-    facts = FileFacts(sha1=hashlib.sha1(data).hexdigest())
-    if not data:
-        return replace(facts, error="empty file")
     try:
-        if is_dicom(data):
-            image = decode_dicom(data, max_pixels)
-            return replace(facts, size=f"{image.width}x{image.height}", mode="DICOM")
-        with Image.open(io.BytesIO(data)) as image:
-            facts = replace(facts, size=f"{image.width}x{image.height}", mode=image.mode)
-            if image.width * image.height > max_pixels:
-                return replace(facts, error=f"{image.width}x{image.height} pixels exceeds the limit of {max_pixels}")
-            image.load()
-    except Exception as error:  # PIL and pydicom raise many types for broken files
-        return replace(facts, error=f"not a readable image ({error})")
-    return facts
+        decode_stored(stored, DECODE_PROBE, max_pixels)
+    except ImageDecodeError as error:
+        return FileFacts(digest, error=str(error))
+    return FileFacts(digest, *_size_and_mode(stored))
 
 
 def inspect_dataset(cfg: DataConfig, max_pixels: int = 40_000_000, threads: int = 4) -> Inspection:

@@ -59,14 +59,29 @@ def list_source(cfg: DataConfig) -> SourceListing:
     return SourceListing(records, ignored_files=len(listing.ignored_files))
 
 
+def read_stored(location: str) -> tuple[bytes | np.ndarray, str]:
+    """What a record's location holds (file bytes, or the pixels of a .npz entry) and its SHA-1.
+
+    Raises OSError when it cannot be read.
+    """
+    if is_npz_location(location):
+        pixels = read_npz_image(location)
+        return pixels, hashlib.sha1(pixels.tobytes()).hexdigest()
+    data = read_bytes(location)
+    return data, hashlib.sha1(data).hexdigest()
+
+
+def decode_stored(stored: bytes | np.ndarray, preprocessing: Preprocessing, max_pixels: int) -> np.ndarray:
+    """`read_stored` output -> uint8 (C, H, W) image; raises ImageDecodeError when it is not a usable image."""
+    if isinstance(stored, np.ndarray):
+        return prepare_array(stored, preprocessing)
+    return decode_image(stored, preprocessing, max_pixels)
+
+
 def load_image(location: str, preprocessing: Preprocessing, max_pixels: int) -> tuple[np.ndarray, str]:
     """(uint8 (C, H, W) image, SHA-1 of the stored bytes) for a record's location.
 
     Raises OSError when the file cannot be read and ImageDecodeError when it is not a usable image.
     """
-    if is_npz_location(location):
-        pixels = read_npz_image(location)
-        return prepare_array(pixels, preprocessing), hashlib.sha1(pixels.tobytes()).hexdigest()
-    data = read_bytes(location)
-    digest = hashlib.sha1(data).hexdigest()
-    return decode_image(data, preprocessing, max_pixels), digest
+    stored, digest = read_stored(location)
+    return decode_stored(stored, preprocessing, max_pixels), digest
