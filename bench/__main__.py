@@ -25,7 +25,7 @@ def train_rows() -> list[dict]:
     train_bench.print_table(result)
     return [{"benchmark": "training step throughput", "case": row["loop"], "value": row["steady_images_per_s"],
              "unit": "img/s", "baseline": "plain PyTorch", "ratio": row["ratio_to_plain"],
-             "note": f"{row['utilisation_of_matmul_peak']:.1%} of fp32 matmul peak"} for row in result["rows"]]
+             "note": f"{row['utilisation_of_matmul_peak']:.1%} of {row['precision']} matmul peak"} for row in result["rows"]]
 
 
 def overhead_rows() -> list[dict]:

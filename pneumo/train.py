@@ -65,11 +65,19 @@ def build_lr_schedule(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, total, warmup, cfg.lr_schedule))
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether the device computes in bf16 natively: Ampere+ GPUs, CPUs with AVX512-BF16 or AMX
+    (elsewhere bf16 is emulated and slower than fp32)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
 def autocast_dtype(precision: str, device: torch.device) -> Optional[torch.dtype]:
-    """bf16/fp16 when asked, or bf16 on `auto` for GPUs that support it; None means full fp32."""
+    """bf16/fp16 when asked, or bf16 on `auto` where the device has native bf16; None means full fp32."""
     if precision in ("bf16", "fp16"):
         return torch.bfloat16 if precision == "bf16" else torch.float16
-    if precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported():
+    if precision == "auto" and native_bf16(device):
         return torch.bfloat16
     return None
 
@@ -83,19 +91,15 @@ class WorkerContext:
     amp_dtype: Optional[torch.dtype]
     loss_fn: torch.nn.Module
     scaler: torch.amp.GradScaler  # active for fp16 only: scales the loss so small gradients survive
-    channels_last: bool  # NHWC activations: faster convolutions with tensor cores
-
-
-def use_channels_last(setting: Optional[bool], device: torch.device) -> bool:
-    """train.channels_last, or on None (default) for GPUs only: on CPUs it rarely pays."""
-    return device.type == "cuda" if setting is None else setting
+    channels_last: bool  # NHWC activations: faster convolutions (oneDNN on CPUs, tensor cores on GPUs)
+    compiled: Optional[torch.nn.Module] = None  # torch.compile(model) when train.compile; shares its weights
 
 
 def _forward(ctx: WorkerContext, images: torch.Tensor) -> torch.Tensor:
     if ctx.channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
     with torch.autocast(ctx.device.type, dtype=ctx.amp_dtype or torch.float32, enabled=ctx.amp_dtype is not None):
-        return ctx.model(images).float().squeeze(1)
+        return (ctx.model if ctx.compiled is None else ctx.compiled)(images).float().squeeze(1)
 
 
 def train_one_epoch(ctx: WorkerContext, shard, optimizer, scheduler, generator: torch.Generator, epoch: int) -> dict:
@@ -196,14 +200,15 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     torch.set_num_threads(loop_config["torch_threads"])
     seed_everything(cfg.train.seed)  # same initial weights on every rank
     device = ray.train.torch.get_device()
-    channels_last = use_channels_last(cfg.train.channels_last, device)
+    channels_last = cfg.train.channels_last
     model = create_model(cfg.model).to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     model = ray.train.torch.prepare_model(model)  # [1] DDP (NCCL on GPUs, gloo on CPUs) + device placement
     pos_weight = torch.tensor(loop_config["positive_weight"] if cfg.train.class_weighting == "balanced" else 1.0)
     amp_dtype = autocast_dtype(cfg.train.precision, device)
     ctx = WorkerContext(cfg, Preprocessing.from_dict(loop_config["preprocessing"]), model, device, amp_dtype,
                         torch.nn.BCEWithLogitsLoss(pos_weight=pos_weight.to(device)),
-                        torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16), channels_last)
+                        torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16), channels_last,
+                        torch.compile(model) if cfg.train.compile else None)
     optimizer = build_optimizer(model, cfg.train)
     scheduler = build_lr_schedule(optimizer, cfg.train, loop_config["steps_per_epoch"])
     start_epoch = _restore(ctx, optimizer, scheduler)  # [2] resume from the latest checkpoint
@@ -298,6 +303,7 @@ def build_trainer(cfg: ExperimentConfig, data: PreparedData, preprocessing: Prep
             failure_config=FailureConfig(max_failures=cfg.scaling.max_failures),
             callbacks=callbacks,
             logging_config=LoggingConfig(log_level="WARNING"),  # progress comes from EpochLogger
+            worker_runtime_env={"env_vars": dict(cfg.scaling.worker_env)},  # read at process start (malloc)
         ),
         datasets=data.training_datasets,
     )

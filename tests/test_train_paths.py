@@ -1,5 +1,6 @@
 """Each faster training path gives the same loss curve as the plain one on a fixed seed:
-channels-last memory format, bf16 autocast (on CPU here), fp16 with loss scaling's bookkeeping."""
+channels-last memory format, bf16 autocast (on CPU here), torch.compile, fp16 with loss scaling's
+bookkeeping."""
 
 import numpy as np
 import pytest
@@ -21,7 +22,7 @@ def shard(ray_session):
     return ray_session.data.from_items([{"image": i, "label": int(l)} for i, l in zip(images, labels)]).materialize()
 
 
-def loss_curve(shard, channels_last: bool, precision: str, epochs: int = 3) -> list[float]:
+def loss_curve(shard, channels_last: bool, precision: str, epochs: int = 3, compile: bool = False) -> list[float]:
     cfg = ExperimentConfig(name="paths", data=DataConfig(path="unused"), model=ModelConfig(name="test_resnet"),
                            train=TrainConfig(epochs=epochs, batch_size=16, lr=5e-3, precision=precision,
                                              channels_last=channels_last))
@@ -31,7 +32,8 @@ def loss_curve(shard, channels_last: bool, precision: str, epochs: int = 3) -> l
     model = create_model(cfg.model).to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     amp = autocast_dtype(precision, device)
     ctx = WorkerContext(cfg, SPEC, model, device, amp, torch.nn.BCEWithLogitsLoss(),
-                        torch.amp.GradScaler("cpu", enabled=amp == torch.float16), channels_last)
+                        torch.amp.GradScaler("cpu", enabled=amp == torch.float16), channels_last,
+                        torch.compile(model) if compile else None)
     optimizer = build_optimizer(model, cfg.train)
     scheduler = build_lr_schedule(optimizer, cfg.train, steps_per_epoch=6)
     generator = torch.Generator().manual_seed(0)
@@ -43,3 +45,9 @@ def test_channels_last_and_bf16_follow_the_plain_loss_curve(shard):
     assert plain[-1] < plain[0], "the plain path learns"
     np.testing.assert_allclose(loss_curve(shard, channels_last=True, precision="fp32"), plain, rtol=1e-3)
     np.testing.assert_allclose(loss_curve(shard, channels_last=False, precision="bf16"), plain, rtol=0.05)
+
+
+def test_compiled_model_follows_the_plain_loss_curve(shard):
+    plain = loss_curve(shard, channels_last=False, precision="fp32", epochs=2)
+    np.testing.assert_allclose(loss_curve(shard, channels_last=False, precision="fp32", epochs=2, compile=True),
+                               plain, rtol=1e-3)
