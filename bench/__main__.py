@@ -21,7 +21,7 @@ RESULTS = Path(__file__).resolve().parent / "results" / "all.json"
 def train_rows() -> list[dict]:
     from bench import train_bench
 
-    result = train_bench.run("resnet18", 128, 800, 32, 3)
+    result = train_bench.run("resnet18", 128, 800, 32, 4)
     train_bench.print_table(result)
     return [{"benchmark": "training step throughput", "case": row["loop"], "value": row["steady_images_per_s"],
              "unit": "img/s", "baseline": "plain PyTorch", "ratio": row["ratio_to_plain"],

@@ -2,7 +2,7 @@
 PyTorch loop it replaces, same timm model, image size, batch size, data and per-step work, and the
 hardware utilisation that throughput reaches.
 
-    python -m bench.train_bench                          # resnet18 at 128 px, batch 32, 3 epochs
+    python -m bench.train_bench                          # resnet18 at 128 px, batch 32, 4 epochs
     python -m bench.train_bench --model resnet10t --image-size 64 --images 1024
 
 The plain loop is a DataLoader over the same decoded uint8 films plus the optimizer steps, with the
@@ -60,7 +60,7 @@ def forward_flops_per_image(model_name: str, image_size: int) -> float:
 
 def plain_loop(cfg, images: np.ndarray, labels: np.ndarray, preprocessing, threads: int) -> list[float]:
     """The loop pneumo replaces; returns images/s of each epoch."""
-    from pneumo.data.transforms import augment, normalize
+    from pneumo.data.batch_transforms import augment, normalize
     from pneumo.models import create_model
     from pneumo.train import build_lr_schedule, build_optimizer, seed_everything
 
@@ -168,7 +168,7 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--images", type=int, default=800, help="synthetic films generated (~80% train)")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--epochs", type=int, default=3, help="the first is warm-up")
+    parser.add_argument("--epochs", type=int, default=4, help="the first is warm-up")
     args = parser.parse_args()
     result = run(args.model, args.image_size, args.images, args.batch_size, args.epochs)
     print_table(result)

@@ -15,7 +15,8 @@ import torch
 from pneumo.calibration import Calibration, ReliabilityBins, expected_calibration_error, fit_calibration, reliability_bins
 from pneumo.checkpoints import LoadedModel
 from pneumo.config import EvalConfig
-from pneumo.data.transforms import Preprocessing, normalize
+from pneumo.data.batch_transforms import normalize
+from pneumo.data.transforms import Preprocessing
 from pneumo.metrics import OperatingPoint, binary_metrics, bootstrap_intervals, choose_threshold, operating_points
 
 if TYPE_CHECKING:
@@ -104,10 +105,11 @@ def confident_mistakes(labels: np.ndarray, probabilities: np.ndarray, threshold:
 
 
 def images_at(dataset: "ray.data.Dataset", paths: list[str]) -> dict[str, np.ndarray]:
-    """The decoded images of a prepared split whose path is in `paths`."""
-    from ray.data.expressions import col
-
-    if not paths:
-        return {}
-    rows = dataset.filter(expr=col("path").is_in(list(paths))).take_all()
-    return {str(row["path"]): np.asarray(row["image"]) for row in rows}
+    """The decoded images of a prepared (materialized) split whose path is in `paths`: its blocks are
+    read where they lie, with no Ray Data task to schedule (a filter took ~2 s on the quickstart)."""
+    wanted, found = set(paths), {}
+    if wanted:
+        for block in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+            found.update({str(path): np.asarray(image) for path, image in zip(block["path"], block["image"])
+                          if path in wanted})
+    return found

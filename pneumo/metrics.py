@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.stats import rankdata
 from sklearn.metrics import (accuracy_score, average_precision_score, balanced_accuracy_score, confusion_matrix,
                              f1_score, precision_score, recall_score, roc_auc_score, roc_curve)
 
@@ -40,37 +41,60 @@ def binary_metrics(labels: np.ndarray, probabilities: np.ndarray, threshold: flo
     }
 
 
-def _confusion_scores(labels: np.ndarray, probabilities: np.ndarray, threshold: float) -> dict[str, float]:
-    """The SCORES from scikit-learn's confusion matrix and ranking scores: binary_metrics without the
-    per-call validation of six more scorers, cheap enough to repeat a thousand times."""
-    predicted = (probabilities >= threshold).astype(int)
-    tn, fp, fn, tp = confusion_matrix(labels, predicted, labels=[0, 1]).ravel()
-    both_classes = tp + fn > 0 and tn + fp > 0
-    sensitivity = tp / (tp + fn) if tp + fn else np.nan
-    specificity = tn / (tn + fp) if tn + fp else np.nan
-    precision = tp / (tp + fp) if tp + fp else 0.0
-    return {"auroc": roc_auc_score(labels, probabilities) if both_classes else np.nan,
-            "auprc": average_precision_score(labels, probabilities) if both_classes else np.nan,
-            "accuracy": (tp + tn) / len(labels), "balanced_accuracy": (sensitivity + specificity) / 2,
-            "sensitivity": sensitivity, "specificity": specificity, "precision": precision,
-            "f1": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0}
+def _ranking_scores(labels: np.ndarray, probabilities: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """AUROC and average precision of each row, as scikit-learn defines them (ties share a rank;
+    AP sums precision x recall step over distinct thresholds), vectorised over rows."""
+    positives = labels.sum(axis=1)
+    negatives = labels.shape[1] - positives
+    ranks = rankdata(probabilities, axis=1)  # average ranks for ties: the Mann-Whitney form of AUROC
+    with np.errstate(invalid="ignore", divide="ignore"):
+        auroc = ((ranks * labels).sum(axis=1) - positives * (positives + 1) / 2) / (positives * negatives)
+        order = np.argsort(-probabilities, axis=1, kind="stable")
+        ranked_scores = np.take_along_axis(probabilities, order, axis=1)
+        ranked_labels = np.take_along_axis(labels, order, axis=1)
+        position = np.arange(labels.shape[1])
+        # every image is scored at the threshold where its group of tied scores ends
+        group_ends = np.where(np.diff(ranked_scores, axis=1, append=-np.inf) != 0, position, labels.shape[1])
+        group_ends = np.minimum.accumulate(group_ends[:, ::-1], axis=1)[:, ::-1]
+        precision_at_end = np.take_along_axis(np.cumsum(ranked_labels, axis=1), group_ends, axis=1) / (group_ends + 1)
+        average_precision = (ranked_labels * precision_at_end).sum(axis=1) / positives
+    undefined = (positives == 0) | (negatives == 0)
+    return np.where(undefined, np.nan, auroc), np.where(undefined, np.nan, average_precision)
+
+
+def _resampled_scores(labels: np.ndarray, probabilities: np.ndarray, threshold: float) -> dict[str, np.ndarray]:
+    """The SCORES of each row of resampled labels/probabilities (binary_metrics' definitions)."""
+    predicted = probabilities >= threshold
+    tp, fp = (predicted & (labels == 1)).sum(axis=1), (predicted & (labels == 0)).sum(axis=1)
+    fn, tn = (~predicted & (labels == 1)).sum(axis=1), (~predicted & (labels == 0)).sum(axis=1)
+    auroc, auprc = _ranking_scores(labels, probabilities)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        sensitivity, specificity = tp / (tp + fn), tn / (tn + fp)
+        return {"auroc": auroc, "auprc": auprc, "accuracy": (tp + tn) / labels.shape[1],
+                "balanced_accuracy": (sensitivity + specificity) / 2, "sensitivity": sensitivity,
+                "specificity": specificity, "precision": np.where(tp + fp > 0, tp / (tp + fp), 0.0),
+                "f1": np.where(tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn), 0.0)}
 
 
 def bootstrap_intervals(labels: np.ndarray, probabilities: np.ndarray, threshold: float, n_resamples: int = 1000,
                         confidence: float = 0.95, seed: int = 0) -> dict[str, tuple[float, float]]:
     """Percentile bootstrap interval of each score in SCORES: images resampled with replacement,
-    the threshold held fixed (it was chosen on validation, not on these images). ~3 ms a resample."""
+    the threshold held fixed (it was chosen on validation, not on these images). Resamples are
+    scored 100 at a time as arrays (1,000 resamples of 624 images: ~0.3 s)."""
     rng = np.random.default_rng(seed)
-    labels, probabilities = np.asarray(labels).astype(int), np.asarray(probabilities)
-    draws = {key: np.empty(n_resamples) for key in SCORES}
-    for i in range(n_resamples):
-        sample = rng.integers(0, len(labels), len(labels))
-        scores = _confusion_scores(labels[sample], probabilities[sample], threshold)
-        for key in SCORES:
-            draws[key][i] = scores[key]
+    labels, probabilities = np.asarray(labels).astype(int), np.asarray(probabilities, dtype=float)
+    draws: dict[str, list[np.ndarray]] = {key: [] for key in SCORES}
+    for start in range(0, n_resamples, 100):
+        sample = rng.integers(0, len(labels), (min(100, n_resamples - start), len(labels)))
+        for key, values in _resampled_scores(labels[sample], probabilities[sample], threshold).items():
+            draws[key].append(values)
     tail = 100 * (1 - confidence) / 2
-    return {key: (float(np.nanpercentile(values, tail)), float(np.nanpercentile(values, 100 - tail)))
-            for key, values in draws.items() if not np.isnan(values).all()}
+    intervals = {}
+    for key, chunks in draws.items():
+        values = np.concatenate(chunks)
+        if not np.isnan(values).all():
+            intervals[key] = (float(np.nanpercentile(values, tail)), float(np.nanpercentile(values, 100 - tail)))
+    return intervals
 
 
 def choose_threshold(labels: np.ndarray, probabilities: np.ndarray, cfg: EvalConfig, policy: str = "") -> float:

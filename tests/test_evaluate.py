@@ -8,7 +8,7 @@ from sklearn.metrics import roc_auc_score
 from pneumo.calibration import Calibration
 from pneumo.config import EvalConfig
 from pneumo.evaluate import Predictions, confident_mistakes, evaluate_predictions
-from pneumo.metrics import (SCORES, binary_metrics, bootstrap_intervals, choose_threshold, format_metrics_table,
+from pneumo.metrics import (SCORES, _resampled_scores, binary_metrics, bootstrap_intervals, choose_threshold, format_metrics_table,
                             operating_points)
 
 LABELS = np.array([1, 1, 1, 1, 0, 0, 0, 0])
@@ -59,6 +59,21 @@ def test_bootstrap_intervals_contain_the_estimate_and_narrow_with_more_images():
     n_positive = int(large_labels.sum())
     expected = 2 * 1.96 * np.sqrt(point["sensitivity"] * (1 - point["sensitivity"]) / n_positive)
     assert large["sensitivity"][1] - large["sensitivity"][0] == pytest.approx(expected, rel=0.25)
+
+
+def test_resampled_scores_equal_scikit_learn_row_by_row():
+    """The bootstrap scores resamples as arrays; each row must give binary_metrics' (scikit-learn's)
+    values, with tied scores (rounded probabilities), a one-class row and duplicated images."""
+    labels, probs = rng_scores(n=120, seed=5)
+    rng = np.random.default_rng(1)
+    rows = rng.integers(0, len(labels), (30, len(labels)))
+    row_labels, row_probs = labels[rows], np.round(probs[rows], 1)
+    row_labels[0] = 1  # one class only: ranking scores undefined
+    scores = _resampled_scores(row_labels, row_probs, 0.5)
+    for i in range(len(rows)):
+        expected = binary_metrics(row_labels[i], row_probs[i], 0.5)
+        for key in SCORES:
+            np.testing.assert_allclose(scores[key][i], expected[key], rtol=1e-12, err_msg=f"row {i} {key}")
 
 
 def test_bootstrap_is_repeatable_for_a_seed():

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from pneumo.config import DataConfig, EvalConfig
-from pneumo.evaluate import Predictions, evaluate_predictions
+from pneumo.evaluate import Predictions, evaluate_predictions, images_at
 from pneumo.report.baselines import PUBLISHED, resolve_baseline_dataset
 from pneumo.report.build import REPORT_FILE, write_report
 from pneumo.report.html import ReportContent
@@ -81,3 +81,13 @@ def test_auto_baselines_skip_synthetic_data(tmp_path, synthetic_root):
     (tmp_path / "chest_xray").mkdir()
     assert resolve_baseline_dataset("auto", DataConfig(path=str(tmp_path / "chest_xray"))) == "kaggle"
     assert resolve_baseline_dataset("pneumoniamnist", DataConfig(path=str(synthetic_root))) == "pneumoniamnist"
+
+
+def test_images_at_finds_the_mistakes_images_across_blocks(ray_session):
+    images = np.arange(40 * 4 * 4, dtype=np.uint8).reshape(40, 1, 4, 4)
+    split = ray_session.data.from_items([{"path": f"film{i}.jpeg", "image": images[i]} for i in range(40)],
+                                        override_num_blocks=4).materialize()
+    found = images_at(split, ["film3.jpeg", "film37.jpeg", "absent.jpeg"])
+    assert sorted(found) == ["film3.jpeg", "film37.jpeg"]
+    np.testing.assert_array_equal(found["film37.jpeg"], images[37])
+    assert images_at(split, []) == {}

@@ -23,7 +23,8 @@ from PIL import Image
 from pneumo.checkpoints import CheckpointMeta, load_checkpoint, save_checkpoint
 from pneumo.config import ConfigError, EvalConfig, MlflowConfig, ModelConfig, ServeConfig, load_config
 from pneumo.data.synthetic import generate_chest_xrays
-from pneumo.data.transforms import decode_image, normalize
+from pneumo.data.batch_transforms import normalize
+from pneumo.data.transforms import decode_image
 from pneumo.calibration import Calibration
 from pneumo.evaluate import predict_logits, predict_probabilities
 from pneumo.metrics import binary_metrics, choose_threshold

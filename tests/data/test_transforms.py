@@ -8,7 +8,8 @@ import torch
 from PIL import Image
 
 from pneumo.config import AugmentConfig
-from pneumo.data.transforms import ImageDecodeError, Preprocessing, augment, decode_image, normalize
+from pneumo.data.batch_transforms import augment, normalize
+from pneumo.data.transforms import ImageDecodeError, Preprocessing, decode_image
 
 GRAY = Preprocessing(in_chans=1, image_size=32, mean=(0.5,), std=(0.25,))
 RGB = Preprocessing(in_chans=3, image_size=32, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
