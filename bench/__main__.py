@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -18,41 +19,37 @@ from pathlib import Path
 RESULTS = Path(__file__).resolve().parent / "results" / "all.json"
 
 
-def train_rows() -> list[dict]:
-    from bench import train_bench
+def run_bench(module: str, *args: str) -> dict:
+    """One benchmark in a process of its own (its own Ray, nothing left over from the previous one);
+    returns the JSON it wrote."""
+    subprocess.run([sys.executable, "-m", f"bench.{module}_bench", *args], check=True)
+    return json.loads((RESULTS.parent / f"{module}.json").read_text())
 
-    result = train_bench.run("resnet18", 128, 800, 32, 4)
-    train_bench.print_table(result)
+
+def train_rows() -> list[dict]:
+    result = run_bench("train")  # resnet18 at 128 px, batch 32, 4 epochs
     return [{"benchmark": "training step throughput", "case": row["loop"], "value": row["steady_images_per_s"],
              "unit": "img/s", "baseline": "plain PyTorch", "ratio": row["ratio_to_plain"],
-             "note": f"{row['utilisation_of_matmul_peak']:.1%} of {row['precision']} matmul peak"} for row in result["rows"]]
+             "note": f"{row['utilisation_of_matmul_peak']:.1%} of {row['precision']} matmul peak"}
+            for row in result["rows"]]
 
 
 def overhead_rows() -> list[dict]:
-    from bench import overhead_bench
-
-    median = overhead_bench.run(repeats=2, epochs=2)["median"]
+    median = run_bench("overhead", "--repeats", "2", "--epochs", "2")["median"]
     return [{"benchmark": "fixed overhead (quickstart, 2 epochs)", "case": case, "value": median[key], "unit": "s",
              "baseline": "training time", "ratio": round(median[key] / median["training_s"], 2), "note": ""}
             for case, key in (("start -> first step", "to_first_step_s"), ("last step -> exit", "after_last_step_s"))]
 
 
 def data_rows() -> list[dict]:
-    from bench import data_bench
-
-    table = data_bench.run(2000, 256, 224, 2, 2)
+    table = run_bench("data")["rows"]  # 2,000 films 256 px -> 224 px, 2 workers, 2 passes
     return [{"benchmark": "data pipeline", "case": row["pipeline"], "value": row["steady_images_per_s"],
              "unit": "img/s", "baseline": "DataLoader", "ratio": row["ratio_to_dataloader"], "note": row["setting"]}
             for row in table]
 
 
 def serve_rows() -> list[dict]:
-    import subprocess
-
-    from bench import serve_bench
-
-    subprocess.run([sys.executable, "-m", "bench.serve_bench", "--duration-s", "8"], check=True)
-    results = json.loads(serve_bench.RESULTS.read_text())["results"]
+    results = run_bench("serve", "--duration-s", "8")["results"]
     plain = {r["concurrency"]: r["rps"] for r in results["plain"]}
     return [{"benchmark": "serving", "case": f"Serve, {r['concurrency']} clients", "value": r["rps"],
              "unit": "req/s", "baseline": "plain uvicorn", "ratio": round(r["rps"] / plain[r["concurrency"]], 2),

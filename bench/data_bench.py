@@ -60,7 +60,7 @@ def run(n: int, film_size: int, image_size: int, workers: int, passes: int) -> l
 
     from pneumo.config import DataConfig
     from pneumo.data.cache import cache_key, read_cached
-    from pneumo.data.dataset import decode_records, prepare_data
+    from pneumo.data.dataset import decode_order, decode_records, prepare_data
     from pneumo.data.sources import list_source
     from pneumo.data.synthetic import generate_chest_xrays
     from pneumo.data.transforms import Preprocessing
@@ -83,7 +83,7 @@ def run(n: int, film_size: int, image_size: int, workers: int, passes: int) -> l
     rows.append(("Ray Data", f"{workers} tasks x 1 CPU, streaming", timed_passes(ray_data, passes)))
 
     prepare_data(cfg, preprocessing)  # writes the cache entry
-    entry = cache_key(records, preprocessing, 40_000_000)
+    entry = cache_key(decode_order(records, cfg.split_seed), preprocessing, 40_000_000)
     cached = lambda: (b["image"] for b in read_cached(cfg.cache_dir, entry).iter_batches(
         batch_size=BATCH, batch_format="numpy"))
     rows.append(("Ray Data + cache", "decoded .npz shards", timed_passes(cached, passes)))

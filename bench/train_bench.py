@@ -7,7 +7,9 @@ hardware utilisation that throughput reaches.
 
 The plain loop is a DataLoader over the same decoded uint8 films plus the optimizer steps, with the
 same augmentation, normalization, class-balanced loss, AdamW, warmup/cosine schedule and gradient
-clipping as pneumo's workers, using all cores, in fp32 with PyTorch's defaults. Steady state = the
+clipping as pneumo's workers, using all cores, in fp32 with PyTorch's defaults; it runs a second time
+with pneumo's fp32 settings (channels-last, the malloc tunables of scaling.worker_env) in a process
+started with them, which isolates what pneumo's machinery costs. Steady state = the
 median of the epochs after the first. Utilisation = model FLOPs per image x 3 (forward + backward)
 x images/s over this machine's dense matmul peak in the same precision, measured in the same run.
 """
@@ -23,12 +25,14 @@ import time
 from pathlib import Path
 
 import numpy as np
+import ray
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "train.json"
 # (row, workers, train.precision): fp32 rows do the plain loop's arithmetic; bf16 is pneumo's default
 # (`auto`) on CPUs with native bf16, its utilisation is taken against the bf16 matmul peak
+TUNED_PLAIN = "plain PyTorch, channels-last + pneumo's malloc setting"
 PNEUMO_LOOPS = (("pneumo 1 worker", 1, "fp32"), ("pneumo 2 workers", 2, "fp32"),
                 ("pneumo 1 worker, bf16 autocast", 1, "bf16"))
 
@@ -58,7 +62,8 @@ def forward_flops_per_image(model_name: str, image_size: int) -> float:
     return float(counter.get_total_flops())
 
 
-def plain_loop(cfg, images: np.ndarray, labels: np.ndarray, preprocessing, threads: int) -> list[float]:
+def plain_loop(cfg, images: np.ndarray, labels: np.ndarray, preprocessing, threads: int,
+               channels_last: bool = False) -> list[float]:
     """The loop pneumo replaces; returns images/s of each epoch."""
     from pneumo.data.batch_transforms import augment, normalize
     from pneumo.models import create_model
@@ -66,7 +71,8 @@ def plain_loop(cfg, images: np.ndarray, labels: np.ndarray, preprocessing, threa
 
     torch.set_num_threads(threads)
     seed_everything(cfg.train.seed)
-    model = create_model(cfg.model)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    model = create_model(cfg.model).to(memory_format=memory_format)
     optimizer = build_optimizer(model, cfg.train)
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.from_numpy(images),
                                                                         torch.from_numpy(labels)),
@@ -80,7 +86,7 @@ def plain_loop(cfg, images: np.ndarray, labels: np.ndarray, preprocessing, threa
         started, seen = time.perf_counter(), 0
         for batch, target in loader:
             x = normalize(augment(batch.float().div_(255.0), cfg.data.augment, generator), preprocessing)
-            loss = loss_fn(model(x).float().squeeze(1), target.float())
+            loss = loss_fn(model(x.contiguous(memory_format=memory_format)).float().squeeze(1), target.float())
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip_norm)
@@ -131,6 +137,10 @@ def run(model: str, image_size: int, n_images: int, batch_size: int, epochs: int
     labels = np.array([r["label"] for r in rows])
 
     rates = {("plain PyTorch", "fp32"): plain_loop(cfg, images, labels, preprocessing, threads)}
+    # the same loop with pneumo's two fp32 settings, in a process started with its malloc tunables:
+    # what pneumo's own machinery costs at equal arithmetic
+    tuned = ray.remote(num_cpus=0.45, runtime_env={"env_vars": dict(cfg.scaling.worker_env)})(plain_loop)
+    rates[(TUNED_PLAIN, "fp32")] = ray.get(tuned.remote(cfg, images, labels, preprocessing, threads, True))
     for name, workers, precision in PNEUMO_LOOPS:
         rates[(name, precision)] = pneumo_loop(cfg, data, preprocessing, workers, precision, tracking_uri)
     flops = 3 * forward_flops_per_image(model, image_size)

@@ -128,15 +128,20 @@ def _decoded_records(cfg: DataConfig, records: list[ImageRecord], preprocessing:
     return decoded
 
 
+def decode_order(records: list[ImageRecord], seed: int) -> list[ImageRecord]:
+    """Listings come sorted by split and class folder; blocks of one class would give class-pure
+    batches (training streams blocks in order, shuffling only within a local buffer), so records are
+    mixed once, seeded, before decoding (and the cache is keyed in this order)."""
+    shuffled = list(records)
+    random.Random(seed).shuffle(shuffled)
+    return shuffled
+
+
 def prepare_data(cfg: DataConfig, preprocessing: Preprocessing, max_pixels: int = 40_000_000) -> PreparedData:
     """Decode every image once into per-split Ray Datasets at the model's size and channels."""
     ensure_dataset(cfg)
     listing = list_source(cfg)
-    # listings come sorted by split and class folder; blocks of one class would give class-pure batches
-    # (training streams blocks in order, shuffling only within a local buffer), so mix them once, seeded
-    records = list(listing.records)
-    random.Random(cfg.split_seed).shuffle(records)
-    decoded = _decoded_records(cfg, records, preprocessing, max_pixels)
+    decoded = _decoded_records(cfg, decode_order(listing.records, cfg.split_seed), preprocessing, max_pixels)
     rows = decoded.select_columns(["path", "label", "patient_id", "split", "sha1", "error"]).take_all()
     skipped = _handle_bad_files(rows, listing.refused, cfg.on_bad_file)
     usable = [r for r in rows if not r["error"]]
