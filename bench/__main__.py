@@ -36,7 +36,7 @@ def train_rows() -> list[dict]:
 
 def overhead_rows() -> list[dict]:
     median = run_bench("overhead", "--repeats", "2", "--epochs", "2")["median"]
-    return [{"benchmark": "fixed overhead (quickstart, 2 epochs)", "case": case, "value": median[key], "unit": "s",
+    return [{"benchmark": "fixed overhead (quickstart, 2 epochs)", "case": case, "value": round(median[key], 1), "unit": "s",
              "baseline": "training time", "ratio": round(median[key] / median["training_s"], 2), "note": ""}
             for case, key in (("start -> first step", "to_first_step_s"), ("last step -> exit", "after_last_step_s"))]
 
