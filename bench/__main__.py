@@ -1,6 +1,6 @@
 """`python -m bench all` (or `make bench`): every benchmark beside its baseline, one table of ratios.
 
-    python -m bench all          # train, overhead, data, serve; ~12 minutes on 2 cores
+    python -m bench all          # train, overhead, data, serve; ~10 minutes on 2 cores
     python -m bench train        # one of them
 
 Each benchmark also writes its own JSON under bench/results/; this writes bench/results/all.json.
