@@ -41,17 +41,24 @@ def test_job_upload_leaves_out_what_does_not_belong(tmp_path):
     assert package.stat().st_size < 2_000_000, "far under Ray's 100 MiB working_dir limit"
 
 
+def own_ray_env(prefix: str) -> dict[str, str]:
+    """Environment for a Ray of a test's own, beside the session's: loopback only, without the session
+    Ray's addresses (they would win over --address and reach that Ray instead), and with its own temp
+    dir, so its address file (ray_current_cluster) cannot outlive it in /tmp/ray, where any later
+    ray.init() on the machine would try to join the stopped Ray (short path: socket names)."""
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    for inherited in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS"):
+        env.pop(inherited, None)
+    env["RAY_TMPDIR"] = tempfile.mkdtemp(prefix=prefix, dir="/tmp")
+    return env
+
+
 @pytest.fixture
 def ray_head(tmp_path):
     """`ray start --head` on 127.0.0.1 (token authentication on, as Ray 2.60 clusters default to),
     stopped by signalling only this head's process."""
     dashboard_port = free_port()
-    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "PATH": f"{BIN}:{os.environ['PATH']}"}
-    for inherited in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS"):  # set for the session's Ray: they would win
-        env.pop(inherited, None)                                   # over --address and reach that Ray instead
-    # its own temp dir: the head's address file (ray_current_cluster) must not outlive it in /tmp/ray,
-    # where any later ray.init() on the machine would try to join the stopped head (short: socket paths)
-    env["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="rayhead", dir="/tmp")
+    env = {**own_ray_env("rayhead"), "PATH": f"{BIN}:{os.environ['PATH']}"}
     head = subprocess.Popen([BIN / "ray", "start", "--head", "--block", "--node-ip-address=127.0.0.1",
                              f"--port={free_port()}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}",
                              "--num-cpus=2", "--disable-usage-stats",
@@ -102,10 +109,7 @@ def test_ray_job_submit_runs_an_experiment_and_logs_it_to_mlflow(ray_head, tmp_p
 
 def test_two_node_cluster_trains_with_workers_on_both_nodes(tmp_path, synthetic_root):
     yaml = write_smoke_yaml(tmp_path, synthetic_root, "two-node")
-    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
-    for inherited in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS"):  # the session Ray's, not this cluster's
-        env.pop(inherited, None)
-    env["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="ray2n", dir="/tmp")  # see ray_head
+    env = own_ray_env("ray2n")
     finished = subprocess.run([sys.executable, str(Path(__file__).with_name("two_node_run.py")), str(yaml)],
                               env=env, capture_output=True, text=True, timeout=900)
     shutil.rmtree(env["RAY_TMPDIR"], ignore_errors=True)
