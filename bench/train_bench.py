@@ -30,9 +30,10 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "train.json"
+PLAIN = "plain PyTorch"  # the baseline of every ratio
+TUNED_PLAIN = "plain PyTorch, channels-last + pneumo's malloc setting"
 # (row, workers, train.precision): fp32 rows do the plain loop's arithmetic; bf16 is pneumo's default
 # (`auto`) on CPUs with native bf16, its utilisation is taken against the bf16 matmul peak
-TUNED_PLAIN = "plain PyTorch, channels-last + pneumo's malloc setting"
 PNEUMO_LOOPS = (("pneumo 1 worker", 1, "fp32"), ("pneumo 2 workers", 2, "fp32"),
                 ("pneumo 1 worker, bf16 autocast", 1, "bf16"))
 
@@ -136,7 +137,7 @@ def run(model: str, image_size: int, n_images: int, batch_size: int, epochs: int
     images = np.stack([r["image"] for r in rows])
     labels = np.array([r["label"] for r in rows])
 
-    rates = {("plain PyTorch", "fp32"): plain_loop(cfg, images, labels, preprocessing, threads)}
+    rates = {(PLAIN, "fp32"): plain_loop(cfg, images, labels, preprocessing, threads)}
     # the same loop with pneumo's two fp32 settings, in a process started with its malloc tunables:
     # what pneumo's own machinery costs at equal arithmetic
     tuned = ray.remote(num_cpus=0.45, runtime_env={"env_vars": dict(cfg.scaling.worker_env)})(plain_loop)
@@ -145,7 +146,7 @@ def run(model: str, image_size: int, n_images: int, batch_size: int, epochs: int
         rates[(name, precision)] = pneumo_loop(cfg, data, preprocessing, workers, precision, tracking_uri)
     flops = 3 * forward_flops_per_image(model, image_size)
     peaks = {"fp32": measured_matmul_peak(threads), "bf16": measured_matmul_peak(threads, torch.bfloat16)}
-    baseline = statistics.median(rates[("plain PyTorch", "fp32")][1:])
+    baseline = statistics.median(rates[(PLAIN, "fp32")][1:])
     table = []
     for (name, precision), per_epoch in rates.items():
         steady = statistics.median(per_epoch[1:])
