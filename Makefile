@@ -24,8 +24,7 @@ test: install
 	$(BIN)/python -m pytest
 
 bench: install
-	$(BIN)/python -m bench.data_bench
-	$(BIN)/python -m bench.serve_bench
+	$(BIN)/python -m bench all
 
 clean:
 	rm -rf results mlflow.db mlartifacts data/synthetic-chest-xray
