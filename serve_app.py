@@ -1,4 +1,4 @@
-"""The pneumonia endpoint as a Ray Serve application (pneumo/serve.py holds the deployment).
+"""The pneumonia endpoint as a Ray Serve application (pneumo/serve/ holds the deployment).
 
     serve run serve_app:app                    # model: $PNEUMO_MODEL_URI, else NAME@champion; config: $PNEUMO_CONFIG
     serve run serve_app:build_app_from_args model_uri=models:/pneumo-pneumonia/3 config=experiments/quickstart.yaml
@@ -10,7 +10,7 @@ serve_config.yaml); `pneumo serve` takes --host/--port or serve.host/serve.port 
 
 from ray.serve import Application
 
-from pneumo.serve import ServeArgs, build_app
+from pneumo.serve.builder import ServeArgs, build_app
 
 build_app_from_args = build_app  # Ray's typed app builder: `key=value` arguments become ServeArgs
 

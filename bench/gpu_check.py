@@ -24,7 +24,7 @@ RESULTS = REPO / "bench" / "results" / "gpu.json"
 
 
 def overrides(work: Path, smoke: bool, n_gpus: int) -> list[str]:
-    common = [f"name=gpu-check", f"data.path={work / 'chest_xray'}", "data.synthesize_if_missing=true",
+    common = ["name=gpu-check", f"data.path={work / 'chest_xray'}", "data.synthesize_if_missing=true",
               f"data.cache_dir={work / 'cache'}", f"scaling.storage_path={work / 'results'}",
               f"mlflow.tracking_uri=sqlite:///{work / 'mlflow.db'}", "tune.num_samples=0", "mlflow.register=false",
               "eval.bootstrap_samples=200"]

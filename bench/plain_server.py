@@ -20,7 +20,7 @@ from fastapi import FastAPI, Request
 
 from pneumo.checkpoints import load_checkpoint
 from pneumo.data.transforms import decode_image
-from pneumo.evaluate import predict_probabilities
+from pneumo.evaluation.prediction import predict_probabilities
 
 
 def create_app(checkpoint: Path) -> FastAPI:

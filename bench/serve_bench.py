@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import requests
 
 if TYPE_CHECKING:
-    from pneumo.serve import ServeArgs
+    from pneumo.serve.builder import ServeArgs
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "serve.json"
@@ -100,7 +100,7 @@ def bench_serve(checkpoint: Path, images: Path, levels: list[int], duration_s: f
     import ray
     from ray import serve
 
-    from pneumo.serve import build_app
+    from pneumo.serve.builder import build_app
 
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level="WARNING")
     try:
@@ -125,7 +125,7 @@ def format_table(results: dict[str, list[dict]]) -> str:
 
 def run(args: argparse.Namespace) -> dict:
     """Both servers on the same checkpoint and images; the settings and rows that go to the JSON."""
-    from pneumo.serve import ServeArgs, load_serving_config
+    from pneumo.serve.builder import ServeArgs, load_serving_config
 
     load_before = os.getloadavg()  # other jobs on the machine move these numbers a lot
     with tempfile.TemporaryDirectory(prefix="pneumo-bench-") as tmp:

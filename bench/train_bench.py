@@ -120,7 +120,7 @@ def run(model: str, image_size: int, n_images: int, batch_size: int, epochs: int
     from pneumo.config import load_config
     from pneumo.data.dataset import prepare_data
     from pneumo.data.synthetic import generate_chest_xrays
-    from pneumo.experiment import model_preprocessing
+    from pneumo.models import model_preprocessing
 
     threads = os.cpu_count() or 1
     work = Path(tempfile.mkdtemp(prefix="pneumo-train-bench-"))
@@ -130,7 +130,7 @@ def run(model: str, image_size: int, n_images: int, batch_size: int, epochs: int
         f"data.path={work / 'chest_xray'}", f"data.image_size={image_size}", f"model.name={model}",
         f"train.epochs={epochs}", f"train.batch_size={batch_size}", f"scaling.storage_path={work / 'results'}",
         f"mlflow.tracking_uri={tracking_uri}", "tune.num_samples=0", "data.cache_dir=null"])
-    preprocessing = model_preprocessing(cfg)
+    preprocessing = model_preprocessing(cfg.model, cfg.data.image_size)
     init_ray()
     data = prepare_data(cfg.data, preprocessing)
     rows = data.training_datasets["train"].take_all()

@@ -19,9 +19,9 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from pneumo.calibration import Calibration
 from pneumo.config import ModelConfig
 from pneumo.data.transforms import Preprocessing
+from pneumo.evaluation.calibration import Calibration
 from pneumo.models import create_model, unwrap
 
 WEIGHTS_FILE = "model.safetensors"

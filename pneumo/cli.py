@@ -104,8 +104,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
     defaults = [] if paths else ["name=pneumo-eval"]
     cfg = load_config(paths, [*defaults, *overrides, f"data.path={args.data}"])
     init_ray()
-    from pneumo.eval_run import evaluate_model
-    from pneumo.metrics import format_metrics_table
+    from pneumo.evaluation.metrics import format_metrics_table
+    from pneumo.evaluation.run import evaluate_model
 
     outcome = evaluate_model(args.model, cfg, args.split, args.out)
     print(format_metrics_table(outcome.evaluation.metrics, outcome.evaluation.intervals, title=args.split))
@@ -141,8 +141,8 @@ def cmd_data_inspect(args: argparse.Namespace) -> None:
 def cmd_serve(args: argparse.Namespace) -> None:
     from ray import serve
 
-    from pneumo.serve import ServeArgs, build_app, load_serving_config
-    from pneumo.serve_model import resolve_model_uri
+    from pneumo.model_uri import resolve_model_uri
+    from pneumo.serve.builder import ServeArgs, build_app, load_serving_config
 
     paths, overrides = split_paths_and_overrides(args.config)
     serve_args = ServeArgs(model_uri=args.model, config=paths, overrides=overrides)
@@ -162,6 +162,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from pneumo.config import SynthConfig
+
     parser = argparse.ArgumentParser(prog="pneumo", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="train (or search), evaluate and register one experiment")
@@ -184,10 +186,11 @@ def build_parser() -> argparse.ArgumentParser:
     data = commands.add_parser("data", help="dataset tools").add_subparsers(dest="action", required=True)
     synth = data.add_parser("synth", help="write a synthetic chest X-ray set in the Kaggle layout")
     synth.add_argument("--out", required=True, help="folder to create (must be empty)")
-    synth.add_argument("--n", type=int, default=1200, help="number of images")
-    synth.add_argument("--size", type=int, default=128, help="image side, px")
-    synth.add_argument("--seed", type=int, default=0)
-    synth.add_argument("--label-noise", type=float, default=0.02, help="fraction of flipped folder labels")
+    synth.add_argument("--n", type=int, default=SynthConfig.n_images, help="number of images")
+    synth.add_argument("--size", type=int, default=SynthConfig.image_size, help="image side, px")
+    synth.add_argument("--seed", type=int, default=SynthConfig.seed)
+    synth.add_argument("--label-noise", type=float, default=SynthConfig.label_noise,
+                       help="fraction of flipped folder labels")
     synth.set_defaults(handler=cmd_data_synth)
     inspect = data.add_parser("inspect", help="counts, sizes, unreadable files and leakage between splits "
                                               "(exit status 1 on leakage)")
@@ -205,6 +208,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def user_errors() -> dict[type[Exception], str]:
+    """Errors a user causes (a config, a dataset, an image, a model) -> the kind named in the one-line
+    message `pneumo` exits with. Anything else is a bug and keeps its traceback."""
+    from mlflow.exceptions import MlflowException
+
+    from pneumo.checkpoints import CheckpointError
+    from pneumo.config import ConfigError
+    from pneumo.data.dataset import BadImageError
+    from pneumo.data.folder import DatasetLayoutError
+    from pneumo.data.transforms import ImageDecodeError
+
+    return {ConfigError: "config error", DatasetLayoutError: "data error", BadImageError: "data error",
+            ImageDecodeError: "image error", CheckpointError: "model error", MlflowException: "MLflow error"}
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     for key, value in QUIET_DEFAULTS.items():
         os.environ.setdefault(key, value)
@@ -212,15 +230,13 @@ def main(argv: Optional[list[str]] = None) -> None:
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
-    from pneumo.config import ConfigError
-    from pneumo.data.folder import DatasetLayoutError
-
+    kinds = user_errors()
     try:
         args.handler(args)
-    except ConfigError as error:
-        raise SystemExit(f"pneumo: config error: {error}") from None
-    except DatasetLayoutError as error:
-        raise SystemExit(f"pneumo: data error: {error}") from None
+    except tuple(kinds) as error:
+        kind = next(name for cls, name in kinds.items() if isinstance(error, cls))
+        message = error.message if hasattr(error, "message") and isinstance(error.message, str) else str(error)
+        raise SystemExit(f"pneumo: {kind}: {message}") from None
 
 
 if __name__ == "__main__":

@@ -23,6 +23,16 @@ class ConfigError(ValueError):
     """A config that cannot be used; the message names the key and where it came from."""
 
 
+MODES = ("max", "min")  # which way a metric improves
+MAX_IMAGE_PIXELS = 40_000_000  # larger images are refused as decompression bombs (serve.max_image_pixels)
+THRESHOLD_POLICIES = ("fixed", "youden", "sensitivity", "specificity")  # how eval picks the decision threshold
+
+
+def improves(new: float, old: float, mode: str) -> bool:
+    """Whether `new` is strictly better than `old` for a metric optimised in `mode` (max | min)."""
+    return new > old if mode == "max" else new < old
+
+
 def _check_choice(key: str, value: Any, choices: tuple) -> None:
     if value not in choices:
         raise ConfigError(f"{key}={value!r} is not one of {', '.join(map(repr, choices))}")
@@ -152,8 +162,7 @@ class EvalConfig:
     mistakes_shown: int = 16  # most confident test mistakes in the report grid (false negatives first)
 
     def __post_init__(self) -> None:
-        _check_choice("eval.threshold_policy", self.threshold_policy,
-                      ("fixed", "youden", "sensitivity", "specificity"))
+        _check_choice("eval.threshold_policy", self.threshold_policy, THRESHOLD_POLICIES)
         _check_choice("eval.calibration", self.calibration, ("temperature", "platt", "none"))
         _check_choice("eval.baselines", self.baselines, ("auto", "kaggle", "pneumoniamnist", "none"))
         for key in ("threshold", "target_sensitivity", "target_specificity"):
@@ -169,7 +178,11 @@ class MlflowConfig:
     experiment_name: str = "pneumo"  # MLflow experiment holding the runs
     registered_model_name: str = "pneumo-pneumonia"  # registry name; serving reads NAME@champion
     champion_metric: str = "test_auroc"  # a new version takes `champion` only if it beats this
+    champion_mode: str = "max"  # max: a higher champion_metric is better | min (for a loss)
     register: bool = True  # register the evaluated best checkpoint in the model registry
+
+    def __post_init__(self) -> None:
+        _check_choice("mlflow.champion_mode", self.champion_mode, MODES)
 
 
 EPOCH_METRICS = ("val_auroc", "val_loss", "val_accuracy", "train_loss")  # reported by every epoch
@@ -190,7 +203,7 @@ class TuneConfig:
 
     def __post_init__(self) -> None:
         _check_choice("tune.metric", self.metric, EPOCH_METRICS)
-        _check_choice("tune.mode", self.mode, ("max", "min"))
+        _check_choice("tune.mode", self.mode, MODES)
         _check_choice("tune.scheduler", self.scheduler, ("asha", "fifo"))
         _check_choice("tune.searcher", self.searcher, ("random", "optuna"))
 
@@ -211,7 +224,7 @@ class ServeConfig:
     max_ongoing_requests: int = 32  # per replica; must be >= max_batch_size
     max_queued_requests: int = 64  # beyond this the endpoint answers 503 at once
     max_body_bytes: int = 10_000_000  # larger uploads get 413
-    max_image_pixels: int = 40_000_000  # larger images are refused as decompression bombs
+    max_image_pixels: int = MAX_IMAGE_PIXELS  # larger images are refused as decompression bombs
     max_images_per_request: int = 32  # cap of /predict/batch
 
     def __post_init__(self) -> None:

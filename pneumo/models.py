@@ -10,6 +10,7 @@ drops the ImageNet classifier. The model emits one logit: P(pneumonia) = sigmoid
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import timm
@@ -29,8 +30,7 @@ def create_model(cfg: ModelConfig) -> torch.nn.Module:
         raise ConfigError(f"model.name={cfg.name!r} is not a timm model; similar: {', '.join(close) or 'none'}")
     overlay = None
     if cfg.weights_path:
-        if not Path(cfg.weights_path).is_file():
-            raise ConfigError(f"model.weights_path: file not found: {cfg.weights_path}")
+        require_weights_file(cfg)
         overlay = {"file": str(Path(cfg.weights_path).resolve()), "hf_hub_id": None, "url": None}
     return timm.create_model(
         cfg.name,
@@ -40,6 +40,19 @@ def create_model(cfg: ModelConfig) -> torch.nn.Module:
         in_chans=cfg.in_chans,
         drop_rate=cfg.drop_rate,
     )
+
+
+def require_weights_file(cfg: ModelConfig) -> None:
+    if cfg.weights_path and not Path(cfg.weights_path).is_file():
+        raise ConfigError(f"model.weights_path: file not found: {cfg.weights_path}")
+
+
+def model_preprocessing(cfg: ModelConfig, image_size: int | None = None) -> Preprocessing:
+    """The preprocessing of `cfg`, read off a weightless instance (no download); checks weights_path first
+    so a wrong path fails before any data is read."""
+    require_weights_file(cfg)
+    bare = create_model(replace(cfg, pretrained=False, weights_path=None))
+    return resolve_preprocessing(bare, cfg.in_chans, image_size)
 
 
 def resolve_preprocessing(model: torch.nn.Module, in_chans: int, image_size: int | None = None) -> Preprocessing:

@@ -11,13 +11,19 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import mlflow
 from mlflow.entities import Metric, Param, RunStatus
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from pneumo.config import ConfigError, ExperimentConfig, MlflowConfig, flatten, to_dict, to_yaml
+from pneumo.config import ConfigError, ExperimentConfig, MlflowConfig, flatten, improves, to_dict, to_yaml
+from pneumo.data.split import split_csv
+
+if TYPE_CHECKING:
+    from pneumo.data.dataset import PreparedData
 
 DEFAULT_DB = "mlflow.db"
 TAG_EXPERIMENT = "pneumo.experiment"  # experiment (YAML) name
@@ -26,8 +32,17 @@ TAG_RAY_RUN = "pneumo.ray_run_name"  # Ray Train run / Tune experiment folder, f
 TAG_TRIAL_ID = "pneumo.trial_id"
 TAG_BEST_CHECKPOINT = "pneumo.best_checkpoint"  # the evaluated checkpoint of a train or search run
 TAG_TRAIN_FOLDER = "pneumo.train_folder"  # a trial's Ray Train folder, which holds its checkpoints
+TAG_SEARCH_PARAMS = "pneumo.search_params"  # a trial's sampled search values
+TAG_STOPPED_EARLY = "pneumo.stopped_early"  # true when ASHA stopped the trial before train.epochs
+TAG_LAST_WORKER_FAILURE = "pneumo.last_worker_failure"
+TAG_MODEL_URI = "pneumo.model_uri"  # the model an `eval` run scored
+TAG_DATA_FINGERPRINT = "data_fingerprint"  # on runs and model versions: digest of the files and labels
+TAG_CONFIG = "config"  # on model versions: the resolved YAML
 CHAMPION, CHALLENGER = "champion", "challenger"
-MAX_PARAM_CHARS = 6000
+MODEL_ARTIFACT = "model"  # the MLflow model's folder inside its run
+CHECKPOINT_ARTIFACT = "checkpoint"  # the pneumo checkpoint folder inside the MLflow model
+MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
+MAX_TAG_CHARS = 5000
 
 
 def resolve_tracking_uri(cfg: MlflowConfig) -> str:
@@ -53,22 +68,34 @@ def ensure_experiment(client: MlflowClient, name: str) -> str:
 
 
 def start_run(client: MlflowClient, cfg: ExperimentConfig, kind: str, run_name: str,
-              parent_run_id: Optional[str] = None, tags: Optional[dict[str, str]] = None) -> str:
-    """Create a run (nested under `parent_run_id` if given) carrying the resolved config; returns its id."""
+              parent_run_id: Optional[str] = None, tags: Optional[dict[str, str]] = None,
+              params: Optional[dict[str, Any]] = None) -> str:
+    """Create a run (nested under `parent_run_id` if given); returns its id.
+
+    It carries the whole resolved config, or only `params` when given (an `eval` run logs the data and
+    eval settings it used, not a training config it did not)."""
     experiment_id = ensure_experiment(client, cfg.mlflow.experiment_name)
     all_tags = {TAG_EXPERIMENT: cfg.name, TAG_KIND: kind, **(tags or {})}
     if parent_run_id:
         all_tags["mlflow.parentRunId"] = parent_run_id
-    run = client.create_run(experiment_id, run_name=run_name, tags=all_tags)
-    log_config(client, run.info.run_id, cfg)
-    return run.info.run_id
+    run_id = client.create_run(experiment_id, run_name=run_name, tags=all_tags).info.run_id
+    if params is None:
+        log_config(client, run_id, cfg)
+    else:
+        log_params(client, run_id, params)
+    return run_id
+
+
+def log_params(client: MlflowClient, run_id: str, params: dict[str, Any]) -> None:
+    """Values as strings cut to MLflow's limit, in batches of 100 (its batch limit)."""
+    batch = [Param(key, str(value)[:MAX_PARAM_CHARS]) for key, value in params.items()]
+    for start in range(0, len(batch), 100):
+        client.log_batch(run_id, params=batch[start:start + 100])
 
 
 def log_config(client: MlflowClient, run_id: str, cfg: ExperimentConfig) -> None:
     """Flattened params plus the resolved YAML as an artifact (habit 7: the run can be re-run)."""
-    params = [Param(key, str(value)[:MAX_PARAM_CHARS]) for key, value in flatten(to_dict(cfg)).items()]
-    for start in range(0, len(params), 100):
-        client.log_batch(run_id, params=params[start:start + 100])
+    log_params(client, run_id, flatten(to_dict(cfg)))
     client.log_text(run_id, to_yaml(cfg), "config.yaml")
 
 
@@ -91,7 +118,7 @@ def record_worker_failure(tracking_uri: str, run_id: str, count: int, summary: s
     """Metric `worker_failures` (step = count) and the latest failure as a tag (from the Train controller)."""
     client = MlflowClient(tracking_uri)
     log_metrics(client, run_id, {"worker_failures": count}, step=count)
-    client.set_tag(run_id, "pneumo.last_worker_failure", summary[:5000])
+    client.set_tag(run_id, TAG_LAST_WORKER_FAILURE, summary[:MAX_TAG_CHARS])
 
 
 def finish_run(client: MlflowClient, run_id: str, failed: bool = False) -> None:
@@ -130,53 +157,71 @@ def client_for(cfg: ExperimentConfig) -> MlflowClient:
     return MlflowClient(resolve_tracking_uri(cfg.mlflow))
 
 
-def log_and_register_model(cfg: ExperimentConfig, run_id: str, checkpoint_dir: str | Path,
-                           metrics: dict[str, float], fingerprint: str) -> Any:
-    """Log the checkpoint as an MLflow pyfunc model in `run_id`, register it and set its alias.
+def find_trial_run(client: MlflowClient, cfg: ExperimentConfig, parent_run_id: str, trial_id: str):
+    """The MLflow child run of Tune trial `trial_id` under the search run `parent_run_id`, or None."""
+    experiment = client.get_experiment_by_name(cfg.mlflow.experiment_name)
+    found = client.search_runs([experiment.experiment_id], filter_string=(
+        f"tags.`{TAG_TRIAL_ID}` = '{trial_id}' and tags.`mlflow.parentRunId` = '{parent_run_id}'"), max_results=1)
+    return found[0] if found else None
+
+
+def log_data_summary(client: MlflowClient, run_id: str, data: "PreparedData") -> None:
+    """Fingerprint, per-split counts, refused files and the assigned split of the data a run used."""
+    client.set_tag(run_id, TAG_DATA_FINGERPRINT, data.fingerprint)
+    counts = {f"data.{split}.{name}": n for split, per in data.counts.items() for name, n in per.items()}
+    log_metrics(client, run_id, {**counts, "data.n_images": data.n_images, "data.skipped_files": len(data.skipped_files),
+                                 "data.ignored_files": data.ignored_files})
+    if data.skipped_files:
+        client.log_dict(run_id, data.skipped_files, "data/skipped_files.json")
+    if data.assigned_split:  # a valid manifest: point data.path at it to train on the same split again
+        client.log_text(run_id, split_csv(data.assigned_split), "data/split.csv")
+
+
+def register_model(client: MlflowClient, cfg: ExperimentConfig, run_id: str, model_folder: str | Path,
+                   metrics: dict[str, float], fingerprint: str) -> ModelVersion:
+    """Log a saved MLflow model folder into `run_id`, register it and set its alias.
 
     The version takes `champion` only when it beats the current champion on mlflow.champion_metric
-    (or there is none); otherwise it is tagged `challenger`. Returns the ModelVersion.
+    in the direction of mlflow.champion_mode (or there is none); otherwise it is tagged `challenger`.
     """
-    from pneumo.pyfunc_model import log_pyfunc_model
-
-    tracking_uri = resolve_tracking_uri(cfg.mlflow)
-    mlflow.set_tracking_uri(tracking_uri)
-    with mlflow.start_run(run_id=run_id):
-        model_info = log_pyfunc_model(checkpoint_dir)
-    client = MlflowClient(tracking_uri)
+    client.log_artifacts(run_id, str(model_folder), MODEL_ARTIFACT)
     name = cfg.mlflow.registered_model_name
-    version = mlflow.register_model(model_info.model_uri, name, tags={"data_fingerprint": fingerprint,
-                                                                        TAG_EXPERIMENT: cfg.name})
-    for key, value in metrics.items():
-        if isinstance(value, (int, float)):
-            client.set_model_version_tag(name, version.version, key, f"{value:.6g}")
-    client.set_model_version_tag(name, version.version, "config", to_yaml(cfg)[:5000])
-    alias = CHAMPION if beats_champion(client, name, cfg.mlflow.champion_metric, metrics) else CHALLENGER
+    try:
+        client.create_registered_model(name)
+    except MlflowException as error:
+        if error.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    source = f"{client.get_run(run_id).info.artifact_uri}/{MODEL_ARTIFACT}"
+    tags = {TAG_DATA_FINGERPRINT: fingerprint, TAG_EXPERIMENT: cfg.name, TAG_CONFIG: to_yaml(cfg)[:MAX_TAG_CHARS],
+            **{key: f"{value:.6g}" for key, value in metrics.items() if isinstance(value, (int, float))}}
+    version = client.create_model_version(name, source, run_id=run_id, tags=tags)
+    alias = CHAMPION if beats_champion(client, name, cfg.mlflow, metrics) else CHALLENGER
     client.set_registered_model_alias(name, alias, version.version)
     return client.get_model_version(name, version.version)
 
 
-def beats_champion(client: MlflowClient, name: str, metric: str, metrics: dict[str, float]) -> bool:
-    """True when there is no champion yet, or `metrics[metric]` is strictly better than its value."""
+def beats_champion(client: MlflowClient, name: str, cfg: MlflowConfig, metrics: dict[str, float]) -> bool:
+    """True when there is no champion yet (or it lacks the metric), or `metrics` improve on it."""
     try:
         champion = client.get_model_version_by_alias(name, CHAMPION)
-    except mlflow.exceptions.MlflowException:
+    except MlflowException:
         return True
-    current = champion.tags.get(metric)
-    higher_is_better = not metric.endswith("loss")
-    if current is None:
-        return True
-    new, old = float(metrics[metric]), float(current)
-    return new > old if higher_is_better else new < old
+    current = champion.tags.get(cfg.champion_metric)
+    return current is None or improves(float(metrics[cfg.champion_metric]), float(current), cfg.champion_mode)
 
 
 def download_model_checkpoint(model_uri: str, tracking_uri: str, destination: Optional[str] = None) -> Path:
-    """Local folder holding the pneumo checkpoint inside a logged/registered model (`models:/…`, `runs:/…`)."""
-    from pneumo.pyfunc_model import CHECKPOINT_ARTIFACT
+    """Local folder holding the pneumo checkpoint inside a logged or registered model
+    (`models:/NAME/VERSION`, `runs:/ID/model`).
 
-    mlflow.set_tracking_uri(tracking_uri)
+    A registered version is resolved to its artifact location through this tracking URI first:
+    MLflow's own models:/ download asks the process-global registry, which may be another store.
+    """
+    if model_uri.startswith("models:/"):
+        name, _, version = model_uri.removeprefix("models:/").rpartition("/")
+        model_uri = MlflowClient(tracking_uri).get_model_version_download_uri(name, version)
     destination = destination or tempfile.mkdtemp(prefix="pneumo-model-")
-    local = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=destination)
+    local = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=destination, tracking_uri=tracking_uri)
     # MLflow keeps the logged folder's own name (e.g. artifacts/best_model); the MLmodel file says which
     artifacts = mlflow.models.Model.load(local).flavors["python_function"]["artifacts"]
     return Path(local) / artifacts[CHECKPOINT_ARTIFACT]["path"]

@@ -1,8 +1,8 @@
 """Distributed data-parallel fine-tuning with Ray Train: the per-worker loop and the TorchTrainer around it.
 
 Each epoch every worker trains on its shard of the prepared train split, the workers score their
-shards of val, rank 0 gathers the scores, computes val AUROC and saves a checkpoint, and all ranks
-report (Ray Train keeps the best `train.checkpoints_to_keep` by val AUROC and resumes from the latest).
+shards of val, rank 0 gathers the scores, computes the val metrics and saves a checkpoint, and all ranks
+report (Ray Train keeps the best `train.checkpoints_to_keep` by tune.metric and resumes from the latest).
 """
 
 from __future__ import annotations
@@ -26,13 +26,13 @@ from ray.train.torch import TorchTrainer
 
 from pneumo.checkpoints import CheckpointMeta, load_train_state, save_checkpoint
 from pneumo.config import ExperimentConfig, TrainConfig, from_dict, to_dict
-from pneumo.data.dataset import PreparedData
 from pneumo.data.batch_transforms import augment, normalize
+from pneumo.data.dataset import PreparedData
+from pneumo.data.manifest import is_uri
 from pneumo.data.transforms import Preprocessing
-from pneumo.metrics import binary_metrics
+from pneumo.evaluation.metrics import binary_metrics
 from pneumo.models import create_model, unwrap
 from pneumo.tracking import log_epoch_metrics, record_worker_failure
-
 
 # ---------------------------------------------------------------- per-worker pieces
 
@@ -261,7 +261,7 @@ class EpochLogger(UserCallback):
 
 @dataclass
 class TrainOutcome:
-    best_checkpoint: str  # folder of the checkpoint with the best val AUROC
+    best_checkpoint: str  # folder of the checkpoint with the best tune.metric
     best_metrics: dict[str, float]
     last_metrics: dict[str, float]
     results_path: str  # Ray Train's run folder (checkpoints, logs)
@@ -317,7 +317,7 @@ def build_trainer(cfg: ExperimentConfig, data: PreparedData, preprocessing: Prep
 def storage_path(cfg: ExperimentConfig) -> str:
     """scaling.storage_path as Ray wants it: URIs as given, local folders absolute."""
     path = cfg.scaling.storage_path
-    return path if "://" in path else str(Path(path).resolve())
+    return path if is_uri(path) else str(Path(path).resolve())
 
 
 def fit(cfg: ExperimentConfig, data: PreparedData, preprocessing: Preprocessing, run_name: str,

@@ -31,7 +31,17 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from pneumo.config import ConfigError, ExperimentConfig, from_dict, to_dict, with_updates
 from pneumo.data.dataset import PreparedData
 from pneumo.data.transforms import Preprocessing
-from pneumo.tracking import TAG_TRAIN_FOLDER, TAG_TRIAL_ID, finish_run, log_metrics, open_run, start_run
+from pneumo.tracking import (
+    TAG_SEARCH_PARAMS,
+    TAG_STOPPED_EARLY,
+    TAG_TRAIN_FOLDER,
+    TAG_TRIAL_ID,
+    find_trial_run,
+    finish_run,
+    log_metrics,
+    open_run,
+    start_run,
+)
 from pneumo.train import EpochLogger, build_trainer, storage_path
 
 logger = logging.getLogger(__name__)
@@ -76,15 +86,12 @@ def _example_value(cfg: ExperimentConfig, key: str) -> Any:
 def _trial_run_id(client: MlflowClient, cfg: ExperimentConfig, parent_run_id: str, trial_id: str,
                   trial_name: str, params: dict) -> str:
     """The trial's MLflow child run: found again by trial id on a restart, else created."""
-    experiment = client.get_experiment_by_name(cfg.mlflow.experiment_name)
-    found = client.search_runs([experiment.experiment_id], filter_string=(
-        f"tags.`{TAG_TRIAL_ID}` = '{trial_id}' and tags.`mlflow.parentRunId` = '{parent_run_id}'"), max_results=1)
-    if found:
-        client.update_run(found[0].info.run_id, "RUNNING")
-        return found[0].info.run_id
-    run_id = start_run(client, cfg, "trial", trial_name, parent_run_id, tags={TAG_TRIAL_ID: trial_id})
-    client.set_tag(run_id, "pneumo.search_params", str(params))
-    return run_id
+    found = find_trial_run(client, cfg, parent_run_id, trial_id)
+    if found is not None:
+        client.update_run(found.info.run_id, "RUNNING")
+        return found.info.run_id
+    return start_run(client, cfg, "trial", trial_name, parent_run_id,
+                     tags={TAG_TRIAL_ID: trial_id, TAG_SEARCH_PARAMS: str(params)})
 
 
 def run_trial(params: dict[str, Any], base_config: dict, data: PreparedData, preprocessing: Preprocessing,
@@ -139,7 +146,7 @@ def _build_tuner(cfg: ExperimentConfig, trainable, search_name: str) -> tune.Tun
 
 
 def _best_trial(results, cfg: ExperimentConfig) -> tuple[str, dict, float]:
-    """(checkpoint path, params, metric) of the best epoch of any trial (checkpoints kept by val AUROC)."""
+    """(checkpoint path, params, metric) of the best epoch of any trial (checkpoints kept by tune.metric)."""
     best = results.get_best_result(metric=cfg.tune.metric, mode=cfg.tune.mode, scope="all")
     frame = best.metrics_dataframe.dropna(subset=["checkpoint_path"])
     row = frame.loc[frame[cfg.tune.metric].idxmax() if cfg.tune.mode == "max" else frame[cfg.tune.metric].idxmin()]
@@ -149,17 +156,15 @@ def _best_trial(results, cfg: ExperimentConfig) -> tuple[str, dict, float]:
 
 def _close_trial_runs(client: MlflowClient, results, parent_run_id: str, cfg: ExperimentConfig) -> int:
     """Mark each trial's MLflow run finished, tagging those ASHA stopped early; returns that count."""
-    experiment = client.get_experiment_by_name(cfg.mlflow.experiment_name)
     stopped = 0
     for result in results:
         trial_id = (result.metrics or {}).get("trial_id", "")
         epochs_run = int(result.metrics.get("training_iteration", 0)) if result.metrics else 0
         early = result.error is None and epochs_run < cfg.train.epochs
         stopped += early
-        runs = client.search_runs([experiment.experiment_id], filter_string=(
-            f"tags.`mlflow.parentRunId` = '{parent_run_id}' and tags.`{TAG_TRIAL_ID}` = '{trial_id}'"))
-        for run in runs:
-            client.set_tag(run.info.run_id, "pneumo.stopped_early", str(early).lower())
+        run = find_trial_run(client, cfg, parent_run_id, trial_id)
+        if run is not None:
+            client.set_tag(run.info.run_id, TAG_STOPPED_EARLY, str(early).lower())
             if run.info.status == "RUNNING":
                 finish_run(client, run.info.run_id, failed=result.error is not None)
     return stopped

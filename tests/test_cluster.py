@@ -14,10 +14,10 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from conftest import QUICKSTART, REPO, write_smoke_yaml
 from mlflow.tracking import MlflowClient
 
-from conftest import QUICKSTART, REPO, write_smoke_yaml
-from pneumo.config import ConfigError, load_config
+from pneumo.config import load_config
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent

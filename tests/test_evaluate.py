@@ -5,11 +5,19 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from pneumo.calibration import Calibration
 from pneumo.config import EvalConfig
-from pneumo.evaluate import Predictions, confident_mistakes, evaluate_predictions
-from pneumo.metrics import (SCORES, _resampled_scores, binary_metrics, bootstrap_intervals, choose_threshold, format_metrics_table,
-                            operating_points)
+from pneumo.evaluation.calibration import Calibration
+from pneumo.evaluation.evaluate import confident_mistakes, evaluate_predictions
+from pneumo.evaluation.metrics import (
+    SCORES,
+    _resampled_scores,
+    binary_metrics,
+    bootstrap_intervals,
+    choose_threshold,
+    format_metrics_table,
+    operating_points,
+)
+from pneumo.evaluation.prediction import Predictions
 
 LABELS = np.array([1, 1, 1, 1, 0, 0, 0, 0])
 PROBS = np.array([0.9, 0.8, 0.6, 0.3, 0.7, 0.2, 0.1, 0.05])

@@ -8,10 +8,11 @@ import pytest
 from PIL import Image
 
 from pneumo.config import DataConfig, EvalConfig
-from pneumo.evaluate import Predictions, evaluate_predictions, images_at
-from pneumo.report.baselines import PUBLISHED, resolve_baseline_dataset
-from pneumo.report.build import REPORT_FILE, write_report
-from pneumo.report.html import ReportContent
+from pneumo.evaluation.evaluate import evaluate_predictions
+from pneumo.evaluation.prediction import Predictions, images_at
+from pneumo.evaluation.report.baselines import PUBLISHED, resolve_baseline_dataset
+from pneumo.evaluation.report.build import REPORT_FILE, write_report
+from pneumo.evaluation.report.html import ReportContent
 
 PICTURES = ("roc.png", "pr.png", "confusion.png", "reliability.png", "training_curves.png", "mistakes.png")
 

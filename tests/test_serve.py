@@ -19,19 +19,19 @@ import pytest
 import requests
 import torch
 from PIL import Image
+from starlette.datastructures import Headers
 
 from pneumo.checkpoints import CheckpointMeta, load_checkpoint, save_checkpoint
 from pneumo.config import ConfigError, EvalConfig, MlflowConfig, ModelConfig, ServeConfig, load_config
-from pneumo.data.synthetic import generate_chest_xrays
 from pneumo.data.batch_transforms import normalize
+from pneumo.data.synthetic import generate_chest_xrays
 from pneumo.data.transforms import decode_image
-from pneumo.calibration import Calibration
-from pneumo.evaluate import predict_logits, predict_probabilities
-from pneumo.metrics import binary_metrics, choose_threshold
+from pneumo.evaluation.calibration import Calibration
+from pneumo.evaluation.metrics import binary_metrics, choose_threshold
+from pneumo.evaluation.prediction import predict_logits, predict_probabilities
+from pneumo.model_uri import fetch_model, resolve_model_uri
 from pneumo.models import create_model, resolve_preprocessing
-from pneumo.serve_inputs import RequestError, parse_multipart
-from starlette.datastructures import Headers
-from pneumo.serve_model import fetch_model, resolve_model_uri
+from pneumo.serve.inputs import RequestError, parse_multipart
 
 REPO = Path(__file__).resolve().parents[1]
 REGISTERED_NAME = "serve-test"
@@ -124,12 +124,13 @@ serve:
 
 def register(yaml: Path, checkpoint: Path, metrics: dict[str, float]) -> None:
     """What `pneumo run` does at its end: log the checkpoint in a run, register it, alias it champion."""
-    from pneumo.tracking import client_for, finish_run, log_and_register_model, start_run
+    from pneumo.serve.pyfunc import register_checkpoint
+    from pneumo.tracking import client_for, finish_run, start_run
 
     cfg = load_config([yaml])
     client = client_for(cfg)
     run_id = start_run(client, cfg, "train", "serve-test")
-    log_and_register_model(cfg, run_id, checkpoint, metrics, fingerprint="test")
+    register_checkpoint(client, cfg, run_id, checkpoint, metrics, fingerprint="test")
     finish_run(client, run_id)
 
 
@@ -148,7 +149,7 @@ def start_serve(yaml: Path) -> str:
     """Serve on a free loopback port (Ray comes from the session fixture); the app's URL."""
     from ray import serve
 
-    from pneumo.serve import ServeArgs, build_app
+    from pneumo.serve.builder import ServeArgs, build_app
 
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
@@ -333,7 +334,7 @@ def test_metrics_reach_prometheus(server):
 def test_a_broken_checkpoint_is_reported_by_readyz_and_the_replica_stays_up(server, tmp_path):
     from ray import serve
 
-    from pneumo.serve import ServeArgs, build_app
+    from pneumo.serve.builder import ServeArgs, build_app
 
     (tmp_path / "model.safetensors").write_bytes(b"not weights")
     serve.run(build_app(ServeArgs(model_uri=str(tmp_path), config=[str(server["yaml"])])),
@@ -377,7 +378,7 @@ def test_loader_waits_for_an_alias_that_is_not_set_yet(tmp_path):
     """A registered model without @champion (only challengers so far) is 'not yet', not a failure."""
     from mlflow.tracking import MlflowClient
 
-    from pneumo.serve_model import ModelLoader
+    from pneumo.serve.loader import ModelLoader
 
     tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     MlflowClient(tracking_uri).create_registered_model("chest")

@@ -9,7 +9,14 @@ import torch
 from pneumo.config import DataConfig, ExperimentConfig, ModelConfig, TrainConfig
 from pneumo.data.transforms import Preprocessing
 from pneumo.models import create_model
-from pneumo.train import WorkerContext, autocast_dtype, build_lr_schedule, build_optimizer, seed_everything, train_one_epoch
+from pneumo.train import (
+    WorkerContext,
+    autocast_dtype,
+    build_lr_schedule,
+    build_optimizer,
+    seed_everything,
+    train_one_epoch,
+)
 
 SPEC = Preprocessing(in_chans=1, image_size=32, mean=(0.5,), std=(0.25,))
 

@@ -12,16 +12,15 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import write_smoke_yaml
 from mlflow.tracking import MlflowClient
 
 from pneumo.checkpoints import load_checkpoint
 from pneumo.cli import main as pneumo_main
 from pneumo.config import load_config
 from pneumo.data.transforms import decode_image
-from pneumo.evaluate import predict_probabilities
+from pneumo.evaluation.prediction import predict_probabilities
 from pneumo.experiment import run_experiment
-
-from conftest import write_smoke_yaml
 
 pytestmark = pytest.mark.slow
 
@@ -74,7 +73,7 @@ def test_two_worker_run_logs_to_mlflow_and_registers(trained, synthetic_root):
 
 def test_eval_scores_a_registered_model_and_a_checkpoint_folder(trained, tmp_path, capsys):
     cfg, outcome, yaml = trained
-    from pneumo.eval_run import evaluate_model
+    from pneumo.evaluation.run import evaluate_model
 
     registered = evaluate_model(f"models:/{cfg.mlflow.registered_model_name}@champion", cfg, "test",
                                 tmp_path / "registry")

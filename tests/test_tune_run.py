@@ -11,9 +11,9 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 import pytest
+from conftest import write_smoke_yaml
 from mlflow.tracking import MlflowClient
 
-from conftest import write_smoke_yaml
 from pneumo.config import load_config
 from pneumo.experiment import run_experiment
 from pneumo.tracking import TAG_TRIAL_ID, training_run_for

@@ -19,7 +19,7 @@ import numpy as np
 import ray.data
 from ray.data.expressions import col
 
-from pneumo.config import DataConfig
+from pneumo.config import MAX_IMAGE_PIXELS, DataConfig
 from pneumo.data.cache import cache_key, read_cached, write_cached
 from pneumo.data.folder import CLASS_NAMES, SPLITS, ImageRecord, is_empty_dir
 from pneumo.data.sources import list_source, load_image
@@ -137,7 +137,7 @@ def decode_order(records: list[ImageRecord], seed: int) -> list[ImageRecord]:
     return shuffled
 
 
-def prepare_data(cfg: DataConfig, preprocessing: Preprocessing, max_pixels: int = 40_000_000) -> PreparedData:
+def prepare_data(cfg: DataConfig, preprocessing: Preprocessing, max_pixels: int = MAX_IMAGE_PIXELS) -> PreparedData:
     """Decode every image once into per-split Ray Datasets at the model's size and channels."""
     ensure_dataset(cfg)
     listing = list_source(cfg)

@@ -16,13 +16,12 @@ import numpy as np
 import pydicom
 from PIL import Image
 
-from pneumo.config import DataConfig
+from pneumo.config import MAX_IMAGE_PIXELS, DataConfig
 from pneumo.data.dicom import is_dicom
 from pneumo.data.folder import CLASS_NAMES, SPLITS, ImageRecord
 from pneumo.data.sources import decode_stored, list_source, read_stored
 from pneumo.data.split import patients_in_several_splits
 from pneumo.data.transforms import ImageDecodeError, Preprocessing
-
 
 DECODE_PROBE = Preprocessing(in_chans=1, image_size=8, mean=(0.5,), std=(0.5,))  # tiny: the decode is the check
 
@@ -77,7 +76,7 @@ def _facts(location: str, max_pixels: int) -> FileFacts:
     return FileFacts(digest, *_size_and_mode(stored))
 
 
-def inspect_dataset(cfg: DataConfig, max_pixels: int = 40_000_000, threads: int = 4) -> Inspection:
+def inspect_dataset(cfg: DataConfig, max_pixels: int = MAX_IMAGE_PIXELS, threads: int = 4) -> Inspection:
     listing = list_source(replace(cfg, resplit_val=False))
     records: list[ImageRecord] = listing.records
     with ThreadPoolExecutor(threads) as pool:  # decoding releases the GIL

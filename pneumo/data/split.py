@@ -65,3 +65,10 @@ def _held_out(n_patients: int, fraction: float) -> int:
     if fraction <= 0 or n_patients < 3:
         return 0
     return max(1, round(n_patients * fraction))
+
+
+def split_csv(rows: list[dict]) -> str:
+    """The split pneumo assigned, as a manifest (path,label,patient_id,split) that reproduces it."""
+    import pandas as pd
+
+    return pd.DataFrame(rows, columns=["path", "label", "patient_id", "split"]).to_csv(index=False)

@@ -40,6 +40,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from pneumo.config import SynthConfig
 from pneumo.data.folder import CLASS_NAMES, SPLITS
 
 SYNTHETIC_MARKER = "SYNTHETIC.md"  # provenance note at the dataset root
@@ -430,10 +431,10 @@ def _write_provenance(root: Path, n_images: int, image_size: int, seed: int, lab
 
 def generate_chest_xrays(
     out_dir: str | Path,
-    n_images: int = 1200,
-    image_size: int = 128,
-    seed: int = 0,
-    label_noise: float = 0.02,
+    n_images: int = SynthConfig.n_images,
+    image_size: int = SynthConfig.image_size,
+    seed: int = SynthConfig.seed,
+    label_noise: float = SynthConfig.label_noise,
     split_fractions: tuple[float, float, float] = (0.8, 0.05, 0.15),
 ) -> SynthSummary:
     """Write a synthetic Kaggle-layout chest X-ray set to out_dir (new or empty) and summarise it.

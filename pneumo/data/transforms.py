@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from PIL import Image, ImageOps
 
+from pneumo.config import MAX_IMAGE_PIXELS
 from pneumo.data.dicom import decode_dicom, is_dicom
 
 
@@ -59,7 +60,7 @@ def _to_mode(image: Image.Image, in_chans: int) -> Image.Image:
     return image.convert("L" if in_chans == 1 else "RGB")
 
 
-def decode_image(data: bytes, preprocessing: Preprocessing, max_pixels: int = 40_000_000) -> np.ndarray:
+def decode_image(data: bytes, preprocessing: Preprocessing, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
     """JPEG/PNG/DICOM/… bytes -> uint8 array (C, H, W) at the model's size and channels.
 
     Raises ImageDecodeError for empty, truncated or non-image bytes and decompression bombs.

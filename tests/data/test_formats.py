@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
+from test_dicom import RAMP, dicom_bytes
 
 from pneumo.config import ConfigError, DataConfig
 from pneumo.data.dataset import BadImageError, prepare_data
@@ -18,8 +19,6 @@ from pneumo.data.medmnist import list_npz
 from pneumo.data.sources import list_source, resolve_format
 from pneumo.data.split import patients_in_several_splits
 from pneumo.data.transforms import Preprocessing
-
-from test_dicom import RAMP, dicom_bytes
 
 SPEC = Preprocessing(in_chans=1, image_size=32, mean=(0.5,), std=(0.25,))
 

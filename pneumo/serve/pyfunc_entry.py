@@ -2,6 +2,6 @@
 
 import mlflow
 
-from pneumo.pyfunc_model import PneumoniaClassifier
+from pneumo.serve.pyfunc import PneumoniaClassifier
 
 mlflow.models.set_model(PneumoniaClassifier())

@@ -1,57 +1,37 @@
-"""Scoring a model on prepared splits: predictions, calibration and threshold fitted on validation,
-test metrics with bootstrap intervals, every operating point, and the most confident mistakes.
+"""Scores from predictions: calibration and threshold fitted on validation, test metrics with
+bootstrap intervals, every operating point, the most confident mistakes; and the end-of-run
+evaluation that writes the fitted threshold and calibration into the model that gets registered.
 
-Used at the end of every run (experiment.finalize) and by `pneumo eval` (eval_run.py).
+Used at the end of every run (experiment.py) and by `pneumo eval` (evaluation/run.py).
 """
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Optional
+from pathlib import Path
+from typing import Optional
 
 import numpy as np
-import torch
 
-from pneumo.calibration import Calibration, ReliabilityBins, expected_calibration_error, fit_calibration, reliability_bins
-from pneumo.checkpoints import LoadedModel
-from pneumo.config import EvalConfig
-from pneumo.data.batch_transforms import normalize
-from pneumo.data.transforms import Preprocessing
-from pneumo.metrics import OperatingPoint, binary_metrics, bootstrap_intervals, choose_threshold, operating_points
-
-if TYPE_CHECKING:
-    import ray.data
-
-
-@dataclass
-class Predictions:
-    labels: np.ndarray  # 0/1 ground truth
-    logits: np.ndarray  # raw model outputs, before calibration
-    paths: list[str]  # where each image came from
-
-
-@torch.inference_mode()
-def predict_logits(model: torch.nn.Module, images: torch.Tensor, preprocessing: Preprocessing) -> np.ndarray:
-    """uint8 (N, C, H, W) images -> one logit each."""
-    return model(normalize(images, preprocessing)).float().squeeze(1).cpu().numpy()
-
-
-def predict_probabilities(loaded: LoadedModel, images: torch.Tensor) -> np.ndarray:
-    """uint8 (N, C, H, W) images -> P(pneumonia), with the calibration stored in the checkpoint."""
-    return loaded.meta.calibration.probabilities(predict_logits(loaded.model, images, loaded.meta.preprocessing_spec))
-
-
-def predict_dataset(loaded: LoadedModel, dataset: "ray.data.Dataset", batch_size: int = 64) -> Predictions:
-    """Score every row of a prepared split (columns image, label, path) in this process."""
-    preprocessing = loaded.meta.preprocessing_spec
-    labels, logits, paths = [], [], []
-    for batch in dataset.iter_batches(batch_size=batch_size, batch_format="numpy"):
-        logits.append(predict_logits(loaded.model, torch.as_tensor(np.array(batch["image"])), preprocessing))
-        labels.append(batch["label"])
-        paths.extend(str(p) for p in batch["path"])
-    if not labels:
-        return Predictions(np.zeros(0, int), np.zeros(0, np.float32), [])
-    return Predictions(np.concatenate(labels).astype(int), np.concatenate(logits), paths)
+from pneumo.checkpoints import TRAIN_STATE_FILE, load_checkpoint, read_meta, write_meta
+from pneumo.config import EvalConfig, ExperimentConfig
+from pneumo.data.dataset import PreparedData
+from pneumo.evaluation.calibration import (
+    Calibration,
+    ReliabilityBins,
+    expected_calibration_error,
+    fit_calibration,
+    reliability_bins,
+)
+from pneumo.evaluation.metrics import (
+    OperatingPoint,
+    binary_metrics,
+    bootstrap_intervals,
+    choose_threshold,
+    operating_points,
+)
+from pneumo.evaluation.prediction import Predictions, predict_dataset
 
 
 @dataclass
@@ -104,12 +84,18 @@ def confident_mistakes(labels: np.ndarray, probabilities: np.ndarray, threshold:
     return ordered[:limit].astype(int)
 
 
-def images_at(dataset: "ray.data.Dataset", paths: list[str]) -> dict[str, np.ndarray]:
-    """The decoded images of a prepared (materialized) split whose path is in `paths`: its blocks are
-    read where they lie, with no Ray Data task to schedule (a filter took ~2 s on the quickstart)."""
-    wanted, found = set(paths), {}
-    if wanted:
-        for block in dataset.iter_batches(batch_size=None, batch_format="numpy"):
-            found.update({str(path): np.asarray(image) for path, image in zip(block["path"], block["image"])
-                          if path in wanted})
-    return found
+def evaluate_checkpoint(cfg: ExperimentConfig, data: PreparedData, checkpoint_dir: str, model_dir: Path) -> Evaluation:
+    """Fit the calibration and pick the threshold on val, score test, and store both in a copy of the
+    checkpoint at model_dir (what gets registered and served)."""
+    shutil.copytree(checkpoint_dir, model_dir, dirs_exist_ok=True)
+    (model_dir / TRAIN_STATE_FILE).unlink(missing_ok=True)  # serving needs weights only
+    loaded = load_checkpoint(model_dir)
+    val = predict_dataset(loaded, data.datasets["val"], cfg.eval.batch_size)
+    test = predict_dataset(loaded, data.datasets["test"], cfg.eval.batch_size)
+    evaluation = evaluate_predictions(val, test, cfg.eval)
+    meta = read_meta(model_dir)
+    meta.decision_threshold = evaluation.threshold
+    meta.temperature, meta.logit_bias = evaluation.calibration.temperature, evaluation.calibration.bias
+    meta.metrics = {**meta.metrics, **{f"test_{k}": v for k, v in evaluation.metrics.items()}}
+    write_meta(model_dir, meta)
+    return evaluation

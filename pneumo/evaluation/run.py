@@ -13,19 +13,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from mlflow.entities import Param
 from mlflow.tracking import MlflowClient
 
-from pneumo.calibration import describe_calibration
 from pneumo.config import ConfigError, ExperimentConfig, flatten, to_dict
 from pneumo.data.dataset import prepare_data
-from pneumo.evaluate import Evaluation, evaluate_predictions, predict_dataset
-from pneumo.report.build import write_evaluation_report
-from pneumo.serve_model import ServedModel, fetch_model
-from pneumo.tracking import (TAG_EXPERIMENT, TAG_KIND, ensure_experiment, finish_run, log_metrics, metric_history,
-                             resolve_tracking_uri, training_run_for)
-
-TAG_MODEL_URI = "pneumo.model_uri"
+from pneumo.evaluation.calibration import describe_calibration
+from pneumo.evaluation.evaluate import Evaluation, evaluate_predictions
+from pneumo.evaluation.prediction import predict_dataset
+from pneumo.evaluation.report.build import write_evaluation_report
+from pneumo.model_uri import FetchedModel, fetch_model
+from pneumo.tracking import (
+    TAG_DATA_FINGERPRINT,
+    TAG_MODEL_URI,
+    finish_run,
+    log_metrics,
+    metric_history,
+    resolve_tracking_uri,
+    start_run,
+    training_run_for,
+)
 
 
 @dataclass
@@ -35,7 +41,7 @@ class EvalOutcome:
     mlflow_run_id: str  # the `eval` run
 
 
-def _training_run_id(client: MlflowClient, model: ServedModel) -> Optional[str]:
+def _training_run_id(client: MlflowClient, model: FetchedModel) -> Optional[str]:
     """The MLflow run that produced a registered or logged model; None for a bare checkpoint folder."""
     if model.uri.startswith("models:/"):
         return client.get_model_version(model.name, model.version).run_id
@@ -44,18 +50,7 @@ def _training_run_id(client: MlflowClient, model: ServedModel) -> Optional[str]:
     return None
 
 
-def _start_eval_run(client: MlflowClient, cfg: ExperimentConfig, model: ServedModel, split: str) -> str:
-    """An MLflow run for this evaluation, with the data and eval settings as params."""
-    experiment_id = ensure_experiment(client, cfg.mlflow.experiment_name)
-    run = client.create_run(experiment_id, run_name=f"eval-{model.name}-{model.version}-{split}",
-                            tags={TAG_EXPERIMENT: cfg.name, TAG_KIND: "eval", TAG_MODEL_URI: model.uri})
-    settings = flatten({"data": to_dict(cfg)["data"], "eval": to_dict(cfg)["eval"]})
-    client.log_batch(run.info.run_id, params=[Param(k, str(v)[:6000]) for k, v in settings.items()]
-                     + [Param("split", split), Param("model_uri", model.uri)])
-    return run.info.run_id
-
-
-def default_report_dir(model: ServedModel, split: str) -> Path:
+def default_report_dir(model: FetchedModel, split: str) -> Path:
     safe_name = re.sub(r"[^A-Za-z0-9_.-]+", "_", model.name)
     return Path("reports") / f"{safe_name}-{model.version}-{split}-{time.strftime('%Y%m%d-%H%M%S')}"
 
@@ -74,8 +69,10 @@ def evaluate_model(model_uri: str, cfg: ExperimentConfig, split: str = "test",
     val = predict_dataset(model.loaded, data.datasets["val"], cfg.eval.batch_size) if split != "val" else None
     evaluation = evaluate_predictions(val, scored, cfg.eval, threshold=meta.decision_threshold,
                                       calibration=meta.calibration)
-    run_id = _start_eval_run(client, cfg, model, split)
-    client.set_tag(run_id, "data_fingerprint", data.fingerprint)
+    settings = flatten({"data": to_dict(cfg)["data"], "eval": to_dict(cfg)["eval"]})
+    run_id = start_run(client, cfg, "eval", f"eval-{model.name}-{model.version}-{split}",
+                       tags={TAG_MODEL_URI: model.uri, TAG_DATA_FINGERPRINT: data.fingerprint},
+                       params={**settings, "split": split, "model_uri": model.uri})
     log_metrics(client, run_id, evaluation.logged_metrics(), prefix=f"{split}_")
     report = None
     if cfg.eval.report:

@@ -1,12 +1,8 @@
-"""The Ray Serve deployment behind `pneumo serve`, `serve run serve_app:app` and serve_config.yaml.
-
-    app = build_app(ServeArgs(model_uri="models:/pneumo-pneumonia@champion",
-                              config=["experiments/quickstart.yaml"]))
-    serve.run(app)  # POST /predict, POST /predict/batch, GET /healthz /readyz /model, docs at /docs
+"""The Ray Serve deployment: HTTP routes over one model loaded in the background.
 
 Concurrent requests share model calls through `@serve.batch`; decoding and inference run in worker
-threads so the event loop keeps answering health checks. Request parsing lives in serve_inputs.py,
-model resolution and loading in serve_model.py.
+threads so the event loop keeps answering health checks. Request parsing lives in inputs.py, the
+response schemas in schemas.py, loading in loader.py; builder.py turns config into this deployment.
 
 Status codes, each error a JSON {"error", "field"}: 400 for an image that cannot be used (empty, not
 an image, truncated, over serve.max_image_pixels) or a malformed multipart body; 413 for a body over
@@ -15,130 +11,39 @@ than multipart/form-data, image/* or application/dicom; 503 while the model load
 failed (/readyz says why). Serve itself answers 503 once serve.max_queued_requests are waiting.
 """
 
-# No `from __future__ import annotations`: Ray's typed app builder needs build_app's annotation as a
-# class to turn `serve run … key=value` arguments into ServeArgs.
 import asyncio
-import dataclasses
 import logging
-import os
 import time
-from typing import Any, Awaitable, Callable, Literal, Optional
+from typing import Any, Awaitable, Callable
 
 import numpy as np
 import torch
 from fastapi import FastAPI
-from pydantic import BaseModel, Field, field_validator
 from ray import serve
-from ray.serve import Application
-from ray.serve import metrics
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from pneumo.config import ConfigError, MlflowConfig, ServeConfig, load_config
+from pneumo.config import ServeConfig
+from pneumo.data.folder import CLASS_NAMES
 from pneumo.data.transforms import ImageDecodeError, decode_image
-from pneumo.evaluate import predict_probabilities
-from pneumo.serve_inputs import (BATCH_UPLOAD_DOC, SINGLE_UPLOAD_DOC, RequestError, Upload, read_image,
-                                 read_images)
-from pneumo.serve_model import ModelLoader, ServedModel, resolve_model_uri
-from pneumo.tracking import resolve_tracking_uri
+from pneumo.evaluation.prediction import predict_probabilities
+from pneumo.model_uri import FetchedModel
+from pneumo.serve.inputs import BATCH_UPLOAD_DOC, SINGLE_UPLOAD_DOC, RequestError, Upload, read_image, read_images
+from pneumo.serve.loader import ModelLoader
+from pneumo.serve.prometheus import ServeMetrics
+from pneumo.serve.schemas import ERROR_DOCS, BatchPrediction, ErrorBody, Prediction
 
-CONFIG_ENV = "PNEUMO_CONFIG"  # experiment YAMLs (comma-separated) for `serve run serve_app:app`
-LABELS = ("NORMAL", "PNEUMONIA")
-LATENCY_BOUNDARIES_MS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000]
-BATCH_SIZE_BOUNDARIES = [1, 2, 4, 8, 16, 32, 64]
 RETRY_AFTER_S = "5"  # hint for clients that hit the endpoint while the model loads
 
 logger = logging.getLogger(__name__)
 
 
-class ServeArgs(BaseModel):
-    """What `pneumo serve` and `serve run serve_app:build_app_from_args key=value …` pass to build_app."""
-
-    model_uri: Optional[str] = None  # checkpoint folder, models:/NAME@alias, models:/NAME/VERSION, runs:/ID/model
-    config: list[str] = []  # experiment YAMLs; their serve: and mlflow: sections apply
-    overrides: list[str] = []  # key=value, e.g. serve.max_batch_size=32 (needs a config)
-    tracking_uri: Optional[str] = None  # None: mlflow.tracking_uri, else $MLFLOW_TRACKING_URI, else ./mlflow.db
-
-    @field_validator("config", "overrides", mode="before")
-    @classmethod
-    def _split(cls, value: Any) -> Any:
-        """`config=a.yaml,b.yaml` on the `serve run` line arrives as one string."""
-        return [item for item in value.replace(",", " ").split()] if isinstance(value, str) else value
-
-    @classmethod
-    def from_env(cls) -> "ServeArgs":
-        """$PNEUMO_CONFIG; the model comes from $PNEUMO_MODEL_URI via resolve_model_uri."""
-        return cls(config=os.environ.get(CONFIG_ENV, ""))
-
-
-def load_serving_config(args: ServeArgs) -> tuple[ServeConfig, MlflowConfig]:
-    """The serve: and mlflow: sections of the experiment files, or their defaults without files."""
-    if args.config:
-        cfg = load_config(args.config, args.overrides)
-        return cfg.serve, cfg.mlflow
-    if args.overrides:
-        raise ConfigError(f"overrides {args.overrides} need an experiment YAML to apply to: add --config FILE")
-    return ServeConfig(), MlflowConfig()
-
-
-class Prediction(BaseModel):
-    probability: float = Field(description="P(pneumonia) from the model")
-    label: Literal["NORMAL", "PNEUMONIA"] = Field(description="PNEUMONIA when probability >= threshold")
-    threshold: float = Field(description="the model's decision threshold, chosen on validation")
-    model_name: str
-    model_version: str
-    time_ms: float = Field(description="time spent in the server, milliseconds")
-
-
-class FilePrediction(BaseModel):
-    filename: Optional[str]
-    probability: float
-    label: Literal["NORMAL", "PNEUMONIA"]
-
-
-class BatchPrediction(BaseModel):
-    predictions: list[FilePrediction] = Field(description="one per `files` part, in order")
-    threshold: float
-    model_name: str
-    model_version: str
-    time_ms: float
-
-
-class ErrorBody(BaseModel):
-    error: str = Field(description="what was wrong and how to fix it")
-    field: Optional[str] = Field(description="the request field at fault: file, files, body, content-type, model")
-
-
-ERROR_DOCS = {status: {"model": ErrorBody} for status in (400, 413, 415, 503)}
-
-
-class ServeMetrics:
-    """Prometheus series through Ray's metrics agent; Serve adds deployment, replica and app tags."""
-
-    def __init__(self) -> None:
-        self.requests = metrics.Counter("pneumo_requests", "requests by endpoint and HTTP status",
-                                        tag_keys=("endpoint", "status"))
-        self.errors = metrics.Counter("pneumo_request_errors", "4xx and 5xx answers by endpoint and status",
-                                      tag_keys=("endpoint", "status"))
-        self.latency_ms = metrics.Histogram("pneumo_request_latency_ms", "time in the replica per request, ms",
-                                            boundaries=LATENCY_BOUNDARIES_MS, tag_keys=("endpoint",))
-        self.batch_size = metrics.Histogram("pneumo_batch_size", "images per model call",
-                                            boundaries=BATCH_SIZE_BOUNDARIES)
-
-    def record(self, endpoint: str, status: int, seconds: float) -> None:
-        tags = {"endpoint": endpoint, "status": str(status)}
-        self.requests.inc(tags=tags)
-        if status >= 400:
-            self.errors.inc(tags=tags)
-        self.latency_ms.observe(1000 * seconds, tags={"endpoint": endpoint})
-
-
-def _verdict(probability: float, model: ServedModel) -> dict[str, Any]:
+def _verdict(probability: float, model: FetchedModel) -> dict[str, Any]:
     threshold = model.loaded.meta.decision_threshold
-    return {"probability": probability, "label": LABELS[int(probability >= threshold)]}
+    return {"probability": probability, "label": CLASS_NAMES[int(probability >= threshold)]}
 
 
-def _identity(model: ServedModel) -> dict[str, Any]:
+def _identity(model: FetchedModel) -> dict[str, Any]:
     return {"threshold": model.loaded.meta.decision_threshold, "model_name": model.name,
             "model_version": model.version}
 
@@ -206,14 +111,14 @@ class PneumoniaService:
         self.metrics.record(endpoint, status, time.perf_counter() - started)
         return JSONResponse(body, status_code=status, headers=headers)
 
-    def _loaded_model(self) -> ServedModel:
+    def _loaded_model(self) -> FetchedModel:
         if self.loader.model is None:
             status = self.loader.status()
             reason = f"model is {status['state']}" + (f": {status['error']}" if "error" in status else "")
             raise RequestError(503, f"{reason} (see /readyz)", "model", {"Retry-After": RETRY_AFTER_S})
         return self.loader.model
 
-    async def _decode(self, upload: Upload, model: ServedModel) -> np.ndarray:
+    async def _decode(self, upload: Upload, model: FetchedModel) -> np.ndarray:
         try:
             return await asyncio.to_thread(decode_image, upload.data, model.loaded.meta.preprocessing_spec,
                                            self.settings.max_image_pixels)
@@ -246,27 +151,3 @@ class PneumoniaService:
         batch = torch.from_numpy(np.stack(images))
         probabilities = await asyncio.to_thread(predict_probabilities, model, batch)
         return [float(p) for p in probabilities]
-
-
-def deployment_options(cfg: ServeConfig) -> dict[str, Any]:
-    """serve: settings -> Ray Serve deployment options."""
-    options: dict[str, Any] = {
-        "ray_actor_options": {"num_cpus": cfg.cpus_per_replica},
-        "max_ongoing_requests": cfg.max_ongoing_requests,  # >= max_batch_size (checked by ServeConfig)
-        "max_queued_requests": cfg.max_queued_requests,  # beyond this Serve answers 503 at once
-    }
-    if cfg.autoscaling:
-        options["autoscaling_config"] = {"min_replicas": cfg.min_replicas, "max_replicas": cfg.max_replicas,
-                                         "target_ongoing_requests": cfg.max_batch_size}  # a full batch each
-    else:
-        options["num_replicas"] = cfg.num_replicas
-    return options
-
-
-def build_app(args: ServeArgs) -> Application:
-    """The Serve application for `args`: resolves the model URI here, loads it in the replicas."""
-    serve_cfg, mlflow_cfg = load_serving_config(args)
-    tracking_uri = args.tracking_uri or resolve_tracking_uri(mlflow_cfg)
-    model_uri = resolve_model_uri(args.model_uri, serve_cfg, mlflow_cfg)
-    deployment = PneumoniaService.options(**deployment_options(serve_cfg))
-    return deployment.bind(model_uri, tracking_uri, dataclasses.asdict(serve_cfg))

@@ -12,8 +12,8 @@ import numpy as np
 from matplotlib.figure import Figure
 from sklearn.metrics import precision_recall_curve, roc_curve
 
-from pneumo.calibration import Calibration, ReliabilityBins
 from pneumo.data.folder import CLASS_NAMES
+from pneumo.evaluation.calibration import Calibration, ReliabilityBins
 
 DPI = 110
 

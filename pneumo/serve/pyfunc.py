@@ -5,12 +5,14 @@
     #    probability  label
     # 0       0.9731      1
 
-The pneumo package travels inside the model (code_paths), the model is logged from code
+The pneumo package travels inside the model (code_paths), the model is saved from code
 (pyfunc_entry.py, nothing pickled), and the weights stay a safetensors checkpoint folder.
+tracking.register_model logs the saved folder into the run and registers it.
 """
 
 from __future__ import annotations
 
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -21,7 +23,9 @@ import torch
 from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, Schema
 
-CHECKPOINT_ARTIFACT = "checkpoint"
+from pneumo.config import ExperimentConfig
+from pneumo.tracking import CHECKPOINT_ARTIFACT, register_model
+
 SIGNATURE = ModelSignature(
     inputs=Schema([ColSpec("binary", "image")]),
     outputs=Schema([ColSpec("double", "probability"), ColSpec("long", "label")]),
@@ -38,7 +42,7 @@ class PneumoniaClassifier(mlflow.pyfunc.PythonModel):
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         from pneumo.data.transforms import decode_image
-        from pneumo.evaluate import predict_probabilities
+        from pneumo.evaluation.prediction import predict_probabilities
 
         preprocessing = self.loaded.meta.preprocessing_spec
         images = np.stack([decode_image(bytes(data), preprocessing) for data in model_input["image"]])
@@ -47,20 +51,30 @@ class PneumoniaClassifier(mlflow.pyfunc.PythonModel):
         return pd.DataFrame({"probability": probabilities.astype(np.float64), "label": labels})
 
 
-def log_pyfunc_model(checkpoint_dir: str | Path):
-    """Log into the active MLflow run; returns mlflow's ModelInfo."""
+def save_pyfunc_model(checkpoint_dir: str | Path, destination: str | Path) -> Path:
+    """Write the MLflow model folder (MLmodel, code, the checkpoint as an artifact) to `destination`."""
     import pneumo
 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*input example was not provided.*")
-        return mlflow.pyfunc.log_model(
-            name="model",
+        mlflow.pyfunc.save_model(
+            path=str(destination),
             python_model=str(Path(__file__).with_name("pyfunc_entry.py")),
             artifacts={CHECKPOINT_ARTIFACT: str(checkpoint_dir)},
             code_paths=[str(Path(pneumo.__file__).parent)],
             signature=SIGNATURE,
             pip_requirements=_requirements(),
         )
+    return Path(destination)
+
+
+def register_checkpoint(client, cfg: ExperimentConfig, run_id: str, checkpoint_dir: str | Path,
+                        metrics: dict[str, float], fingerprint: str):
+    """Save `checkpoint_dir` as this flavour, log it into `run_id` and register it (champion or
+    challenger, see tracking.register_model); returns the ModelVersion."""
+    with tempfile.TemporaryDirectory(prefix="pneumo-mlflow-model-") as folder:
+        model_folder = save_pyfunc_model(checkpoint_dir, Path(folder) / "model")
+        return register_model(client, cfg, run_id, model_folder, metrics, fingerprint)
 
 
 def _requirements() -> list[str]:

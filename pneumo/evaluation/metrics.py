@@ -11,13 +11,21 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy.stats import rankdata
-from sklearn.metrics import (accuracy_score, average_precision_score, balanced_accuracy_score, confusion_matrix,
-                             f1_score, precision_score, recall_score, roc_auc_score, roc_curve)
+from sklearn.metrics import (
+    accuracy_score,
+    average_precision_score,
+    balanced_accuracy_score,
+    confusion_matrix,
+    f1_score,
+    precision_score,
+    recall_score,
+    roc_auc_score,
+    roc_curve,
+)
 
-from pneumo.config import EvalConfig
+from pneumo.config import THRESHOLD_POLICIES, EvalConfig
 
 SCORES = ("auroc", "auprc", "accuracy", "balanced_accuracy", "sensitivity", "specificity", "precision", "f1")
-POLICIES = ("fixed", "youden", "sensitivity", "specificity")
 
 
 def binary_metrics(labels: np.ndarray, probabilities: np.ndarray, threshold: float) -> dict[str, float]:
@@ -138,7 +146,7 @@ def operating_points(val_labels: np.ndarray, val_probabilities: np.ndarray, test
     """Every threshold policy, chosen on validation and applied to test: the table a clinical team
     reads to pick an operating point."""
     points = []
-    for policy in POLICIES:
+    for policy in THRESHOLD_POLICIES:
         threshold = choose_threshold(val_labels, val_probabilities, cfg, policy)
         points.append(OperatingPoint(policy, policy_description(policy, cfg), threshold,
                                      binary_metrics(val_labels, val_probabilities, threshold),

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pneumo.evaluate import Evaluation
-from pneumo.metrics import SCORES
-from pneumo.report.baselines import DATASET_TITLES, published_results
+from pneumo.evaluation.evaluate import Evaluation
+from pneumo.evaluation.metrics import SCORES
+from pneumo.evaluation.report.baselines import DATASET_TITLES, published_results
 
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1100px;color:#222}

@@ -1,6 +1,8 @@
-"""Which model the endpoint serves, and loading it without blocking the replica.
+"""Any model by URI: a checkpoint folder, models:/NAME@alias, models:/NAME/VERSION or runs:/ID/model,
+loaded with its identity (name, version, registered metrics). Serving and `pneumo eval` both load here.
 
     resolve_model_uri(None, cfg.serve, cfg.mlflow)  # -> "models:/pneumo-pneumonia@champion"
+    fetch_model("models:/pneumo-pneumonia@champion", tracking_uri).loaded.model
 
 Weights always come from a pneumo checkpoint folder through `load_checkpoint` (safetensors, no
 pickle), also for MLflow models: their checkpoint folder is downloaded, never `pyfunc.load_model`.
@@ -8,32 +10,23 @@ pickle), also for MLflow models: their checkpoint folder is downloaded, never `p
 
 from __future__ import annotations
 
-import logging
 import os
-import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
-import numpy as np
-import torch
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
 from mlflow.tracking import MlflowClient
 
 from pneumo.checkpoints import LoadedModel, load_checkpoint
 from pneumo.config import ConfigError, MlflowConfig, ServeConfig
-from pneumo.evaluate import predict_probabilities
-from pneumo.tracking import CHAMPION, TAG_EXPERIMENT, download_model_checkpoint
+from pneumo.data.manifest import is_uri
+from pneumo.tracking import CHAMPION, TAG_CONFIG, TAG_DATA_FINGERPRINT, TAG_EXPERIMENT, download_model_checkpoint
 
 MODEL_URI_ENV = "PNEUMO_MODEL_URI"
 MLFLOW_SCHEMES = ("models:/", "runs:/")
-NOT_METRIC_TAGS = {"config", "data_fingerprint", TAG_EXPERIMENT}  # registry tags that are not metrics
-RETRY_ERROR_CODES = {"RESOURCE_DOES_NOT_EXIST", "TEMPORARILY_UNAVAILABLE", "INTERNAL_ERROR"}  # may heal
-FIRST_RETRY_WAIT_S, MAX_RETRY_WAIT_S = 0.5, 10.0
-
-logger = logging.getLogger(__name__)
+NOT_METRIC_TAGS = {TAG_CONFIG, TAG_DATA_FINGERPRINT, TAG_EXPERIMENT}  # registry tags that are not metrics
 
 
 def resolve_model_uri(explicit: Optional[str], serve_cfg: ServeConfig, mlflow_cfg: MlflowConfig,
@@ -46,7 +39,7 @@ def resolve_model_uri(explicit: Optional[str], serve_cfg: ServeConfig, mlflow_cf
            or f"models:/{mlflow_cfg.registered_model_name}@{CHAMPION}")
     if uri.startswith(MLFLOW_SCHEMES):
         return uri
-    if "://" in uri:
+    if is_uri(uri):
         raise ConfigError(f"model {uri!r}: only models:/…, runs:/… or a local checkpoint folder can be served")
     folder = Path(uri).expanduser().resolve()
     if not folder.is_dir():
@@ -56,7 +49,7 @@ def resolve_model_uri(explicit: Optional[str], serve_cfg: ServeConfig, mlflow_cf
 
 
 @dataclass
-class ServedModel:
+class FetchedModel:
     loaded: LoadedModel
     uri: str  # where it came from; an alias is pinned to the version it pointed at
     name: str  # registry name, else the timm architecture (runs) or folder name (checkpoints)
@@ -96,66 +89,16 @@ def _registry_version(client: MlflowClient, uri: str):
     return client.get_model_version(name, aliases[alias])
 
 
-def fetch_model(uri: str, tracking_uri: str) -> ServedModel:
+def fetch_model(uri: str, tracking_uri: str) -> FetchedModel:
     """Download (for MLflow URIs) and load the checkpoint that `uri` names."""
     if uri.startswith("models:/"):
         version = _registry_version(MlflowClient(tracking_uri), uri)
         pinned = f"models:/{version.name}/{version.version}"  # the alias may move while we download
         loaded = load_checkpoint(download_model_checkpoint(pinned, tracking_uri))
-        return ServedModel(loaded, pinned, version.name, str(version.version), _numeric_tags(version.tags))
+        return FetchedModel(loaded, pinned, version.name, str(version.version), _numeric_tags(version.tags))
     if uri.startswith("runs:/"):
         loaded = load_checkpoint(download_model_checkpoint(uri, tracking_uri))
         run_id = uri.removeprefix("runs:/").split("/")[0]
-        return ServedModel(loaded, uri, loaded.meta.model["name"], run_id, dict(loaded.meta.metrics))
+        return FetchedModel(loaded, uri, loaded.meta.model["name"], run_id, dict(loaded.meta.metrics))
     loaded = load_checkpoint(uri)
-    return ServedModel(loaded, uri, Path(uri).name, "local", dict(loaded.meta.metrics))
-
-
-def warm_up(model: ServedModel) -> None:
-    """One forward pass, so the first request does not pay for lazy allocations."""
-    spec = model.loaded.meta.preprocessing_spec
-    blank = torch.from_numpy(np.zeros((1, spec.in_chans, spec.image_size, spec.image_size), dtype=np.uint8))
-    predict_probabilities(model.loaded, blank)
-
-
-class ModelLoader:
-    """Loads the model in a background thread, so the replica answers /healthz and /readyz meanwhile.
-
-    A registry model or alias that does not exist yet (the endpoint deployed before the first
-    champion) or an unreachable tracking server is retried with backoff; anything else (a broken checkpoint) fails
-    for good. Either way the reason is in `status()` for /readyz, and the replica stays up.
-    """
-
-    def __init__(self, uri: str, tracking_uri: str):
-        self.uri, self.tracking_uri = uri, tracking_uri
-        self.model: Optional[ServedModel] = None
-        self.state, self.error = "loading", None  # loading | waiting | ready | failed
-        self._thread = threading.Thread(target=self._load, name="pneumo-model-loader", daemon=True)
-        self._thread.start()
-
-    def _load(self) -> None:
-        wait_s = FIRST_RETRY_WAIT_S
-        while True:
-            try:
-                model = fetch_model(self.uri, self.tracking_uri)
-                warm_up(model)
-            except MlflowException as error:
-                if error.error_code not in RETRY_ERROR_CODES:
-                    return self._fail(error)
-                self.state, self.error = "waiting", f"{self.uri}: {error.message} (retrying every {wait_s:g} s)"
-                time.sleep(wait_s)
-                wait_s = min(2 * wait_s, MAX_RETRY_WAIT_S)
-                continue
-            except Exception as error:  # report any failure on /readyz rather than kill the replica
-                return self._fail(error)
-            self.model, self.state, self.error = model, "ready", None
-            logger.info("serving %s (%s version %s)", model.uri, model.name, model.version)
-            return
-
-    def _fail(self, error: Exception) -> None:
-        logger.error("cannot load %s: %s", self.uri, error)
-        self.state, self.error = "failed", f"{self.uri}: {type(error).__name__}: {error}"
-
-    def status(self) -> dict[str, Any]:
-        status = {"ready": self.model is not None, "state": self.state, "model_uri": self.uri}
-        return {**status, "error": self.error} if self.error else status
+    return FetchedModel(loaded, uri, Path(uri).name, "local", dict(loaded.meta.metrics))

@@ -9,10 +9,12 @@ import numpy as np
 
 from pneumo.config import ExperimentConfig, to_yaml
 from pneumo.data.dataset import PreparedData
-from pneumo.evaluate import Evaluation, confident_mistakes, images_at
-from pneumo.report import plots
-from pneumo.report.baselines import resolve_baseline_dataset
-from pneumo.report.html import ReportContent, render_report
+from pneumo.evaluation.calibration import describe_calibration
+from pneumo.evaluation.evaluate import Evaluation, confident_mistakes
+from pneumo.evaluation.prediction import images_at
+from pneumo.evaluation.report import plots
+from pneumo.evaluation.report.baselines import resolve_baseline_dataset
+from pneumo.evaluation.report.html import ReportContent, render_report
 
 REPORT_FILE = "report.html"
 
@@ -69,3 +71,14 @@ def write_evaluation_report(evaluation: Evaluation, cfg: ExperimentConfig, data:
                             baseline_dataset=resolve_baseline_dataset(cfg.eval.baselines, cfg.data),
                             threshold_policy=cfg.eval.threshold_policy if threshold_policy is None else threshold_policy)
     return write_report(content, history, mistakes, out_dir)
+
+
+def training_model_rows(cfg: ExperimentConfig, run_id: str, model_dir: Path, evaluation: Evaluation,
+                   version: Optional[Any]) -> dict[str, str]:
+    """The report's "Model" rows for the model a `pneumo run` trained, evaluated and registered."""
+    registered = (f"models:/{version.name}/{version.version} (aliases: {', '.join(version.aliases) or 'none'})"
+                  if version is not None else "not registered (mlflow.register: false)")
+    return {"architecture": cfg.model.name, "registered model": registered, "MLflow run": run_id,
+            "checkpoint": str(model_dir),
+            "decision threshold": f"{evaluation.threshold:.4f} ({cfg.eval.threshold_policy} policy on val)",
+            "calibration": describe_calibration(evaluation.calibration, cfg.eval.calibration)}
