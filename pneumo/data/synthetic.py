@@ -35,6 +35,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 from PIL import Image
@@ -44,6 +45,8 @@ from pneumo.config import SynthConfig
 from pneumo.data.folder import CLASS_NAMES, SPLITS
 
 SYNTHETIC_MARKER = "SYNTHETIC.md"  # provenance note at the dataset root
+OPACITY_MASKS_DIR = "opacity_masks"  # root/opacity_masks/<split>/<label>/<stem>.png: where each opacity was drawn
+OPACITY_MASK_FRACTION = 0.25  # an opacity pixel adds at least this share of the opacity's peak density
 
 PNEUMONIA_SHARE = 0.74  # share of images whose true class is PNEUMONIA
 MEAN_IMAGES_PER_PATIENT = 2.5  # each patient has 1 to 4 films
@@ -387,8 +390,11 @@ def expose_film(rng: np.random.Generator, density: np.ndarray) -> np.ndarray:
     return (np.clip(film, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
-def render_chest_xray(image: PlannedImage, seed: int, image_size: int) -> np.ndarray:
-    """The film of one planned image: uint8 array of shape (image_size, image_size)."""
+def render_chest_xray_and_opacity(image: PlannedImage, seed: int, image_size: int
+                                  ) -> tuple[np.ndarray, Optional[np.ndarray]]:
+    """The film of one planned image (uint8, image_size x image_size) and where its opacity lies (bool,
+    same shape; None for a normal film): pixels where the drawn opacity adds at least
+    OPACITY_MASK_FRACTION of its peak density. The mask draws no random numbers, so films are unchanged."""
     patient_rng = np.random.default_rng((seed, _PATIENT_STREAM, image.patient_index))
     anatomy = draw_anatomy(patient_rng)
     opacity = draw_opacity(patient_rng) if image.true_label == "PNEUMONIA" else None
@@ -401,9 +407,22 @@ def render_chest_xray(image: PlannedImage, seed: int, image_size: int) -> np.nda
     density = 0.04 + draw_body(u, v, anatomy) + draw_solid_organs(u, v, solid) + draw_clavicles(u, v, anatomy)
     density += draw_lung_fields(both_lungs, draw_vascular_markings(rng, u, v, anatomy))
     density += draw_ribs(u, v, anatomy, both_lungs)
+    mask = None
     if opacity is not None:
-        density += add_opacity(rng, u, v, anatomy, opacity, air)
-    return expose_film(rng, density)
+        added = add_opacity(rng, u, v, anatomy, opacity, air)
+        density += added
+        mask = added >= OPACITY_MASK_FRACTION * added.max()
+    return expose_film(rng, density), mask
+
+
+def render_chest_xray(image: PlannedImage, seed: int, image_size: int) -> np.ndarray:
+    """The film of one planned image: uint8 array of shape (image_size, image_size)."""
+    return render_chest_xray_and_opacity(image, seed, image_size)[0]
+
+
+def opacity_mask_path(root: str | Path, image_relative_path: str | Path) -> Path:
+    """Where the opacity mask of the film at root/image_relative_path lies (absent for normal films)."""
+    return Path(root, OPACITY_MASKS_DIR, image_relative_path).with_suffix(".png")
 
 
 # ---------------------------------------------------------------- writing
@@ -425,7 +444,8 @@ def _write_provenance(root: Path, n_images: int, image_size: int, seed: int, lab
     (root / SYNTHETIC_MARKER).write_text(
         f"# Synthetic chest X-rays (pneumo.data.synthetic)\n\nNot real patients. {n_images} films of "
         f"{image_size} px from {n_patients} simulated patients, seed {seed}, {label_noise:.1%} of folder "
-        f"labels flipped on purpose.\nRegenerate with: pneumo data synth --out DIR --n {n_images} "
+        f"labels flipped on purpose.\nWhere each opacity was drawn: {OPACITY_MASKS_DIR}/<split>/<folder>/<film>.png "
+        f"(white = opacity; none for normal films).\nRegenerate with: pneumo data synth --out DIR --n {n_images} "
         f"--size {image_size} --seed {seed} --label-noise {label_noise}\n")
 
 
@@ -448,8 +468,12 @@ def generate_chest_xrays(
     _prepare_out_dir(root)
     counts = {split: {label: 0 for label in CLASS_NAMES} for split in SPLITS}
     for image in plan:
-        film = Image.fromarray(render_chest_xray(image, seed, image_size))
-        film.save(root / image.relative_path, format="JPEG", quality=JPEG_QUALITY)
+        pixels, mask = render_chest_xray_and_opacity(image, seed, image_size)
+        Image.fromarray(pixels).save(root / image.relative_path, format="JPEG", quality=JPEG_QUALITY)
+        if mask is not None:
+            mask_path = opacity_mask_path(root, image.relative_path)
+            mask_path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(mask.astype(np.uint8) * 255).save(mask_path)
         counts[image.split][image.label] += 1
     n_patients = len({image.patient_index for image in plan})
     _write_provenance(root, n_images, image_size, seed, label_noise, n_patients)
