@@ -33,7 +33,10 @@ def split_paths_and_overrides(items: list[str]) -> tuple[list[str], list[str]]:
     return [i for i in items if "=" not in i], [i for i in items if "=" in i]
 
 
-def _free_local_port(preferred: int) -> int:
+def free_local_port(preferred: int = 0) -> int:
+    """`preferred` when it is free on 127.0.0.1, else any free loopback port (0: any).
+
+    The one port probe: local Ray's dashboard here, and the servers tests and benchmarks start."""
     with socket.socket() as probe:
         try:
             probe.bind(("127.0.0.1", preferred))
@@ -52,7 +55,7 @@ def _prepare_local_ray_env() -> int:
     search hangs).
     """
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    dashboard_port = _free_local_port(8265)
+    dashboard_port = free_local_port(8265)
     os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{dashboard_port}"
     return dashboard_port
 
@@ -81,7 +84,10 @@ def _load(items: list[str]):
 
 
 def cmd_run(args: argparse.Namespace) -> None:
-    cfg = _load(args.config)
+    from pneumo.paths import anchor_paths, describe_storage
+
+    cfg = anchor_paths(_load(args.config))  # relative paths made absolute and durable (not in a Ray job's package)
+    print(describe_storage(cfg), flush=True)
     init_ray()
     from pneumo.experiment import run_experiment
     from pneumo.tracking import resolve_tracking_uri
@@ -103,11 +109,15 @@ def cmd_eval(args: argparse.Namespace) -> None:
     paths, overrides = split_paths_and_overrides(args.config)
     defaults = [] if paths else ["name=pneumo-eval"]
     cfg = load_config(paths, [*defaults, *overrides, f"data.path={args.data}"])
+    from pneumo.paths import anchor_paths, describe_storage, durable_path
+
+    cfg = anchor_paths(cfg)
+    print(describe_storage(cfg), flush=True)
     init_ray()
     from pneumo.evaluation.metrics import format_metrics_table
     from pneumo.evaluation.run import evaluate_model
 
-    outcome = evaluate_model(args.model, cfg, args.split, args.out)
+    outcome = evaluate_model(args.model, cfg, args.split, durable_path(args.out) if args.out else None)
     print(format_metrics_table(outcome.evaluation.metrics, outcome.evaluation.intervals, title=args.split))
     print(f"\nmlflow run:   {outcome.mlflow_run_id}\nreport:       {outcome.report_path}")
 

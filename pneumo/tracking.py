@@ -21,11 +21,11 @@ from mlflow.tracking import MlflowClient
 
 from pneumo.config import ConfigError, ExperimentConfig, MlflowConfig, flatten, improves, to_dict, to_yaml
 from pneumo.data.split import split_csv
+from pneumo.paths import durable_tracking_uri
 
 if TYPE_CHECKING:
     from pneumo.data.dataset import PreparedData
 
-DEFAULT_DB = "mlflow.db"
 TAG_EXPERIMENT = "pneumo.experiment"  # experiment (YAML) name
 TAG_KIND = "pneumo.kind"  # train | search | trial
 TAG_RAY_RUN = "pneumo.ray_run_name"  # Ray Train run / Tune experiment folder, for --resume
@@ -46,10 +46,9 @@ MAX_TAG_CHARS = 5000
 
 
 def resolve_tracking_uri(cfg: MlflowConfig) -> str:
-    """mlflow.tracking_uri, else $MLFLOW_TRACKING_URI, else a sqlite file in the working directory."""
-    if cfg.tracking_uri:
-        return cfg.tracking_uri
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(DEFAULT_DB).resolve()}"
+    """mlflow.tracking_uri, else $MLFLOW_TRACKING_URI, else mlflow.db in the working directory (or in
+    PNEUMO_HOME when that directory is temporary, e.g. a Ray job's package: see paths.py)."""
+    return durable_tracking_uri(cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"))
 
 
 def _artifact_root(tracking_uri: str) -> Optional[str]:

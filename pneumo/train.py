@@ -13,7 +13,6 @@ import os
 import tempfile
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
@@ -28,10 +27,10 @@ from pneumo.checkpoints import CheckpointMeta, load_train_state, save_checkpoint
 from pneumo.config import ExperimentConfig, TrainConfig, from_dict, to_dict
 from pneumo.data.batch_transforms import augment, normalize
 from pneumo.data.dataset import PreparedData
-from pneumo.data.manifest import is_uri
 from pneumo.data.transforms import Preprocessing
 from pneumo.evaluation.metrics import binary_metrics
 from pneumo.models import create_model, unwrap
+from pneumo.paths import durable_path
 from pneumo.tracking import log_epoch_metrics, record_worker_failure
 
 # ---------------------------------------------------------------- per-worker pieces
@@ -315,9 +314,8 @@ def build_trainer(cfg: ExperimentConfig, data: PreparedData, preprocessing: Prep
 
 
 def storage_path(cfg: ExperimentConfig) -> str:
-    """scaling.storage_path as Ray wants it: URIs as given, local folders absolute."""
-    path = cfg.scaling.storage_path
-    return path if is_uri(path) else str(Path(path).resolve())
+    """scaling.storage_path as Ray wants it: URIs as given, local folders absolute and durable (paths.py)."""
+    return durable_path(cfg.scaling.storage_path)
 
 
 def fit(cfg: ExperimentConfig, data: PreparedData, preprocessing: Preprocessing, run_name: str,

@@ -27,6 +27,7 @@ from pneumo.data.folder import ImageRecord
 from pneumo.data.manifest import is_uri
 from pneumo.data.medmnist import LOCATION_SEPARATOR, is_npz_location
 from pneumo.data.transforms import Preprocessing
+from pneumo.paths import durable_path
 
 CACHE_VERSION = 2  # bump when the decoded row layout or the storage changes
 COMPLETE_MARKER = "shards.json"  # written last: the shard files in row order
@@ -87,7 +88,7 @@ def _load_shards(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 def read_cached(cache_dir: str, key: str) -> Optional[ray.data.Dataset]:
     """The decoded dataset stored under `key` (rows in their original order), or None."""
-    entry = Path(cache_dir).resolve() / key
+    entry = Path(durable_path(cache_dir)) / key
     if not (entry / COMPLETE_MARKER).is_file():
         return None
     shards = [str(entry / name) for name in json.loads((entry / COMPLETE_MARKER).read_text())]
@@ -97,7 +98,7 @@ def read_cached(cache_dir: str, key: str) -> Optional[ray.data.Dataset]:
 
 def write_cached(decoded: ray.data.Dataset, cache_dir: str, key: str) -> None:
     """Store a decoded dataset under `key` (atomically: written aside, then renamed)."""
-    entry = Path(cache_dir).resolve() / key  # absolute: Ray Data's tasks run in other processes
+    entry = Path(durable_path(cache_dir)) / key  # absolute: Ray Data's tasks run in other processes
     staging = entry.parent / f".{key}.{uuid.uuid4().hex}"
     staging.mkdir(parents=True)
     # one shard per block: read back, the dataset has the same blocks, so a cache hit trains on exactly

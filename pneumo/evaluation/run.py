@@ -22,6 +22,7 @@ from pneumo.evaluation.evaluate import Evaluation, evaluate_predictions
 from pneumo.evaluation.prediction import predict_dataset
 from pneumo.evaluation.report.build import write_evaluation_report
 from pneumo.model_uri import FetchedModel, fetch_model
+from pneumo.paths import durable_path
 from pneumo.tracking import (
     TAG_DATA_FINGERPRINT,
     TAG_MODEL_URI,
@@ -52,7 +53,7 @@ def _training_run_id(client: MlflowClient, model: FetchedModel) -> Optional[str]
 
 def default_report_dir(model: FetchedModel, split: str) -> Path:
     safe_name = re.sub(r"[^A-Za-z0-9_.-]+", "_", model.name)
-    return Path("reports") / f"{safe_name}-{model.version}-{split}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return Path(durable_path("reports")) / f"{safe_name}-{model.version}-{split}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 def evaluate_model(model_uri: str, cfg: ExperimentConfig, split: str = "test",

@@ -1,0 +1,98 @@
+"""Relative storage paths never land in a folder that vanishes (pneumo/paths.py).
+
+The fast tests fake a Ray job package folder by its path; the slow one submits a real job to a real
+token-authenticated head and checks that its MLflow store, results and cache outlive the job.
+"""
+
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from conftest import QUICKSTART, REPO
+from mlflow.tracking import MlflowClient
+from test_cluster import BIN, ray_head  # noqa: F401  (ray_head: the token-authenticated head fixture)
+
+from pneumo.config import ConfigError, load_config
+from pneumo.paths import anchor_paths, describe_storage, durable_path, durable_tracking_uri, temporary_reason
+from pneumo.tracking import resolve_tracking_uri
+
+
+@pytest.fixture
+def job_package(tmp_path, monkeypatch) -> Path:
+    """The working directory of a `ray job submit --working-dir .` entrypoint, by Ray's naming."""
+    package = tmp_path / "session_x" / "runtime_resources" / "working_dir_files" / "_ray_pkg_0123abcd"
+    package.mkdir(parents=True)
+    monkeypatch.chdir(package)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return package
+
+
+def test_a_normal_working_directory_keeps_relative_paths_there(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert temporary_reason() is None
+    assert durable_path("results") == str(tmp_path.resolve() / "results")
+    assert durable_tracking_uri(None) == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
+    assert durable_path("s3://bucket/x") == "s3://bucket/x" and durable_path("/abs/x") == "/abs/x"
+
+
+def test_a_ray_job_package_sends_every_relative_path_to_pneumo_home(job_package, tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    monkeypatch.setenv("PNEUMO_HOME", str(home))
+    assert "Ray's unpacked job package" in temporary_reason()
+    cfg = anchor_paths(load_config([QUICKSTART]))
+    assert cfg.mlflow.tracking_uri == f"sqlite:///{home / 'mlflow.db'}"
+    assert resolve_tracking_uri(load_config([QUICKSTART]).mlflow) == cfg.mlflow.tracking_uri
+    assert cfg.scaling.storage_path == str(home / "results")
+    assert cfg.data.cache_dir == str(home / "data" / "cache")
+    assert cfg.data.path == str(home / "data" / "synthetic-chest-xray"), "generated data goes home too"
+    explicit = anchor_paths(load_config([QUICKSTART], ["mlflow.tracking_uri=sqlite:///x.db",
+                                                       "scaling.storage_path=s3://bucket/results"]))
+    assert (explicit.mlflow.tracking_uri, explicit.scaling.storage_path) == (f"sqlite:///{home / 'x.db'}",
+                                                                              "s3://bucket/results")
+    assert f"PNEUMO_HOME={home}" in describe_storage(cfg) and str(job_package) in describe_storage(cfg)
+
+
+def test_data_shipped_with_the_job_is_read_where_it_is(job_package, tmp_path, monkeypatch):
+    monkeypatch.setenv("PNEUMO_HOME", str(tmp_path / "home"))
+    (job_package / "data" / "synthetic-chest-xray").mkdir(parents=True)
+    cfg = anchor_paths(load_config([QUICKSTART]))
+    assert cfg.data.path == str(job_package / "data" / "synthetic-chest-xray")
+
+
+@pytest.mark.parametrize("home", ["inside-the-package", "/proc/no-such-home"])
+def test_a_home_that_would_vanish_or_cannot_be_written_refuses_to_start(job_package, monkeypatch, home):
+    monkeypatch.setenv("PNEUMO_HOME", home)
+    with pytest.raises(ConfigError) as refused:
+        anchor_paths(load_config([QUICKSTART]))
+    assert "PNEUMO_HOME" in str(refused.value)
+    assert "mlflow.tracking_uri" in str(refused.value) and "scaling.storage_path" in str(refused.value)
+
+
+@pytest.mark.slow
+def test_ray_job_without_storage_settings_writes_to_pneumo_home(ray_head, tmp_path, synthetic_root):  # noqa: F811
+    """`ray job submit --working-dir . -- pneumo run …` with no tracking URI, storage or cache given."""
+    address, env = ray_head
+    home = tmp_path / "pneumo-home"
+    overrides = ["name=job-home", f"data.path={synthetic_root}", "data.image_size=48", "model.name=test_resnet",
+                 "train.epochs=1", "train.batch_size=16", "tune.num_samples=0", "eval.bootstrap_samples=0",
+                 "eval.report=false"]
+    submit = [BIN / "ray", "job", "submit", "--address", address, "--working-dir", ".",
+              "--runtime-env-json", f'{{"env_vars": {{"PNEUMO_HOME": "{home}"}}}}',
+              "--", "pneumo", "run", "experiments/quickstart.yaml", *overrides]
+    for _ in range(30):  # the head's job agent comes up a few seconds after its API answers
+        submitted = subprocess.run(submit, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+        if "No available agent to submit job" not in submitted.stdout + submitted.stderr:
+            break
+        time.sleep(2)
+    log = submitted.stdout + submitted.stderr
+    assert submitted.returncode == 0, log[-3000:]
+    assert "is Ray's unpacked job package" in log and f"PNEUMO_HOME={home}" in log, "the user is told where"
+    client = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("pneumo").experiment_id])
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED" and "test_auroc" in runs[0].data.metrics
+    assert (home / "mlartifacts").is_dir() and any((home / "results").glob("job-home-train-*/best_model"))
+    assert any((home / "data" / "cache").iterdir())
+    assert client.get_model_version_by_alias("pneumo-pneumonia", "champion").version == "1"
+
