@@ -3,6 +3,7 @@
     checkpoint/
       model.safetensors   weights (safetensors: tensors only)
       pneumo.json         model config, preprocessing, epoch, metrics, decision threshold, calibration
+      reference_profile.npz   what the model saw on its training films (pneumo.monitoring; optional)
       train_state.pt      optimizer/scheduler state for resuming (torch.load weights_only=True)
 
 Serving and evaluation need only the first two; the preprocessing recorded here is what every
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -26,6 +28,7 @@ from pneumo.models import create_model, unwrap
 
 WEIGHTS_FILE = "model.safetensors"
 META_FILE = "pneumo.json"
+PROFILE_FILE = "reference_profile.npz"  # monitoring's reference profile (arrays only, loaded without pickle)
 TRAIN_STATE_FILE = "train_state.pt"
 
 
@@ -56,6 +59,8 @@ class CheckpointMeta:
 class LoadedModel:
     model: torch.nn.Module  # in eval mode, on CPU
     meta: CheckpointMeta
+    directory: Path | None = None  # the checkpoint folder (its ONNX exports sit beside the weights)
+    profile_arrays: dict[str, np.ndarray] | None = None  # PROFILE_FILE's arrays; None for older models
 
 
 def save_checkpoint(directory: str | Path, model: torch.nn.Module, meta: CheckpointMeta,
@@ -90,7 +95,21 @@ def load_checkpoint(directory: str | Path) -> LoadedModel:
     model_cfg = ModelConfig(**{**meta.model, "pretrained": False, "weights_path": None})
     model = create_model(model_cfg)
     model.load_state_dict(load_file(weights))
-    return LoadedModel(model=model.eval(), meta=meta)
+    return LoadedModel(model=model.eval(), meta=meta, directory=Path(directory),
+                       profile_arrays=read_profile_arrays(directory))
+
+
+def write_profile_arrays(directory: str | Path, arrays: dict[str, np.ndarray]) -> None:
+    np.savez_compressed(Path(directory) / PROFILE_FILE, **arrays)
+
+
+def read_profile_arrays(directory: str | Path) -> dict[str, np.ndarray] | None:
+    """The reference profile's arrays (pneumo.monitoring.profile interprets them), None when absent."""
+    path = Path(directory) / PROFILE_FILE
+    if not path.is_file():
+        return None
+    with np.load(path, allow_pickle=False) as stored:
+        return {key: stored[key] for key in stored.files}
 
 
 def load_train_state(directory: str | Path) -> dict[str, Any] | None:

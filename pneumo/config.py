@@ -209,6 +209,19 @@ class TuneConfig:
 
 
 @dataclass
+class ExportConfig:
+    onnx: bool = True  # export model.onnx at registration, checked on val against PyTorch (serve.runtime uses it)
+    probability_tolerance: float = 1e-3  # largest |P(pneumonia) - PyTorch's| on val, any runtime (bf16 OpenVINO ~1e-4)
+    int8: bool = False  # also write model.int8.onnx (static quantization calibrated on training films)
+    int8_calibration_films: int = 256  # training films that set the int8 activation ranges
+    max_int8_auroc_drop: float = 0.002  # the int8 model is kept only if val AUROC drops at most this much
+
+    def __post_init__(self) -> None:
+        _check_range("export.probability_tolerance", self.probability_tolerance, 0.0, 1.0)
+        _check_range("export.max_int8_auroc_drop", self.max_int8_auroc_drop, 0.0, 1.0)
+
+
+@dataclass
 class ServeConfig:
     model_uri: Optional[str] = None  # None: models:/<registered_model_name>@champion; or a run/checkpoint
     host: str = "127.0.0.1"  # bind address; 0.0.0.0 exposes the endpoint beyond this machine
@@ -226,10 +239,27 @@ class ServeConfig:
     max_body_bytes: int = 10_000_000  # larger uploads get 413
     max_image_pixels: int = MAX_IMAGE_PIXELS  # larger images are refused as decompression bombs
     max_images_per_request: int = 32  # cap of /predict/batch
+    runtime: str = "auto"  # auto (fastest installed, measured at load) | torch | onnxruntime | openvino
+    int8: bool = False  # serve model.int8.onnx (written at registration with export.int8; not with torch)
+    challenger: Optional[str] = "challenger"  # registry alias served beside the champion; null: champion only
+    traffic: float = 0.0  # share of requests answered by the challenger (canary), 0..1
+    shadow: bool = False  # also score every request on the challenger; answers still come from the champion
+    poll_interval_s: float = 30.0  # how often replicas check whether an alias moved; 0: never
+    drain_timeout_s: float = 30.0  # on SIGTERM/Ctrl-C, longest wait for in-flight requests to finish
+    auth_token_env: str = "PNEUMO_SERVE_TOKEN"  # env variable holding the bearer token; unset or empty: no auth
+    auth_token_file: Optional[str] = None  # file holding the bearer token (wins over auth_token_env)
+    allow_unauthenticated_remote: bool = False  # true: serve a non-loopback host without a token, on purpose
+    audit_dir: Optional[str] = None  # JSON-lines audit log of every prediction, one file per replica; None: off
+    audit_max_bytes: int = 10_000_000  # an audit file rotates at this size, bytes
+    audit_backups: int = 5  # rotated audit files kept per replica
 
     def __post_init__(self) -> None:
         if self.max_ongoing_requests < self.max_batch_size:
             raise ConfigError("serve.max_ongoing_requests must be >= serve.max_batch_size")
+        _check_choice("serve.runtime", self.runtime, ("auto", "torch", "onnxruntime", "openvino"))
+        _check_range("serve.traffic", self.traffic, 0.0, 1.0)
+        if (self.traffic > 0 or self.shadow) and not self.challenger:
+            raise ConfigError("serve.traffic and serve.shadow need serve.challenger (a registry alias)")
 
 
 @dataclass
@@ -242,6 +272,7 @@ class ExperimentConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
 
 

@@ -32,6 +32,7 @@ from pneumo.evaluation.metrics import (
     operating_points,
 )
 from pneumo.evaluation.prediction import Predictions, predict_dataset
+from pneumo.evaluation.runtime_check import check_runtimes
 
 
 @dataclass
@@ -97,5 +98,8 @@ def evaluate_checkpoint(cfg: ExperimentConfig, data: PreparedData, checkpoint_di
     meta.decision_threshold = evaluation.threshold
     meta.temperature, meta.logit_bias = evaluation.calibration.temperature, evaluation.calibration.bias
     meta.metrics = {**meta.metrics, **{f"test_{k}": v for k, v in evaluation.metrics.items()}}
+    loaded.meta = meta
+    check = check_runtimes(loaded, model_dir, data, cfg, val)  # raises when the ONNX export does not match
+    meta.metrics.update(check.metrics() if check else {})
     write_meta(model_dir, meta)
     return evaluation

@@ -4,7 +4,7 @@ decoded images behind given paths (for the report's pictures)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 import torch
@@ -15,6 +15,8 @@ from pneumo.data.transforms import Preprocessing
 
 if TYPE_CHECKING:
     import ray.data
+
+    from pneumo.runtimes import Predictor
 
 
 @dataclass
@@ -35,12 +37,16 @@ def predict_probabilities(loaded: LoadedModel, images: torch.Tensor) -> np.ndarr
     return loaded.meta.calibration.probabilities(predict_logits(loaded.model, images, loaded.meta.preprocessing_spec))
 
 
-def predict_dataset(loaded: LoadedModel, dataset: "ray.data.Dataset", batch_size: int = 64) -> Predictions:
-    """Score every row of a prepared split (columns image, label, path) in this process."""
+def predict_dataset(loaded: LoadedModel, dataset: "ray.data.Dataset", batch_size: int = 64,
+                    predictor: Optional["Predictor"] = None) -> Predictions:
+    """Score every row of a prepared split (columns image, label, path) in this process, with PyTorch
+    or with `predictor` (an ONNX Runtime or OpenVINO one from pneumo.runtimes)."""
     preprocessing = loaded.meta.preprocessing_spec
     labels, logits, paths = [], [], []
     for batch in dataset.iter_batches(batch_size=batch_size, batch_format="numpy"):
-        logits.append(predict_logits(loaded.model, torch.as_tensor(np.array(batch["image"])), preprocessing))
+        images = np.ascontiguousarray(np.array(batch["image"]))
+        logits.append(predictor.logits(images) if predictor is not None
+                      else predict_logits(loaded.model, torch.from_numpy(images), preprocessing))
         labels.append(batch["label"])
         paths.extend(str(p) for p in batch["path"])
     if not labels:
