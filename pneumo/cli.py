@@ -153,6 +153,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
     from pneumo.model_uri import resolve_model_uri
     from pneumo.serve.builder import ServeArgs, build_app, load_serving_config
+    from pneumo.serve.security import check_exposure, read_token
 
     paths, overrides = split_paths_and_overrides(args.config)
     serve_args = ServeArgs(model_uri=args.model, config=paths, overrides=overrides)
@@ -160,6 +161,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     model_uri = resolve_model_uri(args.model, serve_cfg, mlflow_cfg)
     app = build_app(serve_args.model_copy(update={"model_uri": model_uri}))
     host, port = args.host or serve_cfg.host, args.port or serve_cfg.port
+    check_exposure(host, serve_cfg, read_token(serve_cfg))  # no open endpoint beyond loopback by accident
     init_ray()
     serve.start(http_options={"host": host, "port": port})
     url = f"http://{host}:{port}"

@@ -14,7 +14,7 @@ failed (/readyz says why). Serve itself answers 503 once serve.max_queued_reques
 import asyncio
 import logging
 import time
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Optional
 
 import numpy as np
 import torch
@@ -28,10 +28,12 @@ from pneumo.data.folder import CLASS_NAMES
 from pneumo.data.transforms import ImageDecodeError, decode_image
 from pneumo.evaluation.prediction import predict_probabilities
 from pneumo.model_uri import FetchedModel
+from pneumo.serve.audit import AuditLog
 from pneumo.serve.inputs import BATCH_UPLOAD_DOC, SINGLE_UPLOAD_DOC, RequestError, Upload, read_image, read_images
 from pneumo.serve.loader import ModelLoader
 from pneumo.serve.prometheus import ServeMetrics
 from pneumo.serve.schemas import ERROR_DOCS, BatchPrediction, ErrorBody, Prediction
+from pneumo.serve.security import authenticate, protect
 
 RETRY_AFTER_S = "5"  # hint for clients that hit the endpoint while the model loads
 
@@ -55,6 +57,7 @@ def _elapsed_ms(started: float) -> float:
 api = FastAPI(title="pneumo", description="P(pneumonia) for chest X-rays: JPEG, PNG or DICOM in, JSON out. "
                                           "Errors are {\"error\", \"field\"}: 400 unusable image, 413 too "
                                           "large or too many, 415 wrong Content-Type, 503 model not ready.")
+api.middleware("http")(authenticate)  # bearer token on every route but the probes and docs (security.py)
 
 
 @serve.deployment
@@ -62,8 +65,10 @@ api = FastAPI(title="pneumo", description="P(pneumonia) for chest X-rays: JPEG, 
 class PneumoniaService:
     """One replica: the HTTP routes, a model loaded in the background, one batcher for all requests."""
 
-    def __init__(self, model_uri: str, tracking_uri: str, settings: dict[str, Any]):
+    def __init__(self, model_uri: str, tracking_uri: str, settings: dict[str, Any], token_sha256: Optional[str] = None):
         self.settings = ServeConfig(**settings)
+        protect(token_sha256)  # None: no authentication
+        self.audit = AuditLog(self.settings)
         torch.set_num_threads(self.settings.torch_threads)
         self.score.set_max_batch_size(self.settings.max_batch_size)
         self.score.set_batch_wait_timeout_s(self.settings.batch_wait_timeout_s)
@@ -130,9 +135,11 @@ class PneumoniaService:
 
     async def _predict_one(self, request: Request, started: float) -> dict[str, Any]:
         model = self._loaded_model()
-        image = await self._decode(await read_image(request, self.settings), model)
-        probability = await self.score(image)
-        return {**_verdict(probability, model), **_identity(model), "time_ms": _elapsed_ms(started)}
+        upload = await read_image(request, self.settings)
+        probability = await self.score(await self._decode(upload, model))
+        answer = {**_verdict(probability, model), **_identity(model), "time_ms": _elapsed_ms(started)}
+        self.audit.record(request, [upload.data], answer)
+        return answer
 
     async def _predict_many(self, request: Request, started: float) -> dict[str, Any]:
         model = self._loaded_model()
@@ -141,7 +148,9 @@ class PneumoniaService:
         probabilities = await asyncio.gather(*(self.score(image) for image in images))
         predictions = [{"filename": upload.filename, **_verdict(probability, model)}
                        for upload, probability in zip(uploads, probabilities)]
-        return {"predictions": predictions, **_identity(model), "time_ms": _elapsed_ms(started)}
+        answer = {"predictions": predictions, **_identity(model), "time_ms": _elapsed_ms(started)}
+        self.audit.record(request, [upload.data for upload in uploads], answer)
+        return answer
 
     @serve.batch(max_batch_size=ServeConfig.max_batch_size, batch_wait_timeout_s=ServeConfig.batch_wait_timeout_s)
     async def score(self, images: list[np.ndarray]) -> list[float]:

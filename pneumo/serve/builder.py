@@ -17,6 +17,7 @@ from ray.serve import Application
 from pneumo.config import ConfigError, MlflowConfig, ServeConfig, load_config
 from pneumo.model_uri import resolve_model_uri
 from pneumo.serve.app import PneumoniaService
+from pneumo.serve.security import check_exposure, read_token, token_digest
 from pneumo.tracking import resolve_tracking_uri
 
 CONFIG_ENV = "PNEUMO_CONFIG"  # experiment YAMLs (comma-separated) for `serve run serve_app:app`
@@ -71,5 +72,7 @@ def build_app(args: ServeArgs) -> Application:
     serve_cfg, mlflow_cfg = load_serving_config(args)
     tracking_uri = args.tracking_uri or resolve_tracking_uri(mlflow_cfg)
     model_uri = resolve_model_uri(args.model_uri, serve_cfg, mlflow_cfg)
+    token = read_token(serve_cfg)
+    check_exposure(serve_cfg.host, serve_cfg, token)
     deployment = PneumoniaService.options(**deployment_options(serve_cfg))
-    return deployment.bind(model_uri, tracking_uri, dataclasses.asdict(serve_cfg))
+    return deployment.bind(model_uri, tracking_uri, dataclasses.asdict(serve_cfg), token_digest(token))
