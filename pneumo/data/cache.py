@@ -29,7 +29,7 @@ from pneumo.data.medmnist import LOCATION_SEPARATOR, is_npz_location
 from pneumo.data.transforms import Preprocessing
 from pneumo.paths import durable_path
 
-CACHE_VERSION = 2  # bump when the decoded row layout or the storage changes
+CACHE_VERSION = 3  # bump when the decoded row layout, the storage or the decoded pixels change (3: JPEG DCT scaling)
 COMPLETE_MARKER = "shards.json"  # written last: the shard files in row order
 
 
