@@ -1,0 +1,313 @@
+"""Run the README's commands as a user would, in a scratch copy of this checkout, kept small and isolated.
+
+The command line that runs is the README's; the harness changes only what this mapping says:
+
+- sizes: `pneumo run` gets RUN_SIZES appended (a tiny timm test model, a small synthetic set, 2 epochs,
+  a 2-trial search); a benchmark gets BENCH_SIZES (its size options set small); nothing else.
+- files a user has and a fresh checkout does not (PROPS): `film.jpeg`, `a.jpeg`, `b.png` (films of the
+  synthetic set), `film.dcm` (pydicom's own CT test file), `data/chest_xray` and `data/other-hospital`
+  (small synthetic sets), `experiments/x.yaml` (the misspelled key the README shows).
+- placeholders: RUN_ID (the MLflow run the first `pneumo run` printed), SUBMISSION_ID (the job id
+  `ray job submit` printed), `results/<run>/best_model` and `results/quickstart-search-…/best_model`
+  (the best model that run printed).
+- isolation: HOME is a scratch folder (so ~/.ray/auth_token and ~/.pneumo are the test's own); every
+  `pneumo` command starts its Ray under its own RAY_TMPDIR, `ray` commands of one block share one;
+  the README's ports (8000, 8080 for Serve, 8265 for the dashboard, 5000 for MLflow) become free
+  ports; `ray start --head` gets free ports for its other services; `source .venv/bin/activate` is
+  the project's virtualenv.
+- `ray stop` stops every Ray on a machine, other people's tests included: here it stops only the
+  Ray processes of its block (those whose command line names the block's RAY_TMPDIR).
+- servers (`pneumo serve`, `mlflow ui`) run in the background until ready (/readyz or / answers 200);
+  each stays up until another claims its README port or the scratch copy is closed. `curl` gets
+  `--silent --show-error --fail-with-body`, so an HTTP error fails the command.
+- `source FILE` and `export K=V` change the environment of the block's later commands, as in a shell.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import requests
+from readme_blocks import Command
+
+REPO = Path(__file__).resolve().parents[1]
+VENV_BIN = REPO / ".venv" / "bin"
+QUIET = {"RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true",
+         "HF_HUB_OFFLINE": "1", "RAY_DATA_DISABLE_PROGRESS_BARS": "1", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+RUN_SIZES = ("model.name=test_resnet", "data.image_size=48", "data.synth.n_images=300", "data.synth.image_size=64",
+             "train.epochs=2", "train.batch_size=16", "tune.num_samples=2", "tune.grace_period=1")
+BENCH_SIZES = {  # module -> options set (replaced when the README gives them, else appended)
+    "bench.train_bench": {"--model": "test_resnet", "--image-size": "48", "--images": "96", "--epochs": "2"},
+    "bench.data_bench": {"--n": "64", "--film-size": "64", "--image-size": "48", "--passes": "1"},
+    "bench.serve_bench": {"--duration-s": "1", "--concurrency": "1", "--image-size": "48"},
+}
+README_PORTS = (8000, 8080, 8265, 5000)
+SERVER_PROGRAMS = {("pneumo", "serve"): 8000, ("mlflow", "ui"): 5000}  # long-running command -> README port
+AGENT_NOT_UP = "No available agent to submit job"
+TIMEOUT_S = {"pneumo": 600, "ray": 600, "python": 600}  # per command; anything else 120 s
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@dataclass
+class Outcome:
+    command: str  # what ran
+    returncode: int
+    output: str  # stdout + stderr
+
+
+@dataclass
+class Server:
+    readme_port: int
+    process: subprocess.Popen
+    ray_tmpdir: str
+    log: Path
+
+
+def stop_ray_under(tmpdir: str, timeout_s: float = 20) -> None:
+    """Stop the Ray processes whose command line names `tmpdir` (a Ray of our own), and only those."""
+    def ours() -> list[int]:
+        pids = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit() and int(entry.name) != os.getpid():
+                try:
+                    if tmpdir.encode() in (entry / "cmdline").read_bytes():
+                        pids.append(int(entry.name))
+                except OSError:
+                    continue
+        return pids
+
+    for sig, wait_s in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, 5)):
+        for pid in ours():
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + wait_s
+        while ours() and time.monotonic() < deadline:
+            time.sleep(0.5)
+
+
+def copy_checkout(target: Path) -> None:
+    """The working tree as git sees it (tracked and untracked, minus ignored): what a fresh clone has."""
+    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO,
+                            capture_output=True, text=True, check=True).stdout.split("\0")
+    for name in filter(None, listed):
+        source = REPO / name
+        if source.is_file():
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target / name)
+
+
+@dataclass
+class Scratch:
+    """A scratch copy of the checkout where README commands run, with the state they leave behind."""
+
+    root: Path
+    home: Path
+    env: dict[str, str]
+    ports: dict[int, int] = field(default_factory=dict)  # README port -> the port used here
+    values: dict[str, str] = field(default_factory=dict)  # placeholder -> value
+    outputs: dict[str, Outcome] = field(default_factory=dict)  # command run -> its outcome (run once)
+    servers: dict[int, Server] = field(default_factory=dict)  # README port -> server
+    block_env: dict[str, dict[str, str]] = field(default_factory=dict)  # block (file:line) -> its shell's env
+    tmpdirs: list[str] = field(default_factory=list)
+
+    @classmethod
+    def create(cls, base: Path) -> "Scratch":
+        root, home = base / "checkout", base / "home"
+        root.mkdir()
+        home.mkdir()
+        copy_checkout(root)
+        env = {**os.environ, **QUIET, "HOME": str(home)}
+        for inherited in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "MLFLOW_TRACKING_URI", "PNEUMO_HOME",
+                          "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "VIRTUAL_ENV"):
+            env.pop(inherited, None)
+        env["PATH"] = os.pathsep.join(p for p in env["PATH"].split(os.pathsep) if Path(p) != VENV_BIN)
+        scratch = cls(root, home, env, ports={port: free_port() for port in README_PORTS})
+        return scratch
+
+    def new_ray_tmpdir(self) -> str:
+        tmpdir = tempfile.mkdtemp(prefix="rdm", dir="/tmp")  # short: Ray's socket paths live under it
+        self.tmpdirs.append(tmpdir)
+        return tmpdir
+
+    # ---- what a command line becomes here -------------------------------------------------------
+    def substitute(self, text: str) -> str:
+        for readme_port, port in self.ports.items():
+            text = re.sub(rf"127\.0\.0\.1:{readme_port}\b", f"127.0.0.1:{port}", text)
+        text = text.replace("source .venv/bin/activate", f"source {VENV_BIN / 'activate'}")
+        for placeholder, value in self.values.items():
+            text = text.replace(placeholder, value)
+        return text
+
+    def mapped(self, command: Command) -> str:
+        """The shell line that runs for `command` (see the module docstring)."""
+        text, argv = self.substitute(command.text), command.argv
+        head = tuple(argv[:2])
+        extra: list[str] = []
+        if head == ("pneumo", "run") or argv[:3] == ("ray", "job", "submit") and "pneumo" in argv:
+            extra += RUN_SIZES
+        if head == ("pneumo", "serve") or head == ("mlflow", "ui"):
+            readme_port = int(argv[argv.index("--port") + 1]) if "--port" in argv else SERVER_PROGRAMS[head]
+            text = re.sub(r"\s--port[ =]\d+", "", text)
+            extra += ["--port", str(self.ports[readme_port])]
+        if head == ("ray", "start"):
+            extra += ["--node-ip-address=127.0.0.1", f"--port={free_port()}", f"--dashboard-port={self.ports[8265]}",
+                      "--dashboard-host=127.0.0.1", f"--dashboard-agent-listen-port={free_port()}",
+                      f"--metrics-export-port={free_port()}", f"--ray-client-server-port={free_port()}"]
+        if argv[0] == "curl":
+            text = text.replace("curl ", "curl --silent --show-error --fail-with-body ", 1)
+        if argv[0] == "python" and len(argv) > 2 and argv[2] in BENCH_SIZES:
+            for option, value in BENCH_SIZES[argv[2]].items():
+                pattern = rf"\s{re.escape(option)}((\s+[^-\s]\S*)+)"
+                if re.search(pattern, text):
+                    text = re.sub(pattern, f" {option} {value}", text)
+                else:
+                    extra += [option, value]
+        return f"{text} {shlex.join(extra)}".strip()
+
+    def command_env(self, command: Command) -> dict[str, str]:
+        if command.block.where not in self.block_env:
+            self.block_env[command.block.where] = {**self.env, "RAY_TMPDIR": self.new_ray_tmpdir()}
+        env = dict(self.block_env[command.block.where])
+        if command.program == "pneumo":
+            env["RAY_TMPDIR"] = self.new_ray_tmpdir()
+        return env
+
+    # ---- running ------------------------------------------------------------------------------
+    def run(self, command: Command) -> Outcome:
+        """Run `command` (once: a second README mention reuses the outcome) and learn what it printed."""
+        line = self.mapped(command)
+        if line in self.outputs:
+            return self.outputs[line]
+        env = self.command_env(command)
+        if command.program in ("export", "source", "."):
+            return self._change_env(command.block.where, env, line)
+        if command.text.strip() == "ray stop":
+            stop_ray_under(env["RAY_TMPDIR"])
+            return Outcome(line, 0, f"stopped the Ray under {env['RAY_TMPDIR']}")
+        server_port = self._server_port(command)
+        if server_port is not None:
+            return self._start_server(server_port, line, env)
+        outcome = self._run_once(command, line, env)
+        for _ in range(30):  # a new head's job agent starts a few seconds after `ray start` returns
+            if AGENT_NOT_UP not in outcome.output:
+                break
+            time.sleep(2)
+            outcome = self._run_once(command, line, env)
+        self._learn(command, outcome)
+        self.outputs[line] = outcome
+        return outcome
+
+    def _run_once(self, command: Command, line: str, env: dict[str, str]) -> Outcome:
+        timeout = TIMEOUT_S.get(command.program, 120)
+        try:
+            done = subprocess.run(["bash", "-c", line], cwd=self.root, env=env, capture_output=True, text=True,
+                                  timeout=timeout)
+            return Outcome(line, done.returncode, done.stdout + done.stderr)
+        except subprocess.TimeoutExpired as expired:
+            return Outcome(line, -1, f"timed out after {timeout} s\n{expired.stdout or ''}{expired.stderr or ''}")
+
+    def _server_port(self, command: Command) -> Optional[int]:
+        head = tuple(command.argv[:2])
+        if head not in SERVER_PROGRAMS:
+            return None
+        argv = command.argv
+        return int(argv[argv.index("--port") + 1]) if "--port" in argv else SERVER_PROGRAMS[head]
+
+    def _change_env(self, block_key: str, env: dict[str, str], line: str) -> Outcome:
+        done = subprocess.run(["bash", "-c", f"{line} && env -0"], cwd=self.root, env=env, capture_output=True,
+                              text=True, timeout=30)
+        if done.returncode == 0:
+            self.block_env[block_key] = dict(item.split("=", 1) for item in done.stdout.split("\0") if "=" in item)
+        return Outcome(line, done.returncode, done.stderr)
+
+    def _start_server(self, readme_port: int, line: str, env: dict[str, str]) -> Outcome:
+        if readme_port in self.servers:
+            self.stop_server(readme_port)
+        log = self.root.parent / f"server-{readme_port}-{len(self.outputs)}.log"
+        process = subprocess.Popen(["bash", "-c", f"exec {line}"], cwd=self.root, env=env, stdout=log.open("w"),
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+        server = Server(readme_port, process, env["RAY_TMPDIR"], log)
+        self.servers[readme_port] = server
+        url = f"http://127.0.0.1:{self.ports[readme_port]}"
+        ready_path = "/readyz" if line.startswith("pneumo") else "/"
+        deadline, status = time.monotonic() + 240, None
+        while time.monotonic() < deadline and process.poll() is None:
+            try:
+                status = requests.get(url + ready_path, timeout=5).status_code
+                if status == 200:
+                    break
+            except requests.RequestException:
+                pass
+            time.sleep(1)
+        ready = status == 200
+        outcome = Outcome(line, 0 if ready else 1, ("ready\n" if ready else f"not ready (last status {status}, "
+                                                    f"exit {process.poll()})\n") + log.read_text()[-4000:])
+        self.outputs[line] = outcome
+        return outcome
+
+    def stop_server(self, readme_port: int) -> None:
+        server = self.servers.pop(readme_port)
+        if server.process.poll() is None:
+            os.killpg(server.process.pid, signal.SIGINT)  # Ctrl-C: how a user ends `pneumo serve`
+            try:
+                server.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.process.pid, signal.SIGKILL)
+                server.process.wait(timeout=10)
+        stop_ray_under(server.ray_tmpdir)
+
+    def _learn(self, command: Command, outcome: Outcome) -> None:
+        """Placeholder values from what a command printed (the run id, the best model, the job id)."""
+        if command.argv[:2] == ("pneumo", "run") and "RUN_ID" not in self.values:
+            run = re.search(r"^mlflow run:\s+(\w+)", outcome.output, re.M)
+            best = re.search(r"^best model:\s+(\S+)", outcome.output, re.M)
+            if run and best:
+                relative = os.path.relpath(best.group(1), self.root)
+                self.values.update({"RUN_ID": run.group(1), "results/<run>/best_model": relative,
+                                    "results/quickstart-search-…/best_model": relative})
+        submitted = re.search(r"raysubmit_\w+", outcome.output)
+        if command.argv[:3] == ("ray", "job", "submit") and submitted:
+            self.values["SUBMISSION_ID"] = submitted.group(0)
+
+    def close(self) -> None:
+        for port in list(self.servers):
+            self.stop_server(port)
+        for tmpdir in self.tmpdirs:
+            stop_ray_under(tmpdir)
+            shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def write_props(scratch: Scratch) -> None:
+    """The files README commands name that a user has and a fresh checkout does not (see PROPS above)."""
+    import pydicom.data
+    from PIL import Image
+
+    from pneumo.data.synthetic import generate_chest_xrays
+
+    root = scratch.root
+    for name, seed in (("chest_xray", 11), ("other-hospital", 12)):
+        generate_chest_xrays(root / "data" / name, n_images=200, image_size=64, seed=seed)
+    films = sorted((root / "data" / "chest_xray" / "test").glob("*/*.jpeg"))
+    shutil.copy(films[0], root / "film.jpeg")
+    shutil.copy(films[1], root / "a.jpeg")
+    Image.open(films[2]).save(root / "b.png")
+    shutil.copy(pydicom.data.get_testdata_file("CT_small.dcm"), root / "film.dcm")
+    (root / "experiments" / "x.yaml").write_text("base: quickstart.yaml\nmodel:\n  nmae: resnet18\n")

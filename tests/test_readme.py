@@ -1,0 +1,204 @@
+"""The README is tested: every command in it runs here, or is checked against the tool that would run it.
+
+Fast tests read README.md and bench/README.md (tests/readme_blocks.py) and check every command with its
+tool's own parser (tests/readme_cli.py): a command or option that does not exist fails. Slow tests run
+every command that can run on this machine, in README order, in a scratch copy of the checkout
+(tests/readme_runner.py says exactly what the harness changes: sizes, ports, scratch HOME, and `ray stop`
+stopping only its own Ray), and compare the outputs the README shows in shape. Commands that need a
+cloud (CLOUD_ONLY) are parsed only. A block marked `<!-- readme-test: illustrative -->` is skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from dataclasses import dataclass
+from typing import Optional
+
+import pytest
+from conftest import QUICKSTART, REPO
+from readme_blocks import Block, Command, commands, json_shape, missing_lines, read_blocks, shape_pattern
+from readme_cli import CommandRejected, check_command
+
+READMES = (REPO / "README.md", REPO / "bench" / "README.md")
+BLOCKS = [block for readme in READMES for block in read_blocks(readme)]
+CHECKED = [block for block in BLOCKS if not block.illustrative and block.language in ("bash", "sh", "console")]
+COMMANDS = [command for block in CHECKED for command in commands(block)]
+CLOUD_SUBCOMMANDS = {"up", "down", "exec", "attach", "dashboard", "rsync-up", "rsync-down", "submit", "get-head-ip"}
+CLOUD_MARKS = ("s3://", "gs://", "az://", "abfss://", "<head-private-ip>", "YOUR-BUCKET")
+# `make test` runs this very file; `make demo` is `make install` plus the quickstart command, which runs here.
+NOT_RUN_HERE = {"make test": "runs the whole suite, this test included", "make demo": "installs, then runs "
+                "`pneumo run experiments/quickstart.yaml`, which the README's quickstart output block runs"}
+
+
+def cloud_reason(command: Command) -> Optional[str]:
+    """Why `command` cannot run on this machine (it needs a cluster launcher or an object store), or None."""
+    if command.argv[:1] == ("ray",) and len(command.argv) > 1 and command.argv[1] in CLOUD_SUBCOMMANDS:
+        return f"`ray {command.argv[1]}` needs a cluster launched from cluster.yaml"
+    mark = next((mark for mark in CLOUD_MARKS if mark in command.text), None)
+    if mark:
+        return f"names a cloud resource ({mark})"
+    return None
+
+
+def not_run_reason(command: Command) -> Optional[str]:
+    """Why `command` is parsed and not run: its own cloud_reason, or that of a command in its block
+    (the block is a walk-through on a cluster)."""
+    reason = cloud_reason(command) or NOT_RUN_HERE.get(command.text)
+    if reason:
+        return reason
+    cluster = next((other for other in commands(command.block) if cloud_reason(other)), None)
+    if cluster is not None and command.block.language != "console":
+        return f"a step of a walk-through on a cluster ({cluster.where}: {cloud_reason(cluster)})"
+    return None
+
+
+def ids(items) -> list[str]:
+    return [f"{item.where} {item.language if isinstance(item, Block) else item.text[:60]}" for item in items]
+
+
+# ---- fast: reading the README and parsing every command ---------------------------------------------
+
+def test_readmes_have_blocks_and_few_are_illustrative():
+    illustrative = [block.where for block in BLOCKS if block.illustrative]
+    print(f"{len(BLOCKS)} fenced blocks, {len(COMMANDS)} commands; {len(illustrative)} illustrative (skipped): "
+          f"{illustrative}")
+    assert len(COMMANDS) >= 30 and any(block.language == "python" for block in BLOCKS)
+    assert len(illustrative) <= len(BLOCKS) // 5, f"too many blocks marked illustrative: {illustrative}"
+
+
+@pytest.mark.parametrize("block", BLOCKS, ids=ids(BLOCKS))
+def test_block_is_checked_unless_illustrative(block: Block):
+    """Every block is something the harness checks; an illustrative one is listed as skipped."""
+    if block.illustrative:
+        pytest.skip(f"illustrative: {block.where}")
+    checked_languages = ("bash", "sh", "console", "python", "yaml", "")
+    assert block.language in checked_languages, f"{block.where}: the README test does not know ```{block.language}"
+    if block.language in ("bash", "sh", "console"):
+        assert commands(block), f"{block.where}: a shell block without a command"
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=ids(COMMANDS))
+def test_command_is_accepted_by_its_tool(command: Command, monkeypatch):
+    monkeypatch.chdir(REPO)
+    check_command(command.argv)
+
+
+@pytest.mark.parametrize("argv, complaint", [
+    (("ray", "attach", "cluster.yaml", "--", "ray", "get-auth-token"), "unexpected extra arguments"),
+    (("ray", "attach", "cluster.yaml", "--", "serve", "deploy", "serve_config.yaml"), "unexpected extra arguments"),
+    (("ray", "exec", "cluster.yaml", "serve deploy --no-such-option x.yaml"), "no such option"),
+    (("ray", "job", "submit", "--", "pneumo", "fly"), "invalid choice"),
+    (("pneumo", "eval", "runs:/<run", "id>/model", "data/x"), "unrecognized arguments"),
+    (("curl", "--no-such-curl-option", "http://127.0.0.1"), "unknown options"),
+    (("make", "no-such-target"), "no-such-target"),
+    (("python", "-m", "bench.data_bench", "--films", "9"), "unrecognized arguments"),
+])
+def test_wrong_commands_are_rejected(argv, complaint, monkeypatch):
+    """The parse check can fail: the two cluster commands issue #20 found, and other made-up ones."""
+    monkeypatch.chdir(REPO)
+    with pytest.raises(CommandRejected, match=f"(?i){complaint}"):
+        check_command(argv)
+
+
+@pytest.mark.parametrize("block", [b for b in BLOCKS if b.language == "yaml" and not b.illustrative],
+                         ids=ids([b for b in BLOCKS if b.language == "yaml" and not b.illustrative]))
+def test_yaml_block_is_a_valid_experiment_diff(block: Block, tmp_path):
+    from pneumo.config import load_config
+
+    diff = tmp_path / "diff.yaml"
+    diff.write_text(f"base: {QUICKSTART}\n{block.text}\n")
+    load_config([diff])
+
+
+@pytest.mark.parametrize("block", [b for b in BLOCKS if b.language == "python"],
+                         ids=ids([b for b in BLOCKS if b.language == "python"]))
+def test_python_block_compiles(block: Block):
+    compile(block.text, block.where, "exec")
+
+
+def test_shapes_match_values_not_words():
+    assert shape_pattern("test metrics (n=174, threshold 0.xxx)").fullmatch("test metrics (n=30, threshold 0.412)")
+    assert shape_pattern("results:      results/quickstart-search-YYYYmmdd-HHMMSS").fullmatch(
+        "results: /a/results/quickstart-search-20261130-011502") is None, "a relative path is not an absolute one"
+    assert shape_pattern("mlflow run:   <run id>  (mlflow ui …)").fullmatch("mlflow run: 0af3  (mlflow ui x y)")
+    assert not shape_pattern("train        268        701").fullmatch("train  268  701  385")
+    assert missing_lines(("a 1", "b 2"), "x\na 10\nb 3\n") == []
+    assert missing_lines(("b 2", "a 1"), "a 10\nb 3\n") == ["a 1"], "in order"
+    assert json_shape({"p": 0.9, "label": "X", "v": "1"}) == json_shape({"p": 1, "label": "Y", "v": "7"})
+    assert json_shape({"p": 0.9}) != json_shape({"p": "0.9"})
+
+
+def test_cluster_commands_are_parsed_not_run():
+    reasons = {command.where: not_run_reason(command) for command in COMMANDS if not_run_reason(command)}
+    assert any("ray up" in reason for reason in reasons.values()), reasons
+    assert not any(command.argv[:2] == ("ray", "attach") and "--" in command.argv for command in COMMANDS)
+
+
+# ---- slow: running what can run here ----------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Step:
+    """One thing the slow test runs: a command, or a Python block as written."""
+
+    block: Block
+    command: Optional[Command]
+
+    @property
+    def where(self) -> str:
+        return self.command.where if self.command else self.block.where
+
+    @property
+    def text(self) -> str:
+        return self.command.text if self.command else "python block"
+
+
+STEPS = [Step(block, command) for block in BLOCKS if not block.illustrative
+         for command in (commands(block) if block.language != "python" else [None])
+         if block.language == "python" or command is not None and not_run_reason(command) is None]
+
+
+@pytest.fixture(scope="module")
+def scratch(tmp_path_factory):
+    from readme_runner import Scratch, write_props
+
+    world = Scratch.create(tmp_path_factory.mktemp("readme"))
+    write_props(world)
+    yield world
+    world.close()
+
+
+def run_python_block(scratch, block: Block) -> subprocess.CompletedProcess:
+    script = scratch.root.parent / f"block_{block.line}.py"
+    script.write_text(block.text)
+    env = {**scratch.env, "RAY_TMPDIR": scratch.new_ray_tmpdir()}
+    return subprocess.run([str(REPO / ".venv" / "bin" / "python"), str(script)], cwd=scratch.root, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def expects_failure(command: Command) -> bool:
+    """A console block that shows an error message shows a command that exits non-zero."""
+    return any(" error: " in line or line.startswith("error:") for line in command.expected_output)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("step", STEPS, ids=ids(STEPS))
+def test_readme_step_runs(step: Step, scratch):
+    if step.command is None:
+        done = run_python_block(scratch, step.block)
+        assert done.returncode == 0, f"{step.where}: the Python block failed:\n{done.stdout[-3000:]}{done.stderr[-3000:]}"
+        return
+    command = step.command
+    outcome = scratch.run(command)
+    shown = f"{command.where}: `{outcome.command}` exited {outcome.returncode}:\n{outcome.output[-4000:]}"
+    if expects_failure(command):
+        assert outcome.returncode not in (0, -1), shown
+    else:
+        assert outcome.returncode == 0, shown
+    missing = missing_lines(command.expected_output, outcome.output)
+    assert not missing, f"{command.where}: lines the README shows that `{outcome.command}` no longer prints " \
+                        f"(in shape): {missing}\n--- it printed:\n{outcome.output[-4000:]}"
+    if command.expected_json is not None:
+        answer = json.loads(outcome.output)
+        assert json_shape(answer) == json_shape(command.expected_json), f"{command.where}: {answer}"
