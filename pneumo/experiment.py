@@ -21,6 +21,7 @@ from pneumo.evaluation.evaluate import evaluate_checkpoint
 from pneumo.evaluation.metrics import format_metrics_table
 from pneumo.evaluation.report.build import training_model_rows, write_evaluation_report
 from pneumo.models import model_preprocessing
+from pneumo.monitoring.profile import profile_checkpoint
 from pneumo.serve.pyfunc import register_checkpoint
 from pneumo.tracking import (
     TAG_BEST_CHECKPOINT,
@@ -54,6 +55,7 @@ def finalize(cfg: ExperimentConfig, data: PreparedData, client: MlflowClient, ru
     if data.assigned_split:
         (Path(results_path) / "split.csv").write_text(split_csv(data.assigned_split))
     evaluation = evaluate_checkpoint(cfg, data, checkpoint_dir, model_dir)
+    profile_checkpoint(model_dir, data, cfg.eval.batch_size)  # the monitoring reference, registered with it
     client.set_tag(run_id, TAG_BEST_CHECKPOINT, checkpoint_dir)
     test_metrics = evaluation.metrics
     log_metrics(client, run_id, evaluation.logged_metrics(), prefix="test_")
