@@ -129,10 +129,13 @@ def cmd_config_show(args: argparse.Namespace) -> None:
 
 
 def cmd_data_synth(args: argparse.Namespace) -> None:
-    from pneumo.data.synthetic import generate_chest_xrays
+    from pneumo.data.synthetic import Acquisition, generate_chest_xrays
 
+    acquisition = Acquisition(exposure=args.exposure, noise=args.noise, blur_px=args.blur, resolution=args.resolution,
+                              portable=args.portable, inverted=args.inverted)
     summary = generate_chest_xrays(args.out, n_images=args.n, image_size=args.size, seed=args.seed,
-                                   label_noise=args.label_noise)
+                                   label_noise=args.label_noise, acquisition=acquisition,
+                                   pneumonia_share=args.prevalence)
     for split, per_class in summary.counts.items():
         print(f"{split:<6} " + "  ".join(f"{name} {n}" for name, n in per_class.items()))
     print(f"{summary.n_patients} patients, label noise {summary.label_noise:.1%}, written to {summary.root}")
@@ -149,11 +152,13 @@ def cmd_data_inspect(args: argparse.Namespace) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
+    import ray
     from ray import serve
 
     from pneumo.model_uri import resolve_model_uri
     from pneumo.serve.builder import ServeArgs, build_app, load_serving_config
     from pneumo.serve.security import check_exposure, read_token
+    from pneumo.serve.shutdown import serve_until_signalled
 
     paths, overrides = split_paths_and_overrides(args.config)
     serve_args = ServeArgs(model_uri=args.model, config=paths, overrides=overrides)
@@ -167,10 +172,10 @@ def cmd_serve(args: argparse.Namespace) -> None:
     url = f"http://{host}:{port}"
     print(f"serving {model_uri} at {url} (docs {url}/docs, ready once {url}/readyz answers 200)\n"
           f"  curl -F file=@film.jpeg {url}/predict")
-    try:
-        serve.run(app, name="pneumo", route_prefix="/", blocking=True)
-    except KeyboardInterrupt:  # Ctrl-C is how a local endpoint ends: stop cleanly, without a traceback
+    serve_until_signalled(app, "pneumo", serve_cfg.drain_timeout_s)  # SIGTERM or Ctrl-C: drain, then return
+    if not os.environ.get("RAY_ADDRESS"):  # the Ray started here goes with it; a cluster's stays up
         serve.shutdown()
+        ray.shutdown()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -203,6 +208,15 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--seed", type=int, default=SynthConfig.seed)
     synth.add_argument("--label-noise", type=float, default=SynthConfig.label_noise,
                        help="fraction of flipped folder labels")
+    shift = synth.add_argument_group("another hospital (monitoring tests; defaults: the usual set)")
+    shift.add_argument("--exposure", type=float, default=0.0, help="brightness offset on the 0..1 scale, e.g. -0.2")
+    shift.add_argument("--noise", type=float, default=0.0, help="extra noise standard deviation, e.g. 0.08")
+    shift.add_argument("--blur", type=float, default=0.0, help="extra blur sigma in px of a 128 px film, e.g. 2")
+    shift.add_argument("--resolution", type=float, default=1.0, help="detector resolution share, e.g. 0.25")
+    shift.add_argument("--portable", action="store_true", help="AP portable look (large heart, shallow breath, "
+                                                               "collimated edges)")
+    shift.add_argument("--inverted", action="store_true", help="inverted polarity")
+    shift.add_argument("--prevalence", type=float, default=0.74, help="share of pneumonia films (0.05-0.95)")
     synth.set_defaults(handler=cmd_data_synth)
     inspect = data.add_parser("inspect", help="counts, sizes, unreadable files and leakage between splits "
                                               "(exit status 1 on leakage)")

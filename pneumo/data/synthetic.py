@@ -52,7 +52,27 @@ PNEUMONIA_SHARE = 0.74  # share of images whose true class is PNEUMONIA
 MEAN_IMAGES_PER_PATIENT = 2.5  # each patient has 1 to 4 films
 MIN_HELD_OUT_PATIENTS = 2  # per class, in val and in test (when their fraction is > 0)
 JPEG_QUALITY = 90
-_PATIENT_STREAM, _IMAGE_STREAM = 0, 1  # keeps patient and image generators apart
+_PATIENT_STREAM, _IMAGE_STREAM, _ACQUISITION_STREAM = 0, 1, 2  # keeps patient, image and scanner draws apart
+
+
+@dataclass(frozen=True)
+class Acquisition:
+    """How another hospital's films differ from the default set (all defaults: no difference, same bytes).
+
+    For monitoring tests and benchmarks: each field imitates one way a scanner, protocol or population
+    changes under a deployed model (`pneumo data synth --exposure -0.2 --portable …`).
+    """
+
+    exposure: float = 0.0  # added to brightness on the 0..1 film scale (-: under-exposed, +: over-exposed)
+    noise: float = 0.0  # extra quantum noise, standard deviation on the 0..1 film scale
+    blur_px: float = 0.0  # extra detector blur, Gaussian sigma in px of a 128 px film
+    resolution: float = 1.0  # detector resolution as a fraction of image_size (0.25: a quarter, upsampled)
+    portable: bool = False  # AP portable look: magnified heart, shallow inspiration, tilt, collimated edges
+    inverted: bool = False  # polarity inverted (a MONOCHROME1 film shown without its inversion)
+
+    @property
+    def is_default(self) -> bool:
+        return self == Acquisition()
 
 
 @dataclass(frozen=True)
@@ -92,9 +112,9 @@ class _Patient:
 # ---------------------------------------------------------------- planning
 
 
-def _draw_patients(rng: np.random.Generator, n_images: int) -> list[_Patient]:
+def _draw_patients(rng: np.random.Generator, n_images: int, pneumonia_share: float) -> list[_Patient]:
     """Patients of both classes holding exactly n_images films, in random order."""
-    n_pneumonia = round(PNEUMONIA_SHARE * n_images)
+    n_pneumonia = round(pneumonia_share * n_images)
     patients = []
     for label, n_class in zip(CLASS_NAMES, (n_images - n_pneumonia, n_pneumonia)):
         n_patients = math.ceil(n_class / MEAN_IMAGES_PER_PATIENT)
@@ -159,14 +179,17 @@ def plan_dataset(
     seed: int = 0,
     split_fractions: tuple[float, float, float] = (0.8, 0.05, 0.15),
     label_noise: float = 0.02,
+    pneumonia_share: float = PNEUMONIA_SHARE,
 ) -> list[PlannedImage]:
     """Every film to write: split, folder label, true label, patient and file name. Draws no pixels.
 
     Exactly ``round(label_noise * n_images)`` films, chosen by the seed, get the other folder label.
     """
     _check_plan_arguments(n_images, split_fractions, label_noise)
+    if not 0.05 <= pneumonia_share <= 0.95:
+        raise ValueError(f"pneumonia_share must be in [0.05, 0.95], got {pneumonia_share}")
     rng = np.random.default_rng(seed)
-    patients = _assign_splits(rng, _draw_patients(rng, n_images), split_fractions)
+    patients = _assign_splits(rng, _draw_patients(rng, n_images, pneumonia_share), split_fractions)
     flipped = set(rng.choice(n_images, size=round(label_noise * n_images), replace=False).tolist())
     plan = []
     for patient_index, (patient, (pid, names)) in enumerate(zip(patients, _file_names(patients, rng))):
@@ -390,7 +413,32 @@ def expose_film(rng: np.random.Generator, density: np.ndarray) -> np.ndarray:
     return (np.clip(film, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
-def render_chest_xray_and_opacity(image: PlannedImage, seed: int, image_size: int
+def portable_anatomy(anatomy: Anatomy) -> Anatomy:
+    """AP portable film: the heart sits further from the detector and looks ~20% larger."""
+    rx, ry = anatomy.heart_radii
+    return replace(anatomy, heart_radii=(1.2 * rx, 1.15 * ry), mediastinum_half_width=1.25 * anatomy.mediastinum_half_width)
+
+
+def acquire(rng: np.random.Generator, film: np.ndarray, acquisition: Acquisition) -> np.ndarray:
+    """Another scanner's rendering of an 8-bit film: resolution, blur, collimation, exposure, noise, polarity."""
+    size = film.shape[0]
+    pixels = film.astype(np.float32) / 255.0
+    if acquisition.resolution < 1.0:
+        small = max(8, round(size * acquisition.resolution))
+        pixels = np.asarray(Image.fromarray(pixels).resize((small, small), Image.BILINEAR)
+                            .resize((size, size), Image.BILINEAR))
+    if acquisition.blur_px > 0:
+        pixels = ndimage.gaussian_filter(pixels, acquisition.blur_px * size / 128)
+    if acquisition.portable:  # collimator shutters leave bright unexposed bands at the edges
+        band = max(1, round(rng.uniform(0.04, 0.08) * size))
+        pixels[:band], pixels[-band:], pixels[:, :band], pixels[:, -band:] = 0.9, 0.9, 0.9, 0.9
+    pixels = pixels + acquisition.exposure + acquisition.noise * rng.standard_normal(pixels.shape, dtype=np.float32)
+    pixels = np.clip(pixels, 0, 1)
+    return ((1.0 - pixels if acquisition.inverted else pixels) * 255 + 0.5).astype(np.uint8)
+
+
+def render_chest_xray_and_opacity(image: PlannedImage, seed: int, image_size: int,
+                                  acquisition: Acquisition = Acquisition(),
                                   ) -> tuple[np.ndarray, Optional[np.ndarray]]:
     """The film of one planned image (uint8, image_size x image_size) and where its opacity lies (bool,
     same shape; None for a normal film): pixels where the drawn opacity adds at least
@@ -398,9 +446,10 @@ def render_chest_xray_and_opacity(image: PlannedImage, seed: int, image_size: in
     patient_rng = np.random.default_rng((seed, _PATIENT_STREAM, image.patient_index))
     anatomy = draw_anatomy(patient_rng)
     opacity = draw_opacity(patient_rng) if image.true_label == "PNEUMONIA" else None
+    anatomy = portable_anatomy(anatomy) if acquisition.portable else anatomy
     rng = np.random.default_rng((seed, _IMAGE_STREAM, image.index))
     u, v = _film_grid(rng, image_size)
-    inspiration = rng.uniform(0.94, 1.05)
+    inspiration = rng.uniform(0.94, 1.05) * (0.88 if acquisition.portable else 1.0)  # supine, shallow breath
     solid = np.maximum(mediastinal_silhouette(u, v, anatomy), abdomen_below_diaphragm(u, v, anatomy))
     air = {side: lung_shape(u, v, anatomy, side, inspiration) * (1 - solid) for side in (-1, 1)}
     both_lungs = np.maximum(air[-1], air[1])
@@ -412,7 +461,10 @@ def render_chest_xray_and_opacity(image: PlannedImage, seed: int, image_size: in
         added = add_opacity(rng, u, v, anatomy, opacity, air)
         density += added
         mask = added >= OPACITY_MASK_FRACTION * added.max()
-    return expose_film(rng, density), mask
+    film = expose_film(rng, density)
+    if not acquisition.is_default:
+        film = acquire(np.random.default_rng((seed, _ACQUISITION_STREAM, image.index)), film, acquisition)
+    return film, mask
 
 
 def render_chest_xray(image: PlannedImage, seed: int, image_size: int) -> np.ndarray:
@@ -456,19 +508,22 @@ def generate_chest_xrays(
     seed: int = SynthConfig.seed,
     label_noise: float = SynthConfig.label_noise,
     split_fractions: tuple[float, float, float] = (0.8, 0.05, 0.15),
+    acquisition: Acquisition = Acquisition(),
+    pneumonia_share: float = PNEUMONIA_SHARE,
 ) -> SynthSummary:
     """Write a synthetic Kaggle-layout chest X-ray set to out_dir (new or empty) and summarise it.
 
     Grayscale square JPEGs under ``out_dir/{train,val,test}/{NORMAL,PNEUMONIA}``. A fraction
     ``label_noise`` of the images lies in the wrong class folder (see ``plan_dataset``), which caps
-    the best achievable accuracy at about ``1 - label_noise``. Same arguments, same bytes.
+    the best achievable accuracy at about ``1 - label_noise``. ``acquisition`` and ``pneumonia_share``
+    imitate another hospital (monitoring benchmarks). Same arguments, same bytes.
     """
-    plan = plan_dataset(n_images, seed, split_fractions, label_noise)
+    plan = plan_dataset(n_images, seed, split_fractions, label_noise, pneumonia_share)
     root = Path(out_dir)
     _prepare_out_dir(root)
     counts = {split: {label: 0 for label in CLASS_NAMES} for split in SPLITS}
     for image in plan:
-        pixels, mask = render_chest_xray_and_opacity(image, seed, image_size)
+        pixels, mask = render_chest_xray_and_opacity(image, seed, image_size, acquisition)
         Image.fromarray(pixels).save(root / image.relative_path, format="JPEG", quality=JPEG_QUALITY)
         if mask is not None:
             mask_path = opacity_mask_path(root, image.relative_path)
