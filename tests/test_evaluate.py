@@ -104,8 +104,12 @@ def test_specificity_policy_reaches_target():
 def test_youden_maximises_sensitivity_plus_specificity():
     labels, probs = rng_scores()
     best = choose_threshold(labels, probs, EvalConfig(threshold_policy="youden"))
-    score = lambda t: sum(binary_metrics(labels, probs, t)[k] for k in ("sensitivity", "specificity"))
-    assert all(score(best) >= score(t) - 1e-9 for t in np.linspace(0.01, 0.99, 99))
+    thresholds = np.append(np.linspace(0.01, 0.99, 99), best)
+    predicted = probs[None, :] >= thresholds[:, None]  # one row per threshold (pneumonia when >=)
+    score = (predicted & (labels == 1)).sum(1) / (labels == 1).sum() + (~predicted & (labels == 0)).sum(1) / (labels == 0).sum()
+    assert np.all(score[-1] >= score[:-1] - 1e-9)
+    metrics = binary_metrics(labels, probs, best)
+    assert metrics["sensitivity"] + metrics["specificity"] == pytest.approx(score[-1])
 
 
 def test_fixed_policy_and_table():

@@ -84,6 +84,7 @@ def test_auto_baselines_skip_synthetic_data(tmp_path, synthetic_root):
     assert resolve_baseline_dataset("pneumoniamnist", DataConfig(path=str(synthetic_root))) == "pneumoniamnist"
 
 
+@pytest.mark.slow
 def test_images_at_finds_the_mistakes_images_across_blocks(ray_session):
     images = np.arange(40 * 4 * 4, dtype=np.uint8).reshape(40, 1, 4, 4)
     split = ray_session.data.from_items([{"path": f"film{i}.jpeg", "image": images[i]} for i in range(40)],

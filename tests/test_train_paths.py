@@ -18,6 +18,8 @@ from pneumo.train import (
     train_one_epoch,
 )
 
+pytestmark = pytest.mark.slow  # trains (and compiles) on a Ray Data shard
+
 SPEC = Preprocessing(in_chans=1, image_size=32, mean=(0.5,), std=(0.25,))
 
 

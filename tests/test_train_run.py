@@ -12,7 +12,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import write_smoke_yaml
 from mlflow.tracking import MlflowClient
 
 from pneumo.checkpoints import load_checkpoint
@@ -30,11 +29,9 @@ def metric_steps(client: MlflowClient, run_id: str, key: str) -> list[int]:
 
 
 @pytest.fixture(scope="module")
-def trained(ray_session, tmp_path_factory, synthetic_root):
-    """One finished 2-epoch run, shared by the tests that inspect what it left behind."""
-    yaml = write_smoke_yaml(tmp_path_factory.mktemp("trained"), synthetic_root)
-    cfg = load_config([yaml])
-    return cfg, run_experiment(cfg), yaml
+def trained(smoke_run):
+    """The session's finished 2-epoch smoke run (conftest), shared by the tests that inspect what it left behind."""
+    return smoke_run.cfg, smoke_run.outcome, smoke_run.yaml
 
 
 def test_two_worker_run_logs_to_mlflow_and_registers(trained, synthetic_root):
