@@ -7,11 +7,13 @@
     pneumo data inspect data/chest_xray
     pneumo serve [MODEL_URI] [--config experiments/quickstart.yaml] [--host 127.0.0.1] [--port 8000]
     pneumo eval models:/pneumo-pneumonia@champion data/chest_xray [--split test] [--out reports/x]
+    pneumo monitor models:/pneumo-pneumonia@champion data/new_hospital [--split all] [--out reports/m]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import socket
@@ -60,18 +62,37 @@ def _prepare_local_ray_env() -> int:
     return dashboard_port
 
 
-def init_ray() -> None:
-    """Join $RAY_ADDRESS (a cluster or `ray job submit`), else start a local Ray in-process."""
+STATE_TRACKING = "RAY_TRAIN_ENABLE_STATE_TRACKING"  # Ray Train's state actor: the dashboard's Train page
+
+
+def _state_tracking_runtime_env() -> Optional[dict]:
+    """Ray Train state tracking for every process of this driver's job on a cluster (the Tune trials
+    build their TorchTrainers there), unless the job's own runtime_env already sets it (Ray refuses
+    to merge the same variable twice)."""
+    job_config = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}"))
+    if STATE_TRACKING in ((job_config.get("runtime_env") or {}).get("env_vars") or {}):
+        return None
+    return {"env_vars": {STATE_TRACKING: os.environ.get(STATE_TRACKING, "1")}}
+
+
+def init_ray() -> Optional[str]:
+    """Join $RAY_ADDRESS (a cluster or `ray job submit`), else start a local Ray in-process; returns the
+    dashboard address of a Ray started here. Either way Ray Train's state tracking is on."""
     if "ray" in sys.modules and sys.modules["ray"].is_initialized():
-        return
-    dashboard_port = _prepare_local_ray_env() if not os.environ.get("RAY_ADDRESS") else None
+        return None
+    joining = bool(os.environ.get("RAY_ADDRESS"))
+    dashboard_port = None if joining else _prepare_local_ray_env()
+    runtime_env = _state_tracking_runtime_env() if joining else None
+    os.environ.setdefault(STATE_TRACKING, "1")  # a local Ray's processes inherit it
     import ray
 
     extra = {"dashboard_host": "127.0.0.1", "dashboard_port": dashboard_port} if dashboard_port else {}
-    ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=True, logging_level=logging.WARNING, **extra)
-    context = ray.data.DataContext.get_current()
-    context.execution_options.preserve_order = True  # same seed, same batches
-    context.enable_progress_bars = sys.stderr.isatty()
+    context = ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=True, logging_level=logging.WARNING,
+                       runtime_env=runtime_env, **extra)
+    data_context = ray.data.DataContext.get_current()
+    data_context.execution_options.preserve_order = True  # same seed, same batches
+    data_context.enable_progress_bars = sys.stderr.isatty()
+    return None if joining or not context.dashboard_url else f"http://{context.dashboard_url}"
 
 
 def _load(items: list[str]):
@@ -83,24 +104,38 @@ def _load(items: list[str]):
     return load_config(paths, overrides)
 
 
+def _log_folder(cfg) -> str:
+    """Where the run's log goes: beside its results, or under the durable local root for bucket storage."""
+    from pneumo.data.manifest import is_uri
+    from pneumo.paths import durable_path
+
+    return durable_path("results") if is_uri(cfg.scaling.storage_path) else cfg.scaling.storage_path
+
+
 def cmd_run(args: argparse.Namespace) -> None:
     from pneumo.paths import anchor_paths, describe_storage
+    from pneumo.progress import run_log_path, watch_run
 
     cfg = anchor_paths(_load(args.config))  # relative paths made absolute and durable (not in a Ray job's package)
-    print(describe_storage(cfg), flush=True)
-    init_ray()
-    from pneumo.experiment import run_experiment
-    from pneumo.tracking import resolve_tracking_uri
+    log_path = None if args.verbose else run_log_path(_log_folder(cfg), cfg.name)
+    with watch_run(log_path, cfg.tune.metric, cfg.tune.mode, cfg.train.epochs, tuple(user_errors())) as progress:
+        progress.note(describe_storage(cfg))
+        dashboard = init_ray()
+        if dashboard:
+            progress.note(f"dashboard:    {dashboard}  (Train: each run's workers and logs; "
+                          "log in with the token `ray get-auth-token` prints)")
+        from pneumo.experiment import run_experiment
+        from pneumo.tracking import resolve_tracking_uri
 
-    outcome = run_experiment(cfg, resume=args.resume)
-    uri = resolve_tracking_uri(cfg.mlflow)
-    print(f"\nresults:      {outcome.results_path}\nbest model:   {outcome.model_dir}\n"
-          f"mlflow run:   {outcome.mlflow_run_id}  (mlflow ui --backend-store-uri {uri})")
-    if outcome.model_version is not None:
-        name = cfg.mlflow.registered_model_name
-        print(f"registered:   models:/{name}/{outcome.model_version.version} "
-              f"aliases {list(outcome.model_version.aliases)}\n"
-              f"serve it:     pneumo serve models:/{name}@champion")
+        outcome = run_experiment(cfg, resume=args.resume, progress=progress)
+        uri = resolve_tracking_uri(cfg.mlflow)
+        progress.note(f"\nresults:      {outcome.results_path}\nbest model:   {outcome.model_dir}\n"
+                      f"mlflow run:   {outcome.mlflow_run_id}  (mlflow ui --backend-store-uri {uri})")
+        if outcome.model_version is not None:
+            name = cfg.mlflow.registered_model_name
+            progress.note(f"registered:   models:/{name}/{outcome.model_version.version} "
+                          f"aliases {list(outcome.model_version.aliases)}\n"
+                          f"serve it:     pneumo serve models:/{name}@champion")
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
@@ -119,7 +154,26 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
     outcome = evaluate_model(args.model, cfg, args.split, durable_path(args.out) if args.out else None)
     print(format_metrics_table(outcome.evaluation.metrics, outcome.evaluation.intervals, title=args.split))
+    if outcome.ood is not None:
+        print(f"out of distribution: {outcome.ood['ood_refused_count']} {args.split} films ({outcome.ood['ood_refused']:.1%}) "
+              f"beyond the gate's cut-off {outcome.ood['ood_cutoff']:.3g} (serve.ood_policy reject would refuse them)")
     print(f"\nmlflow run:   {outcome.mlflow_run_id}\nreport:       {outcome.report_path}")
+
+
+def cmd_monitor(args: argparse.Namespace) -> None:
+    from pneumo.config import load_config
+
+    paths, overrides = split_paths_and_overrides(args.config)
+    cfg = load_config(paths, [*([] if paths else ["name=pneumo-monitor"]), *overrides, f"data.path={args.data}"])
+    from pneumo.paths import anchor_paths, durable_path
+
+    cfg = anchor_paths(cfg)
+    init_ray()
+    from pneumo.monitoring.report import format_summary, monitor_dataset
+
+    outcome = monitor_dataset(args.model, cfg, args.split, durable_path(args.out) if args.out else None)
+    print(format_summary(outcome.report))
+    print(f"\nmlflow run:   {outcome.mlflow_run_id}\nreport:       {outcome.html_path}")
 
 
 def cmd_config_show(args: argparse.Namespace) -> None:
@@ -186,6 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="train (or search), evaluate and register one experiment")
     run.add_argument("config", nargs="+", help="experiment YAML(s), then key=value overrides")
     run.add_argument("--resume", action="store_true", help="continue the last unfinished run of this experiment")
+    run.add_argument("--verbose", action="store_true", help="show Ray's own output here instead of only in the "
+                                                            "run's log file")
     run.set_defaults(handler=cmd_run)
     evaluate = commands.add_parser("eval", help="score a model on a dataset: metrics with intervals, pictures, "
                                                 "report.html, an MLflow run")
@@ -196,6 +252,14 @@ def build_parser() -> argparse.ArgumentParser:
                           help="experiment YAML(s) for the data/eval/mlflow settings, then key=value overrides")
     evaluate.add_argument("--out", help="report folder (default reports/<model>-<version>-<split>-<time>)")
     evaluate.set_defaults(handler=cmd_eval)
+    monitor = commands.add_parser("monitor", help="compare a dataset with a model's reference profile: drift, "
+                                                  "out-of-distribution films, report.html, an MLflow run")
+    monitor.add_argument("model", help="checkpoint folder, models:/NAME@alias, models:/NAME/VERSION or runs:/RUN_ID/model")
+    monitor.add_argument("data", help="dataset path (data.path): a new hospital's folder, a manifest, an .npz")
+    monitor.add_argument("--split", default="all", choices=("all", "train", "val", "test"), help="films to compare")
+    monitor.add_argument("--config", nargs="+", default=[], help="experiment YAML(s), then key=value overrides")
+    monitor.add_argument("--out", help="report folder (default reports/monitor-<model>-<version>-<time>)")
+    monitor.set_defaults(handler=cmd_monitor)
     config = commands.add_parser("config", help="inspect experiment configs").add_subparsers(dest="action", required=True)
     show = config.add_parser("show", help="print the resolved config")
     show.add_argument("config", nargs="+")

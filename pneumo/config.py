@@ -180,6 +180,7 @@ class MlflowConfig:
     champion_metric: str = "test_auroc"  # a new version takes `champion` only if it beats this
     champion_mode: str = "max"  # max: a higher champion_metric is better | min (for a loss)
     register: bool = True  # register the evaluated best checkpoint in the model registry
+    system_metrics_interval_s: float = 10.0  # seconds between samples of CPU/memory/GPU use (system/*) per training run; 0: off
 
     def __post_init__(self) -> None:
         _check_choice("mlflow.champion_mode", self.champion_mode, MODES)
@@ -233,7 +234,7 @@ class ServeConfig:
     cpus_per_replica: float = 0.5  # Ray CPUs reserved per replica
     torch_threads: int = 1  # intra-op threads per replica; replicas x threads <= cores
     max_batch_size: int = 16  # dynamic batch across concurrent requests
-    batch_wait_timeout_s: float = 0.01  # longest wait to fill a batch
+    batch_wait_timeout_s: float = 0.0  # extra wait to fill a batch beyond what queued during the last call
     max_ongoing_requests: int = 32  # per replica; must be >= max_batch_size
     max_queued_requests: int = 64  # beyond this the endpoint answers 503 at once
     max_body_bytes: int = 10_000_000  # larger uploads get 413
@@ -252,6 +253,10 @@ class ServeConfig:
     audit_dir: Optional[str] = None  # JSON-lines audit log of every prediction, one file per replica; None: off
     audit_max_bytes: int = 10_000_000  # an audit file rotates at this size, bytes
     audit_backups: int = 5  # rotated audit files kept per replica
+    ood_policy: str = "reject"  # out-of-distribution images: reject (422) | flag (200, in_distribution false) | off
+    drift_window: int = 200  # recent inputs per replica that GET /monitoring compares with the reference
+    drift_min_inputs: int = 50  # inputs in the window before drift is tested
+    drift_interval_s: float = 60.0  # how often each replica retests its window for the Prometheus gauges, s
 
     def __post_init__(self) -> None:
         if self.max_ongoing_requests < self.max_batch_size:
@@ -260,6 +265,10 @@ class ServeConfig:
         _check_range("serve.traffic", self.traffic, 0.0, 1.0)
         if (self.traffic > 0 or self.shadow) and not self.challenger:
             raise ConfigError("serve.traffic and serve.shadow need serve.challenger (a registry alias)")
+        _check_choice("serve.ood_policy", self.ood_policy, ("reject", "flag", "off"))
+        if not 10 <= self.drift_min_inputs <= self.drift_window or self.drift_interval_s <= 0:
+            raise ConfigError("serve.drift_min_inputs must be between 10 and serve.drift_window, "
+                              "serve.drift_interval_s > 0")
 
 
 @dataclass

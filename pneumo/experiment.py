@@ -22,6 +22,7 @@ from pneumo.evaluation.metrics import format_metrics_table
 from pneumo.evaluation.report.build import training_model_rows, write_evaluation_report
 from pneumo.models import model_preprocessing
 from pneumo.monitoring.profile import profile_checkpoint
+from pneumo.progress import RunProgress
 from pneumo.serve.pyfunc import register_checkpoint
 from pneumo.tracking import (
     TAG_BEST_CHECKPOINT,
@@ -49,7 +50,7 @@ class ExperimentOutcome:
 
 
 def finalize(cfg: ExperimentConfig, data: PreparedData, client: MlflowClient, run_id: str,
-             checkpoint_dir: str, results_path: str) -> ExperimentOutcome:
+             checkpoint_dir: str, results_path: str, progress: RunProgress) -> ExperimentOutcome:
     """Evaluate the best checkpoint, log test metrics, register the model, write the report, print the summary."""
     model_dir = Path(results_path) / "best_model"
     if data.assigned_split:
@@ -71,13 +72,16 @@ def finalize(cfg: ExperimentConfig, data: PreparedData, client: MlflowClient, ru
                                          training_model_rows(cfg, run_id, model_dir, evaluation, version), history,
                                          Path(results_path) / "report")
         client.log_artifacts(run_id, str(report.parent), "report")
-    print(format_metrics_table(test_metrics, evaluation.intervals), flush=True)
+    progress.note(format_metrics_table(test_metrics, evaluation.intervals))
     return ExperimentOutcome(run_id, str(model_dir), test_metrics, results_path, version,
                              str(report) if report else None)
 
 
-def run_experiment(cfg: ExperimentConfig, resume: bool = False) -> ExperimentOutcome:
-    """Train once, or search when tune.num_samples > 0; then evaluate and register the best model."""
+def run_experiment(cfg: ExperimentConfig, resume: bool = False, progress: Optional[RunProgress] = None
+                   ) -> ExperimentOutcome:
+    """Train once, or search when tune.num_samples > 0; then evaluate and register the best model.
+    `progress` shows the run (default: plain lines on stdout)."""
+    progress = progress or RunProgress.plain(cfg.tune.metric, cfg.tune.mode, cfg.train.epochs)
     client = client_for(cfg)
     preprocessing = model_preprocessing(cfg.model, cfg.data.image_size)
     ensure_dataset(cfg.data)
@@ -87,7 +91,7 @@ def run_experiment(cfg: ExperimentConfig, resume: bool = False) -> ExperimentOut
     if cfg.tune.num_samples > 0:
         from pneumo.tune import search
 
-        run_id, found = search(cfg, data, preprocessing, client, resume)
+        run_id, found = search(cfg, data, preprocessing, client, resume, progress)
         log_data_summary(client, run_id, data)
         checkpoint_dir, results_path = found.best_checkpoint, found.results_path
     else:
@@ -96,11 +100,12 @@ def run_experiment(cfg: ExperimentConfig, resume: bool = False) -> ExperimentOut
         run_id, ray_run_name = open_run(client, cfg, "train", resume)
         log_data_summary(client, run_id, data)
         try:
-            trained = fit(cfg, data, preprocessing, ray_run_name, resolve_tracking_uri(cfg.mlflow), run_id)
+            trained = fit(cfg, data, preprocessing, ray_run_name, resolve_tracking_uri(cfg.mlflow), run_id, progress)
         except BaseException:
             finish_run(client, run_id, failed=True)
             raise
         checkpoint_dir, results_path = trained.best_checkpoint, trained.results_path
-    outcome = finalize(cfg, data, client, run_id, checkpoint_dir, results_path)
+    progress.stop()  # the final table of trials; evaluation follows
+    outcome = finalize(cfg, data, client, run_id, checkpoint_dir, results_path, progress)
     finish_run(client, run_id)
     return outcome

@@ -34,6 +34,8 @@ TAG_BEST_CHECKPOINT = "pneumo.best_checkpoint"  # the evaluated checkpoint of a 
 TAG_TRAIN_FOLDER = "pneumo.train_folder"  # a trial's Ray Train folder, which holds its checkpoints
 TAG_SEARCH_PARAMS = "pneumo.search_params"  # a trial's sampled search values
 TAG_STOPPED_EARLY = "pneumo.stopped_early"  # true when ASHA stopped the trial before train.epochs
+TAG_TRIAL_STATE = "pneumo.trial_state"  # how a trial ended: completed | stopped by ASHA at epoch N | failed: reason
+TAG_SEARCH_PROGRESS = "pneumo.search_progress"  # on a search run while it runs: "2 running, 1 completed, …"
 TAG_LAST_WORKER_FAILURE = "pneumo.last_worker_failure"
 TAG_MODEL_URI = "pneumo.model_uri"  # the model an `eval` run scored
 TAG_DATA_FINGERPRINT = "data_fingerprint"  # on runs and model versions: digest of the files and labels
@@ -122,6 +124,36 @@ def record_worker_failure(tracking_uri: str, run_id: str, count: int, summary: s
 
 def finish_run(client: MlflowClient, run_id: str, failed: bool = False) -> None:
     client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED if failed else RunStatus.FINISHED))
+
+
+def end_trial_run(client: MlflowClient, run_id: str, state: str, failed: bool, stopped_early: bool) -> None:
+    """Close a trial's run the moment its trial ends, saying how it ended (`state`, shown in the UI)."""
+    client.set_tag(run_id, TAG_TRIAL_STATE, state[:MAX_TAG_CHARS])
+    client.set_tag(run_id, TAG_STOPPED_EARLY, str(stopped_early).lower())
+    finish_run(client, run_id, failed=failed)
+
+
+def log_search_progress(client: MlflowClient, run_id: str, counts: dict[str, int], step: int) -> None:
+    """Live trial counts on the search run: metrics `trials_<state>` at `step` and one readable tag."""
+    log_metrics(client, run_id, {f"trials_{state.replace(' ', '_')}": n for state, n in counts.items()}, step=step)
+    client.set_tag(run_id, TAG_SEARCH_PROGRESS, ", ".join(f"{n} {state}" for state, n in counts.items() if n))
+
+
+def next_step(client: MlflowClient, run_id: str, key: str) -> int:
+    """One past the largest step logged for `key` (0 if none): a resumed series continues, never overlaps."""
+    return max((m.step for m in client.get_metric_history(run_id, key)), default=-1) + 1
+
+
+def start_system_metrics(tracking_uri: str, run_id: str, interval_s: float, node_id: Optional[str] = None):
+    """MLflow's own sampler of CPU, memory, disk, network and (NVIDIA, with nvidia-ml-py) GPU use, logged as
+    `system/…` metrics to `run_id` through `tracking_uri` (no process-global MLflow state). It stops by
+    itself once the run is no longer RUNNING; call `.finish()` to stop it at once and flush."""
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    monitor = SystemMetricsMonitor(run_id, sampling_interval=interval_s, resume_logging=True, node_id=node_id,
+                                   tracking_uri=tracking_uri)
+    monitor.start()
+    return monitor
 
 
 def find_unfinished_run(client: MlflowClient, cfg: ExperimentConfig, kind: str):

@@ -7,13 +7,16 @@ report (Ray Train keeps the best `train.checkpoints_to_keep` by tune.metric and 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
+import queue
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import numpy as np
 import ray.train
@@ -22,6 +25,7 @@ import torch
 import torch.distributed as dist
 from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig, UserCallback
 from ray.train.torch import TorchTrainer
+from ray.util.queue import Queue
 
 from pneumo.checkpoints import CheckpointMeta, load_train_state, save_checkpoint
 from pneumo.config import ExperimentConfig, TrainConfig, from_dict, to_dict
@@ -31,7 +35,8 @@ from pneumo.data.transforms import Preprocessing
 from pneumo.evaluation.metrics import binary_metrics
 from pneumo.models import create_model, unwrap
 from pneumo.paths import durable_path
-from pneumo.tracking import log_epoch_metrics, record_worker_failure
+from pneumo.progress import COMPLETED, FAILED, RunProgress, first_line
+from pneumo.tracking import log_epoch_metrics, record_worker_failure, start_system_metrics
 
 # ---------------------------------------------------------------- per-worker pieces
 
@@ -192,9 +197,30 @@ def _quiet_report_log() -> None:
     logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
 
 
+def _start_system_metrics(loop_config: dict[str, Any]):
+    """One MLflow system-metrics sampler per node (its local rank 0), logging to the run's MLflow run;
+    on several nodes each node's metrics carry its name (system/node1/cpu_utilization_percentage)."""
+    target = loop_config.get("system_metrics")
+    context = ray.train.get_context()
+    if not target or context.get_local_rank() != 0:
+        return None
+    several_nodes = context.get_world_size() > context.get_local_world_size()
+    return start_system_metrics(target["tracking_uri"], target["run_id"], target["interval_s"],
+                                node_id=f"node{context.get_node_rank()}" if several_nodes else None)
+
+
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """What each Ray Train worker runs. `loop_config` holds only plain values (see `fit`)."""
     _quiet_report_log()
+    monitor = _start_system_metrics(loop_config)
+    try:
+        _train_epochs(loop_config)
+    finally:
+        if monitor is not None:
+            monitor.finish()
+
+
+def _train_epochs(loop_config: dict[str, Any]) -> None:
     cfg = from_dict(loop_config["experiment"])
     rank = ray.train.get_context().get_world_rank()
     torch.set_num_threads(loop_config["torch_threads"])
@@ -227,16 +253,20 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 # ---------------------------------------------------------------- driver side
 
 class EpochLogger(UserCallback):
-    """Runs in the Ray Train controller: logs rank 0's metrics of each epoch to one MLflow run and
-    prints one progress line per epoch (the only per-epoch output a person needs to follow)."""
+    """Runs in the Ray Train controller: logs rank 0's metrics of each epoch to one MLflow run, prints
+    one line per epoch (it reaches the run's log) and, given an `events` queue, sends the epoch to the
+    driver's progress table."""
 
-    def __init__(self, tracking_uri: str, run_id: str, epochs: int, label: str = ""):
+    def __init__(self, tracking_uri: str, run_id: str, epochs: int, label: str = "", events: Optional[Queue] = None):
         self.tracking_uri, self.run_id, self.epochs, self.label = tracking_uri, run_id, epochs, label
+        self.events = events
         self.last_report_s: Optional[float] = None
         self.failures = 0
 
     def after_report(self, run_context, metrics: list[dict[str, Any]], checkpoint) -> None:
         log_epoch_metrics(self.tracking_uri, self.run_id, metrics[0])
+        if self.events is not None:
+            self.events.put(("epoch", metrics[0]))
         print(self._progress_line(metrics[0]), flush=True)
 
     def after_exception(self, run_context, worker_exceptions: dict[int, Exception]) -> None:
@@ -246,7 +276,10 @@ class EpochLogger(UserCallback):
         summary = "; ".join(f"rank {rank}: {type(error).__name__}: {str(error)[:300]}"
                             for rank, error in sorted(worker_exceptions.items()))
         record_worker_failure(self.tracking_uri, self.run_id, self.failures, summary)
-        print(f"{self.label}worker failure {self.failures}: {summary.splitlines()[0][:200]}", flush=True)
+        line = f"{self.label}worker failure {self.failures}: {summary.splitlines()[0][:200]}"
+        if self.events is not None:
+            self.events.put(("note", line))
+        print(line, flush=True)
 
     def _progress_line(self, m: dict[str, Any]) -> str:
         now = time.monotonic()
@@ -284,15 +317,21 @@ def build_loop_config(cfg: ExperimentConfig, data: PreparedData, preprocessing: 
 
 
 def build_trainer(cfg: ExperimentConfig, data: PreparedData, preprocessing: Preprocessing, run_name: str,
-                  callbacks: list[UserCallback], storage: Optional[str] = None) -> TorchTrainer:
-    """The TorchTrainer for one training run; the same `run_name` (and storage) resumes its checkpoints."""
+                  callbacks: list[UserCallback], storage: Optional[str] = None,
+                  mlflow_run: Optional[tuple[str, str]] = None) -> TorchTrainer:
+    """The TorchTrainer for one training run; the same `run_name` (and storage) resumes its checkpoints.
+    `mlflow_run` (tracking URI, run id) receives the workers' system metrics (mlflow.system_metrics_interval_s)."""
     # Ray Train's controller moves between states (workers up, running, finished) once per poll, 2 s by
     # default: polling every 0.25 s makes each fit ~4 s shorter (bench/overhead_bench.py). Read from
     # this process's environment when fit() starts the controller.
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
+    loop_config = build_loop_config(cfg, data, preprocessing)
+    if mlflow_run and cfg.mlflow.system_metrics_interval_s > 0:
+        loop_config["system_metrics"] = {"tracking_uri": mlflow_run[0], "run_id": mlflow_run[1],
+                                         "interval_s": cfg.mlflow.system_metrics_interval_s}
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config=build_loop_config(cfg, data, preprocessing),
+        train_loop_config=loop_config,
         scaling_config=ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
                                      resources_per_worker={"CPU": cfg.scaling.cpus_per_worker},
                                      placement_strategy=cfg.scaling.placement_strategy),
@@ -318,11 +357,50 @@ def storage_path(cfg: ExperimentConfig) -> str:
     return durable_path(cfg.scaling.storage_path)
 
 
+@contextlib.contextmanager
+def _forward_epochs(events: Queue, progress: RunProgress, row: str) -> Iterator[None]:
+    """A driver thread that moves the controller's epoch events into the progress table while fit() blocks."""
+    done = threading.Event()
+
+    def forward() -> None:
+        while True:
+            try:
+                kind, payload = events.get(timeout=0.5)
+            except queue.Empty:
+                if done.is_set():
+                    return
+                continue
+            if kind == "epoch":
+                progress.epoch_reported(row, payload)
+            else:
+                progress.note(payload)
+
+    thread = threading.Thread(target=forward, name="pneumo-progress", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join(timeout=10)
+        events.shutdown()
+
+
 def fit(cfg: ExperimentConfig, data: PreparedData, preprocessing: Preprocessing, run_name: str,
-        tracking_uri: str, mlflow_run_id: str) -> TrainOutcome:
+        tracking_uri: str, mlflow_run_id: str, progress: Optional[RunProgress] = None) -> TrainOutcome:
     """Train once (or resume `run_name`) and return where the best checkpoint is."""
-    trainer = build_trainer(cfg, data, preprocessing, run_name, [EpochLogger(tracking_uri, mlflow_run_id, cfg.train.epochs)])
-    result = trainer.fit()
+    progress = progress or RunProgress.plain(cfg.tune.metric, cfg.tune.mode, cfg.train.epochs)
+    events = Queue(actor_options={"num_cpus": 0})  # epochs from the Train controller to this driver's table
+    trainer = build_trainer(cfg, data, preprocessing, run_name,
+                            [EpochLogger(tracking_uri, mlflow_run_id, cfg.train.epochs, events=events)],
+                            mlflow_run=(tracking_uri, mlflow_run_id))
+    progress.trial_started("train")
+    with _forward_epochs(events, progress, "train"):
+        try:
+            result = trainer.fit()
+        except BaseException as error:
+            progress.trial_ended("train", FAILED, first_line(error))
+            raise
+    progress.trial_ended("train", COMPLETED)
     sign = 1 if cfg.tune.mode == "max" else -1
     best_checkpoint, best_metrics = max(result.best_checkpoints, key=lambda pair: sign * pair[1][cfg.tune.metric])
     return TrainOutcome(best_checkpoint.path, best_metrics, result.metrics, result.path)

@@ -12,7 +12,9 @@ weak trials early. The search space uses the config's dotted keys:
 
 A trial's TorchTrainer run and its MLflow child run are both keyed by the Tune trial id, so a trial
 that restarts (after a failure or `--resume`) continues its checkpoints and its MLflow run instead of
-starting duplicates.
+starting duplicates. `SearchWatcher`, a Tune callback in the driver, follows the search live: the
+progress table, the parent run's trial counts and best-so-far series, and each trial's run closed the
+moment its trial ends, with how it ended.
 """
 
 from __future__ import annotations
@@ -21,24 +23,28 @@ import logging
 import signal
 import threading
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Optional
 
 from mlflow.tracking import MlflowClient
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-from pneumo.config import ConfigError, ExperimentConfig, from_dict, to_dict, with_updates
+from pneumo.config import ConfigError, ExperimentConfig, from_dict, improves, to_dict, with_updates
 from pneumo.data.dataset import PreparedData
 from pneumo.data.transforms import Preprocessing
+from pneumo.progress import COMPLETED, FAILED, RUNNING, STOPPED_EARLY, RunProgress
 from pneumo.tracking import (
     TAG_SEARCH_PARAMS,
-    TAG_STOPPED_EARLY,
     TAG_TRAIN_FOLDER,
     TAG_TRIAL_ID,
+    end_trial_run,
     find_trial_run,
     finish_run,
     log_metrics,
+    log_search_progress,
+    next_step,
     open_run,
     start_run,
 )
@@ -106,12 +112,85 @@ def run_trial(params: dict[str, Any], base_config: dict, data: PreparedData, pre
                             # MLflow first: once Tune sees an epoch, ASHA may stop the trial at once
                             callbacks=[EpochLogger(tracking_uri, run_id, cfg.train.epochs, f"[{context.get_trial_name()}] "),
                                        TuneReportCallback()],
-                            storage=train_storage)
+                            storage=train_storage, mlflow_run=(tracking_uri, run_id))
     trainer.fit()
-    # Reached only when Tune lets the function return (FIFO, or a trial that ends on its own): ASHA stops
-    # a trial at a report, its last epoch included, and never returns here; _close_trial_runs then
-    # finishes the run after the search. Nothing that must happen may live below this line.
-    finish_run(client, run_id)
+    # ASHA stops a trial at a report and never returns here: SearchWatcher closes the run in the driver.
+
+
+class SearchWatcher(tune.Callback):
+    """Runs in the search's driver as Tune's trials change: updates the progress table, logs the parent
+    run's trial counts (`trials_started`, `trials_running`, …, tag pneumo.search_progress) and its
+    best-so-far tune.metric (`best_<metric>`, one step per epoch reported), and ends each trial's MLflow
+    run when the trial ends: completed, stopped by ASHA at epoch N, or failed with the reason."""
+
+    def __init__(self, cfg: ExperimentConfig, tracking_uri: str, parent_run_id: str, progress: RunProgress):
+        self.cfg, self.tracking_uri, self.parent_run_id, self.progress = cfg, tracking_uri, parent_run_id, progress
+        self.client = MlflowClient(tracking_uri)
+        self.best_key = f"best_{cfg.tune.metric}"
+        previous = self.client.get_run(parent_run_id).data.metrics  # a resumed search continues its series
+        self.best = previous.get(self.best_key)
+        self.best_step = next_step(self.client, parent_run_id, self.best_key)
+        self.counts_step = next_step(self.client, parent_run_id, "trials_started")
+        self.counts = {"started": 0, RUNNING: 0, COMPLETED: 0, STOPPED_EARLY: 0, FAILED: 0}
+
+    def __getstate__(self) -> dict:
+        """Tune pickles its run config (callbacks included) into the experiment folder; the client and the
+        terminal stay here, and a resumed search is given a fresh watcher."""
+        return {"cfg": to_dict(self.cfg), "parent_run_id": self.parent_run_id}
+
+    def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
+        self.progress.trial_started(trial.trial_id, trial.config)
+        self._count(started=1, running=1)
+
+    def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:
+        self.progress.epoch_reported(trial.trial_id, result)
+        value = result.get(self.cfg.tune.metric)
+        if isinstance(value, (int, float)) and (self.best is None or improves(value, self.best, self.cfg.tune.mode)):
+            self.best = float(value)
+        if self.best is not None:
+            self.log_best(self.best)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
+        epochs_run = int((trial.last_result or {}).get("training_iteration", 0))
+        early = epochs_run < self.cfg.train.epochs
+        how = f"stopped by {self.cfg.tune.scheduler.upper()} at epoch {epochs_run}" if early else COMPLETED
+        self.progress.trial_ended(trial.trial_id, STOPPED_EARLY if early else COMPLETED,
+                                  how if early else "")
+        self._end_run(trial, how, failed=False, early=early)
+        self._count(running=-1, **{"stopped_early" if early else "completed": 1})
+
+    def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
+        reason = _trial_error(trial)
+        self.progress.trial_ended(trial.trial_id, FAILED, reason)
+        self._end_run(trial, f"failed: {reason}", failed=True, early=False)
+        self._count(running=-1, failed=1)
+
+    def log_best(self, value: float) -> None:
+        log_metrics(self.client, self.parent_run_id, {self.best_key: value}, step=self.best_step)
+        self.best_step += 1
+
+    def _end_run(self, trial, how: str, failed: bool, early: bool) -> None:
+        found = find_trial_run(self.client, self.cfg, self.parent_run_id, trial.trial_id)
+        run_id = found.info.run_id if found else start_run(  # a trial that failed before it opened its run
+            self.client, self.cfg, "trial", str(trial), self.parent_run_id,
+            tags={TAG_TRIAL_ID: trial.trial_id, TAG_SEARCH_PARAMS: str(trial.config)})
+        end_trial_run(self.client, run_id, how, failed=failed, stopped_early=early)
+
+    def _count(self, **changes: int) -> None:
+        for key, change in changes.items():
+            self.counts[key.replace("_", " ")] += change
+        log_search_progress(self.client, self.parent_run_id, self.counts, self.counts_step)
+        self.counts_step += 1
+
+
+def _trial_error(trial) -> str:
+    """The last line of the trial's error file (the exception and its message), or why there is none."""
+    path = trial.error_file
+    try:
+        lines = [line for line in Path(path).read_text().splitlines() if line.strip()] if path else []
+    except OSError:
+        lines = []
+    return lines[-1][:300] if lines else "the trial's process died (no error file)"
 
 
 @dataclass
@@ -124,7 +203,7 @@ class SearchOutcome:
     n_stopped_early: int
 
 
-def _build_tuner(cfg: ExperimentConfig, trainable, search_name: str) -> tune.Tuner:
+def _build_tuner(cfg: ExperimentConfig, trainable, search_name: str, watcher: SearchWatcher) -> tune.Tuner:
     epochs = cfg.train.epochs
     scheduler = (ASHAScheduler(max_t=epochs, grace_period=min(cfg.tune.grace_period, epochs),
                                reduction_factor=cfg.tune.reduction_factor)
@@ -141,7 +220,8 @@ def _build_tuner(cfg: ExperimentConfig, trainable, search_name: str) -> tune.Tun
                                     search_alg=search_alg, num_samples=cfg.tune.num_samples,
                                     max_concurrent_trials=cfg.tune.max_concurrent_trials,
                                     time_budget_s=cfg.tune.time_budget_s),
-        run_config=tune.RunConfig(name=search_name, storage_path=storage_path(cfg)),
+        # Tune's status tables and trial boxes go to the run's log (progress.watch_run); the table is ours
+        run_config=tune.RunConfig(name=search_name, storage_path=storage_path(cfg), callbacks=[watcher]),
     )
 
 
@@ -154,20 +234,10 @@ def _best_trial(results, cfg: ExperimentConfig) -> tuple[str, dict, float]:
     return str(row["checkpoint_path"]), params, float(row[cfg.tune.metric])
 
 
-def _close_trial_runs(client: MlflowClient, results, parent_run_id: str, cfg: ExperimentConfig) -> int:
-    """Mark each trial's MLflow run finished, tagging those ASHA stopped early; returns that count."""
-    stopped = 0
-    for result in results:
-        trial_id = (result.metrics or {}).get("trial_id", "")
-        epochs_run = int(result.metrics.get("training_iteration", 0)) if result.metrics else 0
-        early = result.error is None and epochs_run < cfg.train.epochs
-        stopped += early
-        run = find_trial_run(client, cfg, parent_run_id, trial_id)
-        if run is not None:
-            client.set_tag(run.info.run_id, TAG_STOPPED_EARLY, str(early).lower())
-            if run.info.status == "RUNNING":
-                finish_run(client, run.info.run_id, failed=result.error is not None)
-    return stopped
+def _count_stopped_early(results, cfg: ExperimentConfig) -> int:
+    """Trials of the whole search (resumed ones included) that ended without error before train.epochs."""
+    return sum(result.error is None and int((result.metrics or {}).get("training_iteration", 0)) < cfg.train.epochs
+               for result in results)
 
 
 def _fit_or_raise_if_interrupted(tuner: tune.Tuner):
@@ -196,10 +266,12 @@ def _fit_or_raise_if_interrupted(tuner: tune.Tuner):
 
 
 def search(cfg: ExperimentConfig, data: PreparedData, preprocessing: Preprocessing, client: MlflowClient,
-           resume: bool = False) -> tuple[str, SearchOutcome]:
+           resume: bool = False, progress: Optional[RunProgress] = None) -> tuple[str, SearchOutcome]:
     """Run (or resume) the search; returns the parent run id and where the best checkpoint is."""
     check_search_space(cfg)
     parent_run_id, search_name = open_run(client, cfg, "search", resume)
+    progress = progress or RunProgress.plain(cfg.tune.metric, cfg.tune.mode, cfg.train.epochs)
+    watcher = SearchWatcher(cfg, client.tracking_uri, parent_run_id, progress)
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, base_config=to_dict(cfg), data=data, preprocessing=preprocessing,
                              tracking_uri=client.tracking_uri, parent_run_id=parent_run_id,
@@ -209,16 +281,18 @@ def search(cfg: ExperimentConfig, data: PreparedData, preprocessing: Preprocessi
     if resume and tune.Tuner.can_restore(experiment_path):
         tuner = tune.Tuner.restore(experiment_path, trainable=trainable, resume_unfinished=True,
                                    restart_errored=True)
+        # the restored run config holds the pickled watcher of the interrupted search: watch with this one
+        tuner._local_tuner.get_run_config().callbacks = [watcher]
     else:
-        tuner = _build_tuner(cfg, trainable, search_name)
+        tuner = _build_tuner(cfg, trainable, search_name, watcher)
     try:
         results = _fit_or_raise_if_interrupted(tuner)
     except BaseException:
         finish_run(client, parent_run_id, failed=True)
         raise
-    n_stopped = _close_trial_runs(client, results, parent_run_id, cfg)
+    n_stopped = _count_stopped_early(results, cfg)
     checkpoint, params, metric = _best_trial(results, cfg)
-    log_metrics(client, parent_run_id, {f"best_{cfg.tune.metric}": metric, "n_trials": len(results),
-                                        "n_trials_stopped_early": n_stopped})
+    watcher.log_best(metric)  # the series ends on the best epoch of any trial, resumed ones included
+    log_metrics(client, parent_run_id, {"n_trials": len(results), "n_trials_stopped_early": n_stopped})
     client.log_dict(parent_run_id, {k: v for k, v in params.items()}, "best_params.json")
     return parent_run_id, SearchOutcome(checkpoint, params, metric, experiment_path, len(results), n_stopped)
