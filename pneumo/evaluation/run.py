@@ -22,6 +22,7 @@ from pneumo.evaluation.evaluate import Evaluation, evaluate_predictions
 from pneumo.evaluation.prediction import predict_dataset
 from pneumo.evaluation.report.build import write_evaluation_report
 from pneumo.model_uri import FetchedModel, fetch_model
+from pneumo.monitoring.profile import gate_summary
 from pneumo.paths import durable_path
 from pneumo.tracking import (
     TAG_DATA_FINGERPRINT,
@@ -40,6 +41,7 @@ class EvalOutcome:
     evaluation: Evaluation
     report_path: Optional[str]  # report.html, when eval.report
     mlflow_run_id: str  # the `eval` run
+    ood: Optional[dict[str, float]] = None  # films the model's gate refuses (None: the model has no profile)
 
 
 def _training_run_id(client: MlflowClient, model: FetchedModel) -> Optional[str]:
@@ -74,7 +76,8 @@ def evaluate_model(model_uri: str, cfg: ExperimentConfig, split: str = "test",
     run_id = start_run(client, cfg, "eval", f"eval-{model.name}-{model.version}-{split}",
                        tags={TAG_MODEL_URI: model.uri, TAG_DATA_FINGERPRINT: data.fingerprint},
                        params={**settings, "split": split, "model_uri": model.uri})
-    log_metrics(client, run_id, evaluation.logged_metrics(), prefix=f"{split}_")
+    ood = gate_summary(model.loaded, data.datasets[split], cfg.eval.batch_size)
+    log_metrics(client, run_id, {**evaluation.logged_metrics(), **(ood or {})}, prefix=f"{split}_")
     report = None
     if cfg.eval.report:
         training_run = _training_run_id(client, model)
@@ -88,4 +91,4 @@ def evaluate_model(model_uri: str, cfg: ExperimentConfig, split: str = "test",
                                          threshold_policy="")
         client.log_artifacts(run_id, str(report.parent), "report")
     finish_run(client, run_id)
-    return EvalOutcome(evaluation, str(report) if report else None, run_id)
+    return EvalOutcome(evaluation, str(report) if report else None, run_id, ood)

@@ -26,6 +26,8 @@ from pneumo.monitoring.features import INTENSITY_NAMES, Observations, observe_da
 from pneumo.monitoring.ood import Mahalanobis, OodGate, fit_gate
 
 if TYPE_CHECKING:
+    import ray.data
+
     from pneumo.data.dataset import PreparedData
 
 PCA_COMPONENTS = 32  # feature directions kept (timm pre-logits are 512-2048 wide)
@@ -115,6 +117,16 @@ def profile_checkpoint(model_dir: str | Path, data: "PreparedData", batch_size: 
                             observe_dataset(loaded, data.datasets["val"], batch_size))
     write_profile(model_dir, profile)
     return profile
+
+
+def gate_summary(loaded: LoadedModel, dataset: "ray.data.Dataset", batch_size: int = 64) -> Optional[dict[str, float]]:
+    """How many films of a prepared split the gate would refuse (`pneumo eval` reports it); None without
+    a profile."""
+    profile = profile_of(loaded)
+    if profile is None:
+        return None
+    refused = profile.ood_scores(observe_dataset(loaded, dataset, batch_size)) > profile.gate.cutoff
+    return {"ood_refused": float(refused.mean()), "ood_refused_count": int(refused.sum()), "ood_cutoff": profile.gate.cutoff}
 
 
 def profile_of(loaded: LoadedModel) -> Optional[ReferenceProfile]:

@@ -28,7 +28,9 @@ from pneumo.tracking import CHECKPOINT_ARTIFACT, register_model
 
 SIGNATURE = ModelSignature(
     inputs=Schema([ColSpec("binary", "image")]),
-    outputs=Schema([ColSpec("double", "probability"), ColSpec("long", "label")]),
+    outputs=Schema([ColSpec("double", "probability"), ColSpec("long", "label"),
+                    ColSpec("boolean", "in_distribution", required=False),  # None: the model has no profile
+                    ColSpec("double", "ood_score", required=False)]),
 )
 
 
@@ -38,17 +40,25 @@ class PneumoniaClassifier(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
         from pneumo.checkpoints import load_checkpoint
 
+        from pneumo.monitoring.profile import profile_of
+
         self.loaded = load_checkpoint(context.artifacts[CHECKPOINT_ARTIFACT])
+        self.profile = profile_of(self.loaded)  # the out-of-distribution gate, when the model has one
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+        """probability and label, plus in_distribution and ood_score from the model's gate (None without one)."""
         from pneumo.data.transforms import decode_image
-        from pneumo.evaluation.prediction import predict_probabilities
+        from pneumo.monitoring.features import observe
 
         preprocessing = self.loaded.meta.preprocessing_spec
         images = np.stack([decode_image(bytes(data), preprocessing) for data in model_input["image"]])
-        probabilities = predict_probabilities(self.loaded, torch.from_numpy(images))
-        labels = (probabilities >= self.loaded.meta.decision_threshold).astype(np.int64)
-        return pd.DataFrame({"probability": probabilities.astype(np.float64), "label": labels})
+        seen = observe(self.loaded, torch.from_numpy(images))
+        labels = (seen.probabilities >= self.loaded.meta.decision_threshold).astype(np.int64)
+        scores = self.profile.ood_scores(seen) if self.profile is not None else None
+        return pd.DataFrame({"probability": seen.probabilities.astype(np.float64), "label": labels,
+                             "in_distribution": list(scores <= self.profile.gate.cutoff) if scores is not None
+                             else [None] * len(labels),
+                             "ood_score": scores.astype(np.float64) if scores is not None else [None] * len(labels)})
 
 
 def save_pyfunc_model(checkpoint_dir: str | Path, destination: str | Path) -> Path:
@@ -81,4 +91,4 @@ def _requirements() -> list[str]:
     from importlib.metadata import version
 
     return [f"{name}=={version(name)}" for name in
-            ("torch", "timm", "safetensors", "pillow", "numpy", "pandas", "omegaconf", "scikit-learn", "mlflow")]
+            ("torch", "timm", "safetensors", "pillow", "numpy", "pandas", "omegaconf", "scikit-learn", "scipy", "mlflow")]
