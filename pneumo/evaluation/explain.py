@@ -1,0 +1,150 @@
+"""Where the model looked: Grad-CAM class activation maps for the timm CNNs pneumo trains.
+
+    explainer = Explainer(loaded)                      # finds the target layer from the model itself
+    maps = explainer.explain(images)                   # uint8 (N, C, H, W) -> float (N, H, W) in [0, 1]
+    png = overlay_png(images[0, 0].numpy(), maps[0])   # the film with the map over it
+
+Grad-CAM (Selvaraju et al. 2017) weighs a convolutional layer's channels by the gradient of the
+PNEUMONIA logit and keeps the positive part: the map shows evidence *for* pneumonia, so a confident
+NORMAL film can have an empty one. It is computed by Captum's LayerGradCam (the PyTorch project's
+attribution library: pure PyTorch, no OpenCV, which pytorch-grad-cam needs and which drags libGL
+into a server image).
+
+The target layer is found from the model, with forward hooks over `forward_features` (so before
+global pooling): among the ends of timm's feature stages (`feature_info`) and the module that makes
+the final features, the deepest whose output is a spatial (N, C, H, W) map at least MIN_MAP_SIDE
+pixels a side (else the deepest map). No per-name tables: resnet, densenet, efficientnet, vgg and
+convnext all work. At 224 px that
+is the last stage (7x7 for a ResNet); at 64 px the last stage of a ResNet is 2x2, which can only point
+at a quadrant, so the stage before it (4x4) is taken. Models whose features are tokens (ViT) or
+channels-last (Swin) have no such map and are refused with ExplanationError.
+
+Used by `pneumo eval` (report overlays, localization on synthetic sets) and by the Serve app's /explain.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import threading
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from captum.attr import LayerGradCam
+from matplotlib import colormaps
+from PIL import Image
+
+from pneumo.checkpoints import LoadedModel
+from pneumo.data.batch_transforms import normalize
+
+METHOD = "grad-cam"  # what the maps are, as answers name it
+EXPLAINED_CLASS = "PNEUMONIA"  # the logit whose evidence the maps show
+MIN_MAP_SIDE = 4  # smallest feature map side (pixels) taken as target layer, when a larger one exists
+COLORMAP = "inferno"  # perceptually ordered: brighter is more evidence
+OVERLAY_ALPHA = 0.5  # heatmap opacity at full evidence in overlay images
+OVERLAY_MIN_SIDE = 320  # overlay images are scaled up to at least this many pixels a side
+
+
+class ExplanationError(ValueError):
+    """A model Grad-CAM cannot explain (no spatial feature map); the message says why."""
+
+
+def _feature_outputs(model: torch.nn.Module, sample: torch.Tensor) -> tuple[list[tuple[str, tuple[int, ...]]], torch.Tensor]:
+    """(module name, output shape) of every module that ran in forward_features, in the order each
+    finished, and the features themselves."""
+    finished: list[tuple[str, tuple[int, ...]]] = []
+    hooks = [module.register_forward_hook(
+        lambda _m, _i, out, name=name: finished.append((name, tuple(out.shape))) if torch.is_tensor(out) else None)
+        for name, module in model.named_modules() if name]
+    try:
+        with torch.no_grad():
+            features = model.forward_features(sample)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return finished, features
+
+
+def find_target_layer(model: torch.nn.Module, in_chans: int, image_size: int) -> str:
+    """Name of the module Grad-CAM should use: see the module docstring for the rule.
+
+    >>> find_target_layer(timm.create_model("resnet18", num_classes=1), 3, 224)
+    'layer4'
+    """
+    if not hasattr(model, "forward_features"):
+        raise ExplanationError(f"{type(model).__name__} has no forward_features: not a timm model")
+    sample = torch.zeros(1, in_chans, image_size, image_size)
+    finished, features = _feature_outputs(model.eval(), sample)
+    name = type(model).__name__
+    if features.ndim != 4 or features.shape[1] != getattr(model, "num_features", features.shape[1]):
+        raise ExplanationError(
+            f"{name}: its features have shape {tuple(features.shape)}, not a spatial (N, C, H, W) map (tokens of a "
+            f"vision transformer, or channels-last); Grad-CAM explains CNNs (resnet, densenet, efficientnet, vgg, "
+            f"convnext, ...)")
+    stage_ends = {info["module"] for info in getattr(model, "feature_info", [])}  # timm's feature stages
+    last = [layer for layer, shape in finished if shape == tuple(features.shape)][-1:]  # makes the features
+    candidates = [(layer, shape) for layer, shape in finished if (layer in stage_ends or layer in last)
+                  and len(shape) == 4 and min(shape[2:]) > 1]
+    if not candidates:
+        raise ExplanationError(f"{name} at {image_size} px has no feature map larger than 1x1 to explain")
+    large = [layer for layer, shape in candidates if min(shape[2:]) >= MIN_MAP_SIDE]
+    return large[-1] if large else candidates[-1][0]
+
+
+class Explainer:
+    """Grad-CAM maps of one loaded model, on a private copy of it: Captum hooks the target layer while
+    it runs, and those hooks must not fire in forward passes that serve predictions in other threads.
+    Calls are serialized for the same reason."""
+
+    def __init__(self, loaded: LoadedModel, target_layer: Optional[str] = None):
+        self.preprocessing = loaded.meta.preprocessing_spec
+        self.model = copy.deepcopy(loaded.model).eval()
+        spec = self.preprocessing
+        self.target_layer = target_layer or find_target_layer(self.model, spec.in_chans, spec.image_size)
+        self._gradcam = LayerGradCam(self.model, self.model.get_submodule(self.target_layer))
+        self._lock = threading.Lock()
+
+    def explain(self, images: torch.Tensor) -> np.ndarray:
+        """uint8 (N, C, H, W) images at the model's input size -> maps (N, H, W), each scaled to [0, 1]
+        (all zeros where the layer holds no positive evidence for pneumonia)."""
+        inputs = normalize(images, self.preprocessing).float()
+        with self._lock, torch.enable_grad():
+            raw = self._gradcam.attribute(inputs, target=0, relu_attributions=True).detach()
+        maps = F.interpolate(raw.float(), size=tuple(images.shape[-2:]), mode="bilinear", align_corners=False)[:, 0]
+        peaks = maps.flatten(1).amax(dim=1).clamp_min(1e-12)[:, None, None]
+        return (maps / peaks).clamp(0, 1).numpy()
+
+
+def heatmap_rgba(cam: np.ndarray) -> np.ndarray:
+    """A map in [0, 1] -> uint8 RGBA: colour from COLORMAP, alpha rising with the evidence."""
+    rgba = colormaps[COLORMAP](cam)
+    rgba[..., 3] = np.sqrt(cam)  # faint evidence stays see-through
+    return (rgba * 255 + 0.5).astype(np.uint8)
+
+
+def heatmap_png(cam: np.ndarray) -> bytes:
+    """The map as a transparent PNG at its own size (what a page lays over the film)."""
+    return _png(Image.fromarray(heatmap_rgba(cam), "RGBA"))
+
+
+def overlay_image(film: np.ndarray, cam: np.ndarray, alpha: float = OVERLAY_ALPHA) -> np.ndarray:
+    """uint8 (H, W) film and its map -> uint8 RGB (H, W, 3): the map blended over the film."""
+    gray = np.repeat(film[..., None].astype(np.float32) / 255, 3, axis=2)
+    colour = colormaps[COLORMAP](cam)[..., :3]
+    weight = alpha * np.sqrt(cam)[..., None]
+    return ((1 - weight) * gray * 255 + weight * colour * 255 + 0.5).astype(np.uint8)
+
+
+def overlay_png(film: np.ndarray, cam: np.ndarray) -> bytes:
+    """The overlay as a PNG, scaled up to OVERLAY_MIN_SIDE so a 64 px model input stays readable."""
+    image = Image.fromarray(overlay_image(film, cam), "RGB")
+    scale = max(1, -(-OVERLAY_MIN_SIDE // max(image.size)))
+    return _png(image.resize((image.width * scale, image.height * scale), Image.Resampling.BILINEAR))
+
+
+def _png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
