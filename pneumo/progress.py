@@ -19,9 +19,10 @@ import os
 import sys
 import time
 import traceback
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Iterator, Optional
+from typing import IO, Any, Optional
 
 from rich import box
 from rich.console import Console
@@ -63,7 +64,7 @@ class RunProgress:
         self._stopped = False
 
     @classmethod
-    def plain(cls, metric: str, mode: str, epochs: int, stream: Optional[IO[str]] = None) -> "RunProgress":
+    def plain(cls, metric: str, mode: str, epochs: int, stream: Optional[IO[str]] = None) -> RunProgress:
         """Plain lines on stdout: for callers (tests, notebooks) that did not open a `watch_run`."""
         return cls(stream or sys.stdout, metric, mode, epochs, interactive=False)
 
@@ -78,7 +79,10 @@ class RunProgress:
         """An epoch's metrics (`epoch` counts from 0, as reported by the training loop)."""
         row = self.trials.setdefault(name, TrialProgress(name, state=RUNNING))
         now = time.monotonic()
-        row.epoch_s, row.last_event_s = now - row.last_event_s, now
+        started, finished = metrics.get("epoch_started_at"), metrics.get("epoch_finished_at")
+        # the epoch's own duration when reported (the first report also carries the workers' start-up)
+        row.epoch_s = finished - started if started and finished else now - row.last_event_s
+        row.last_event_s = now
         row.epoch = int(metrics["epoch"]) + 1
         value = metrics.get(self.metric)
         if isinstance(value, (int, float)):
@@ -191,7 +195,7 @@ def run_log_path(folder: str | Path, name: str) -> Path:
 class _DisplayHandler(logging.Handler):
     """pneumo's own log records (INFO and up) as lines above the table."""
 
-    def __init__(self, progress: "RunProgress"):
+    def __init__(self, progress: RunProgress):
         super().__init__(logging.INFO)
         self.progress = progress
 
