@@ -57,6 +57,9 @@ def test_search_stops_weak_trials_and_logs_nested_runs(first_search):
     assert parent.data.metrics["n_trials"] == 3
     stopped = [c for c in children if c.data.tags.get("pneumo.stopped_early") == "true"]
     assert stopped, "ASHA stopped no trial"
+    for child in stopped:  # closed by the driver's SearchWatcher when ASHA stopped it, saying at which epoch
+        epochs_run = len(client.get_metric_history(child.info.run_id, "val_auroc"))
+        assert child.data.tags["pneumo.trial_state"] == f"stopped by ASHA at epoch {epochs_run}"
     assert parent.data.metrics["n_trials_stopped_early"] == len(stopped)
     for child in children:
         steps = [m.step for m in client.get_metric_history(child.info.run_id, "val_auroc")]
