@@ -29,7 +29,16 @@ from pneumo.data.transforms import ImageDecodeError, decode_image
 from pneumo.evaluation.prediction import predict_probabilities
 from pneumo.model_uri import FetchedModel
 from pneumo.serve.audit import AuditLog
-from pneumo.serve.inputs import BATCH_UPLOAD_DOC, SINGLE_UPLOAD_DOC, RequestError, Upload, read_image, read_images
+from pneumo.serve.inputs import (
+    BATCH_UPLOAD_DOC,
+    SINGLE_UPLOAD_DOC,
+    RequestError,
+    Upload,
+    deployment_openapi,
+    describe_deployment,
+    read_image,
+    read_images,
+)
 from pneumo.serve.loader import ModelLoader
 from pneumo.serve.prometheus import ServeMetrics
 from pneumo.serve.schemas import ERROR_DOCS, BatchPrediction, ErrorBody, Prediction
@@ -60,6 +69,13 @@ api = FastAPI(title="pneumo", description="P(pneumonia) for chest X-rays: JPEG, 
 api.middleware("http")(authenticate)  # bearer token on every route but the probes and docs (security.py)
 
 
+def _openapi() -> dict[str, Any]:
+    return deployment_openapi(api)
+
+
+api.openapi = _openapi  # /openapi.json states this deployment's limits and auth (inputs.document_limits)
+
+
 @serve.deployment
 @serve.ingress(api)
 class PneumoniaService:
@@ -68,6 +84,7 @@ class PneumoniaService:
     def __init__(self, model_uri: str, tracking_uri: str, settings: dict[str, Any], token_sha256: Optional[str] = None):
         self.settings = ServeConfig(**settings)
         protect(token_sha256)  # None: no authentication
+        describe_deployment(self.settings, authenticated=token_sha256 is not None)
         self.audit = AuditLog(self.settings)
         torch.set_num_threads(self.settings.torch_threads)
         self.score.set_max_batch_size(self.settings.max_batch_size)

@@ -23,7 +23,7 @@ from starlette.requests import Request
 
 from pneumo.config import ServeConfig
 
-OOD_KEYS = ("out_of_distribution", "ood", "ood_score")  # copied when a prediction carries them
+OOD_KEYS = ("in_distribution", "ood_score", "out_of_distribution")  # copied when a prediction carries them
 
 
 def _request_id() -> Optional[str]:

@@ -9,14 +9,17 @@ Every refusal is a RequestError that names the field to fix; the deployment turn
 from __future__ import annotations
 
 import email.message
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
-from typing import Any, AsyncGenerator, Optional
+from typing import Any, Optional
 
+from fastapi import FastAPI
 from starlette.datastructures import Headers, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 
 from pneumo.config import ServeConfig
+from pneumo.serve.security import OPEN_PATHS
 
 RAW_IMAGE_TYPES = ("image/jpeg", "image/png", "application/dicom")  # documented; any image/* is accepted
 RAW_TYPE_PREFIXES = ("image/", "application/dicom", "application/octet-stream")
@@ -139,15 +142,55 @@ async def read_images(request: Request, limits: ServeConfig) -> list[Upload]:
 
 
 def _binary(description: str) -> dict[str, Any]:
-    return {"type": "string", "format": "binary", "description": description}
+    return {"type": "string", "format": "binary", "minLength": 1, "description": description}
 
 
+IMAGE_PARTS = {"contentType": ", ".join(RAW_IMAGE_TYPES)}  # what a multipart file part should carry
 SINGLE_UPLOAD_DOC = {"requestBody": {"required": True, "content": {
     "multipart/form-data": {"schema": {"type": "object", "required": [SINGLE_FIELD],
-                                       "properties": {SINGLE_FIELD: _binary("one JPEG, PNG or DICOM file")}}},
+                                       "properties": {SINGLE_FIELD: _binary("one JPEG, PNG or DICOM file")}},
+                            "encoding": {SINGLE_FIELD: IMAGE_PARTS}},
     **{kind: {"schema": _binary("the image itself")} for kind in RAW_IMAGE_TYPES},
 }}}
 BATCH_UPLOAD_DOC = {"requestBody": {"required": True, "content": {
     "multipart/form-data": {"schema": {"type": "object", "required": [BATCH_FIELD], "properties": {
-        BATCH_FIELD: {"type": "array", "items": _binary("a JPEG, PNG or DICOM file")}}}},
+        BATCH_FIELD: {"type": "array", "minItems": 1, "maxItems": ServeConfig.max_images_per_request,
+                      "items": _binary("a JPEG, PNG or DICOM file"),
+                      "description": "one part per image, at most serve.max_images_per_request"}}},
+                            "encoding": {BATCH_FIELD: IMAGE_PARTS}},
 }}}
+BEARER_SCHEME = {"bearer": {"type": "http", "scheme": "bearer", "description": "serve.auth_token_env / auth_token_file"}}
+
+
+def document_limits(openapi: dict[str, Any], limits: ServeConfig, authenticated: bool) -> dict[str, Any]:
+    """FastAPI's schema made true for one deployment: its serve.max_images_per_request, and — when a
+    token is required — the bearer scheme on every operation the token guards (security.OPEN_PATHS stay open)."""
+    batch = openapi["paths"].get("/predict/batch", {}).get("post")
+    if batch:
+        files = batch["requestBody"]["content"]["multipart/form-data"]["schema"]["properties"][BATCH_FIELD]
+        files["maxItems"] = limits.max_images_per_request
+    if authenticated:
+        openapi.setdefault("components", {}).setdefault("securitySchemes", {}).update(BEARER_SCHEME)
+    for path, operations in openapi["paths"].items():
+        for operation in operations.values():
+            if authenticated and path not in OPEN_PATHS:
+                operation["security"] = [{"bearer": []}]
+                operation["responses"].setdefault("401", {"description": "missing or invalid bearer token",
+                                                          "content": {"application/json": {"schema": {
+                                                              "$ref": "#/components/schemas/ErrorBody"}}}})
+            else:
+                operation.pop("security", None)
+    return openapi
+
+
+_deployment = {"limits": ServeConfig(), "authenticated": False}  # this replica's (one Serve replica per process)
+
+
+def describe_deployment(limits: ServeConfig, authenticated: bool) -> None:
+    """Record the replica's serve: limits and whether it requires a token, for its OpenAPI schema."""
+    _deployment.update(limits=limits, authenticated=authenticated)
+
+
+def deployment_openapi(app: FastAPI) -> dict[str, Any]:
+    """What /openapi.json serves: FastAPI's schema of `app` with this deployment's limits and auth."""
+    return document_limits(FastAPI.openapi(app), **_deployment)
