@@ -74,7 +74,7 @@ def read_blocks(path: Path) -> list[Block]:
         end = index + 1
         while end < len(lines) and lines[end].strip() != "```":
             end += 1
-        text = "\n".join(lines[index + 1:end])
+        text = "\n".join(lines[index + 1 : end])
         language = opening.group(2).lower()
         if not language and text.startswith(PROMPT):
             language = "console"
@@ -142,12 +142,13 @@ def commands(block: Block) -> list[Command]:
     """The commands of a shell or console block, with the answers and outputs shown for them."""
     if block.language == "console":
         lines = block.text.splitlines()
-        command = _command(block, block.line + 1, lines[0][len(PROMPT):])
+        command = _command(block, block.line + 1, lines[0][len(PROMPT) :])
         if command is None:
             return []
         output = tuple(line for line in lines[1:] if line.strip())
-        return [Command(command.block, command.line, command.text, command.argv, command.background,
-                        expected_output=output)]
+        return [
+            Command(command.block, command.line, command.text, command.argv, command.background, expected_output=output)
+        ]
     if block.language not in SHELL:
         return []
     found: list[Command] = []

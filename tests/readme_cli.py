@@ -19,8 +19,8 @@ import runpy
 import shlex
 import subprocess
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 from unittest import mock
 
 import click
@@ -73,7 +73,7 @@ def _carried(program: str, context: click.Context, args: Sequence[str]) -> list[
     if program == "ray" and context.info_name == "exec":
         return shlex.split(context.params["cmd"])
     if program == "ray" and context.info_name == "submit" and "--" in args:
-        return list(args[list(args).index("--") + 1:])
+        return list(args[list(args).index("--") + 1 :])
     return None
 
 
@@ -118,8 +118,11 @@ def check_python_module(module: str, args: Sequence[str]) -> None:
         raise _Parsed(original(self, args, namespace))
 
     errors = io.StringIO()
-    with mock.patch.object(argparse.ArgumentParser, "parse_args", parse_then_stop), \
-            mock.patch.object(sys, "argv", [module, *args]), contextlib.redirect_stderr(errors):
+    with (
+        mock.patch.object(argparse.ArgumentParser, "parse_args", parse_then_stop),
+        mock.patch.object(sys, "argv", [module, *args]),
+        contextlib.redirect_stderr(errors),
+    ):
         try:
             runpy.run_module(module, run_name="__main__", alter_sys=False)
         except _Parsed:

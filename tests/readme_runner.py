@@ -2,7 +2,7 @@
 
 The command line that runs is the README's; the harness changes only what this mapping says:
 
-- sizes: `pneumo run` gets RUN_SIZES appended (a tiny timm test model, a small synthetic set, 2 epochs,
+- sizes: `pneumo run` gets RUN_SIZES appended (48 px films, a small synthetic set, 2 epochs,
   a 2-trial search); a benchmark gets BENCH_SIZES (its size options set small); nothing else.
 - files a user has and a fresh checkout does not (PROPS): `film.jpeg`, `a.jpeg`, `b.png` (films of the
   synthetic set), `film.dcm` (pydicom's own CT test file), `data/chest_xray` and `data/other-hospital`
@@ -20,7 +20,9 @@ The command line that runs is the README's; the harness changes only what this m
 - servers (`pneumo serve`, `mlflow ui`) run in the background until ready (/readyz or / answers 200);
   each stays up until another claims its README port or the scratch copy is closed. `curl` gets
   `--silent --show-error --fail-with-body`, so an HTTP error fails the command.
-- `source FILE` and `export K=V` change the environment of the block's later commands, as in a shell.
+- the code: PYTHONPATH is the scratch copy, so every process (Ray workers included: they import from
+  the driver's working directory) runs the copy's pneumo, as with the copy installed editable.
+- `source FILE` and `export K=V` change the environment of every later command, as in the reader's terminal.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = REPO / ".venv" / "bin"
 QUIET = {"RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true",
          "HF_HUB_OFFLINE": "1", "RAY_DATA_DISABLE_PROGRESS_BARS": "1", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
-RUN_SIZES = ("model.name=test_resnet", "data.image_size=48", "data.synth.n_images=300", "data.synth.image_size=64",
+RUN_SIZES = ("data.image_size=48", "data.synth.n_images=300", "data.synth.image_size=64",
              "train.epochs=2", "train.batch_size=16", "tune.num_samples=2", "tune.grace_period=1")
 BENCH_SIZES = {  # module -> options set (replaced when the README gives them, else appended)
     "bench.train_bench": {"--model": "test_resnet", "--image-size": "48", "--images": "96", "--epochs": "2"},
@@ -120,12 +122,12 @@ class Scratch:
 
     root: Path
     home: Path
-    env: dict[str, str]
+    env: dict[str, str]  # the reader's shell: what `source` and `export` change
     ports: dict[int, int] = field(default_factory=dict)  # README port -> the port used here
     values: dict[str, str] = field(default_factory=dict)  # placeholder -> value
     outputs: dict[str, Outcome] = field(default_factory=dict)  # command run -> its outcome (run once)
     servers: dict[int, Server] = field(default_factory=dict)  # README port -> server
-    block_env: dict[str, dict[str, str]] = field(default_factory=dict)  # block (file:line) -> its shell's env
+    block_tmpdir: dict[str, str] = field(default_factory=dict)  # block (file:line) -> RAY_TMPDIR of its `ray` commands
     tmpdirs: list[str] = field(default_factory=list)
 
     @classmethod
@@ -134,7 +136,7 @@ class Scratch:
         root.mkdir()
         home.mkdir()
         copy_checkout(root)
-        env = {**os.environ, **QUIET, "HOME": str(home)}
+        env = {**os.environ, **QUIET, "HOME": str(home), "PYTHONPATH": str(root)}
         for inherited in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "MLFLOW_TRACKING_URI", "PNEUMO_HOME",
                           "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "VIRTUAL_ENV"):
             env.pop(inherited, None)
@@ -183,12 +185,10 @@ class Scratch:
         return f"{text} {shlex.join(extra)}".strip()
 
     def command_env(self, command: Command) -> dict[str, str]:
-        if command.block.where not in self.block_env:
-            self.block_env[command.block.where] = {**self.env, "RAY_TMPDIR": self.new_ray_tmpdir()}
-        env = dict(self.block_env[command.block.where])
-        if command.program == "pneumo":
-            env["RAY_TMPDIR"] = self.new_ray_tmpdir()
-        return env
+        if command.block.where not in self.block_tmpdir:
+            self.block_tmpdir[command.block.where] = self.new_ray_tmpdir()
+        fresh = command.program == "pneumo"
+        return {**self.env, "RAY_TMPDIR": self.new_ray_tmpdir() if fresh else self.block_tmpdir[command.block.where]}
 
     # ---- running ------------------------------------------------------------------------------
     def run(self, command: Command) -> Outcome:
@@ -198,7 +198,7 @@ class Scratch:
             return self.outputs[line]
         env = self.command_env(command)
         if command.program in ("export", "source", "."):
-            return self._change_env(command.block.where, env, line)
+            return self._change_env(env, line)
         if command.text.strip() == "ray stop":
             stop_ray_under(env["RAY_TMPDIR"])
             return Outcome(line, 0, f"stopped the Ray under {env['RAY_TMPDIR']}")
@@ -231,11 +231,13 @@ class Scratch:
         argv = command.argv
         return int(argv[argv.index("--port") + 1]) if "--port" in argv else SERVER_PROGRAMS[head]
 
-    def _change_env(self, block_key: str, env: dict[str, str], line: str) -> Outcome:
+    def _change_env(self, env: dict[str, str], line: str) -> Outcome:
+        """`source`/`export`: the README's later commands see the change, as in the reader's terminal."""
         done = subprocess.run(["bash", "-c", f"{line} && env -0"], cwd=self.root, env=env, capture_output=True,
                               text=True, timeout=30)
         if done.returncode == 0:
-            self.block_env[block_key] = dict(item.split("=", 1) for item in done.stdout.split("\0") if "=" in item)
+            self.env = dict(item.split("=", 1) for item in done.stdout.split("\0") if "=" in item)
+            self.env.pop("RAY_TMPDIR")
         return Outcome(line, done.returncode, done.stderr)
 
     def _start_server(self, readme_port: int, line: str, env: dict[str, str]) -> Outcome:

@@ -27,8 +27,11 @@ COMMANDS = [command for block in CHECKED for command in commands(block)]
 CLOUD_SUBCOMMANDS = {"up", "down", "exec", "attach", "dashboard", "rsync-up", "rsync-down", "submit", "get-head-ip"}
 CLOUD_MARKS = ("s3://", "gs://", "az://", "abfss://", "<head-private-ip>", "YOUR-BUCKET")
 # `make test` runs this very file; `make demo` is `make install` plus the quickstart command, which runs here.
-NOT_RUN_HERE = {"make test": "runs the whole suite, this test included", "make demo": "installs, then runs "
-                "`pneumo run experiments/quickstart.yaml`, which the README's quickstart output block runs"}
+NOT_RUN_HERE = {
+    "make test": "runs the whole suite, this test included",
+    "make demo": "installs, then runs "
+    "`pneumo run experiments/quickstart.yaml`, which the README's quickstart output block runs",
+}
 
 
 def cloud_reason(command: Command) -> Optional[str]:
@@ -59,10 +62,13 @@ def ids(items) -> list[str]:
 
 # ---- fast: reading the README and parsing every command ---------------------------------------------
 
+
 def test_readmes_have_blocks_and_few_are_illustrative():
     illustrative = [block.where for block in BLOCKS if block.illustrative]
-    print(f"{len(BLOCKS)} fenced blocks, {len(COMMANDS)} commands; {len(illustrative)} illustrative (skipped): "
-          f"{illustrative}")
+    print(
+        f"{len(BLOCKS)} fenced blocks, {len(COMMANDS)} commands; {len(illustrative)} illustrative (skipped): "
+        f"{illustrative}"
+    )
     assert len(COMMANDS) >= 30 and any(block.language == "python" for block in BLOCKS)
     assert len(illustrative) <= len(BLOCKS) // 5, f"too many blocks marked illustrative: {illustrative}"
 
@@ -84,16 +90,19 @@ def test_command_is_accepted_by_its_tool(command: Command, monkeypatch):
     check_command(command.argv)
 
 
-@pytest.mark.parametrize("argv, complaint", [
-    (("ray", "attach", "cluster.yaml", "--", "ray", "get-auth-token"), "unexpected extra arguments"),
-    (("ray", "attach", "cluster.yaml", "--", "serve", "deploy", "serve_config.yaml"), "unexpected extra arguments"),
-    (("ray", "exec", "cluster.yaml", "serve deploy --no-such-option x.yaml"), "no such option"),
-    (("ray", "job", "submit", "--", "pneumo", "fly"), "invalid choice"),
-    (("pneumo", "eval", "runs:/<run", "id>/model", "data/x"), "unrecognized arguments"),
-    (("curl", "--no-such-curl-option", "http://127.0.0.1"), "unknown options"),
-    (("make", "no-such-target"), "no-such-target"),
-    (("python", "-m", "bench.data_bench", "--films", "9"), "unrecognized arguments"),
-])
+@pytest.mark.parametrize(
+    "argv, complaint",
+    [
+        (("ray", "attach", "cluster.yaml", "--", "ray", "get-auth-token"), "unexpected extra arguments"),
+        (("ray", "attach", "cluster.yaml", "--", "serve", "deploy", "serve_config.yaml"), "unexpected extra arguments"),
+        (("ray", "exec", "cluster.yaml", "serve deploy --no-such-option x.yaml"), "no such option"),
+        (("ray", "job", "submit", "--", "pneumo", "fly"), "invalid choice"),
+        (("pneumo", "eval", "runs:/<run", "id>/model", "data/x"), "unrecognized arguments"),
+        (("curl", "--no-such-curl-option", "http://127.0.0.1"), "unknown options"),
+        (("make", "no-such-target"), "no-such-target"),
+        (("python", "-m", "bench.data_bench", "--films", "9"), "unrecognized arguments"),
+    ],
+)
 def test_wrong_commands_are_rejected(argv, complaint, monkeypatch):
     """The parse check can fail: the two cluster commands issue #20 found, and other made-up ones."""
     monkeypatch.chdir(REPO)
@@ -101,8 +110,11 @@ def test_wrong_commands_are_rejected(argv, complaint, monkeypatch):
         check_command(argv)
 
 
-@pytest.mark.parametrize("block", [b for b in BLOCKS if b.language == "yaml" and not b.illustrative],
-                         ids=ids([b for b in BLOCKS if b.language == "yaml" and not b.illustrative]))
+@pytest.mark.parametrize(
+    "block",
+    [b for b in BLOCKS if b.language == "yaml" and not b.illustrative],
+    ids=ids([b for b in BLOCKS if b.language == "yaml" and not b.illustrative]),
+)
 def test_yaml_block_is_a_valid_experiment_diff(block: Block, tmp_path):
     from pneumo.config import load_config
 
@@ -111,16 +123,21 @@ def test_yaml_block_is_a_valid_experiment_diff(block: Block, tmp_path):
     load_config([diff])
 
 
-@pytest.mark.parametrize("block", [b for b in BLOCKS if b.language == "python"],
-                         ids=ids([b for b in BLOCKS if b.language == "python"]))
+@pytest.mark.parametrize(
+    "block", [b for b in BLOCKS if b.language == "python"], ids=ids([b for b in BLOCKS if b.language == "python"])
+)
 def test_python_block_compiles(block: Block):
     compile(block.text, block.where, "exec")
 
 
 def test_shapes_match_values_not_words():
     assert shape_pattern("test metrics (n=174, threshold 0.xxx)").fullmatch("test metrics (n=30, threshold 0.412)")
-    assert shape_pattern("results:      results/quickstart-search-YYYYmmdd-HHMMSS").fullmatch(
-        "results: /a/results/quickstart-search-20261130-011502") is None, "a relative path is not an absolute one"
+    assert (
+        shape_pattern("results:      results/quickstart-search-YYYYmmdd-HHMMSS").fullmatch(
+            "results: /a/results/quickstart-search-20261130-011502"
+        )
+        is None
+    ), "a relative path is not an absolute one"
     assert shape_pattern("mlflow run:   <run id>  (mlflow ui …)").fullmatch("mlflow run: 0af3  (mlflow ui x y)")
     assert not shape_pattern("train        268        701").fullmatch("train  268  701  385")
     assert missing_lines(("a 1", "b 2"), "x\na 10\nb 3\n") == []
@@ -136,6 +153,7 @@ def test_cluster_commands_are_parsed_not_run():
 
 
 # ---- slow: running what can run here ----------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Step:
@@ -153,9 +171,13 @@ class Step:
         return self.command.text if self.command else "python block"
 
 
-STEPS = [Step(block, command) for block in BLOCKS if not block.illustrative
-         for command in (commands(block) if block.language != "python" else [None])
-         if block.language == "python" or command is not None and not_run_reason(command) is None]
+STEPS = [
+    Step(block, command)
+    for block in BLOCKS
+    if not block.illustrative
+    for command in (commands(block) if block.language != "python" else [None])
+    if block.language == "python" or command is not None and not_run_reason(command) is None
+]
 
 
 @pytest.fixture(scope="module")
@@ -172,8 +194,14 @@ def run_python_block(scratch, block: Block) -> subprocess.CompletedProcess:
     script = scratch.root.parent / f"block_{block.line}.py"
     script.write_text(block.text)
     env = {**scratch.env, "RAY_TMPDIR": scratch.new_ray_tmpdir()}
-    return subprocess.run([str(REPO / ".venv" / "bin" / "python"), str(script)], cwd=scratch.root, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [str(REPO / ".venv" / "bin" / "python"), str(script)],
+        cwd=scratch.root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def expects_failure(command: Command) -> bool:
@@ -187,7 +215,9 @@ def expects_failure(command: Command) -> bool:
 def test_readme_step_runs(step: Step, scratch):
     if step.command is None:
         done = run_python_block(scratch, step.block)
-        assert done.returncode == 0, f"{step.where}: the Python block failed:\n{done.stdout[-3000:]}{done.stderr[-3000:]}"
+        assert done.returncode == 0, (
+            f"{step.where}: the Python block failed:\n{done.stdout[-3000:]}{done.stderr[-3000:]}"
+        )
         return
     command = step.command
     outcome = scratch.run(command)
@@ -197,8 +227,10 @@ def test_readme_step_runs(step: Step, scratch):
     else:
         assert outcome.returncode == 0, shown
     missing = missing_lines(command.expected_output, outcome.output)
-    assert not missing, f"{command.where}: lines the README shows that `{outcome.command}` no longer prints " \
-                        f"(in shape): {missing}\n--- it printed:\n{outcome.output[-4000:]}"
+    assert not missing, (
+        f"{command.where}: lines the README shows that `{outcome.command}` no longer prints "
+        f"(in shape): {missing}\n--- it printed:\n{outcome.output[-4000:]}"
+    )
     if command.expected_json is not None:
         answer = json.loads(outcome.output)
         assert json_shape(answer) == json_shape(command.expected_json), f"{command.where}: {answer}"
