@@ -24,17 +24,39 @@ RESULTS = REPO / "bench" / "results" / "gpu.json"
 
 
 def overrides(work: Path, smoke: bool, n_gpus: int) -> list[str]:
-    common = ["name=gpu-check", f"data.path={work / 'chest_xray'}", "data.synthesize_if_missing=true",
-              f"data.cache_dir={work / 'cache'}", f"scaling.storage_path={work / 'results'}",
-              f"mlflow.tracking_uri=sqlite:///{work / 'mlflow.db'}", "tune.num_samples=0", "mlflow.register=false",
-              "eval.bootstrap_samples=200"]
+    common = [
+        "name=gpu-check",
+        f"data.path={work / 'chest_xray'}",
+        "data.synthesize_if_missing=true",
+        f"data.cache_dir={work / 'cache'}",
+        f"scaling.storage_path={work / 'results'}",
+        f"mlflow.tracking_uri=sqlite:///{work / 'mlflow.db'}",
+        "tune.num_samples=0",
+        "mlflow.register=false",
+        "eval.bootstrap_samples=200",
+    ]
     if smoke:
-        return common + ["data.synth.n_images=300", "data.synth.image_size=64", "data.image_size=48",
-                         "model.name=test_resnet", "train.epochs=2", "train.batch_size=16"]
-    return common + ["data.synth.n_images=3000", "data.synth.image_size=256", "data.image_size=224",
-                     "model.name=resnet50", "train.epochs=3", "train.batch_size=64", "train.lr=3e-4",
-                     "scaling.use_gpu=true", f"scaling.num_workers={n_gpus}", "scaling.cpus_per_worker=2",
-                     "train.precision=auto"]
+        return common + [
+            "data.synth.n_images=300",
+            "data.synth.image_size=64",
+            "data.image_size=48",
+            "model.name=test_resnet",
+            "train.epochs=2",
+            "train.batch_size=16",
+        ]
+    return common + [
+        "data.synth.n_images=3000",
+        "data.synth.image_size=256",
+        "data.image_size=224",
+        "model.name=resnet50",
+        "train.epochs=3",
+        "train.batch_size=64",
+        "train.lr=3e-4",
+        "scaling.use_gpu=true",
+        f"scaling.num_workers={n_gpus}",
+        "scaling.cpus_per_worker=2",
+        "train.precision=auto",
+    ]
 
 
 def main() -> None:
@@ -62,10 +84,14 @@ def main() -> None:
     per_worker = [m.value for m in sorted(history, key=lambda m: m.step)]
     result = {
         "device": torch.cuda.get_device_name(0) if n_gpus else "cpu (smoke)",
-        "gpus": n_gpus, "model": cfg.model.name, "image_size": cfg.data.image_size,
-        "batch_size_per_worker": cfg.train.batch_size, "precision": cfg.train.precision,
+        "gpus": n_gpus,
+        "model": cfg.model.name,
+        "image_size": cfg.data.image_size,
+        "batch_size_per_worker": cfg.train.batch_size,
+        "precision": cfg.train.precision,
         "images_per_s_per_worker_by_epoch": [round(v, 1) for v in per_worker],
-        "steady_images_per_s_per_gpu": round(per_worker[-1], 1), "wall_s": round(wall_s, 1),
+        "steady_images_per_s_per_gpu": round(per_worker[-1], 1),
+        "wall_s": round(wall_s, 1),
         "test_auroc": round(outcome.test_metrics["auroc"], 4),
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

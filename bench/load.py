@@ -18,14 +18,23 @@ import aiohttp
 import numpy as np
 
 
-async def _client(session: aiohttp.ClientSession, url: str, images: list[bytes], start: float, stop: float,
-                  offset: int, latencies: list[float], errors: list[int]) -> None:
+async def _client(
+    session: aiohttp.ClientSession,
+    url: str,
+    images: list[bytes],
+    start: float,
+    stop: float,
+    offset: int,
+    latencies: list[float],
+    errors: list[int],
+) -> None:
     index = offset
     while time.perf_counter() < stop:
         sent = time.perf_counter()
         try:
-            async with session.post(url, data=images[index % len(images)],
-                                    headers={"Content-Type": "image/jpeg"}) as response:
+            async with session.post(
+                url, data=images[index % len(images)], headers={"Content-Type": "image/jpeg"}
+            ) as response:
                 await response.read()
                 ok = response.status == 200
         except aiohttp.ClientError:
@@ -44,13 +53,18 @@ async def drive(url: str, images: list[bytes], concurrency: int, duration_s: flo
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as session:
         start = time.perf_counter() + warmup_s
         stop = start + duration_s
-        await asyncio.gather(*(_client(session, url, images, start, stop, i, latencies, errors)
-                               for i in range(concurrency)))
+        await asyncio.gather(
+            *(_client(session, url, images, start, stop, i, latencies, errors) for i in range(concurrency))
+        )
     ms = np.array(latencies) * 1000
-    return {"concurrency": concurrency, "requests": len(latencies), "errors": len(errors),
-            "rps": len(latencies) / duration_s,
-            "p50_ms": float(np.percentile(ms, 50)) if len(ms) else None,
-            "p99_ms": float(np.percentile(ms, 99)) if len(ms) else None}
+    return {
+        "concurrency": concurrency,
+        "requests": len(latencies),
+        "errors": len(errors),
+        "rps": len(latencies) / duration_s,
+        "p50_ms": float(np.percentile(ms, 50)) if len(ms) else None,
+        "p99_ms": float(np.percentile(ms, 99)) if len(ms) else None,
+    }
 
 
 def main() -> None:

@@ -23,7 +23,6 @@ import argparse
 import json
 import tempfile
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -63,16 +62,19 @@ def decode_folder(root: Path, spec) -> tuple[np.ndarray, np.ndarray]:
 
 
 def observe_images(loaded, images: np.ndarray, batch: int = 128) -> Observations:
-    return Observations.concat([observe(loaded, torch.from_numpy(images[i:i + batch]))
-                                for i in range(0, len(images), batch)])
+    return Observations.concat(
+        [observe(loaded, torch.from_numpy(images[i : i + batch])) for i in range(0, len(images), batch)]
+    )
 
 
-def synthetic_set(work: Path, name: str, n: int, seed: int, image_size: int, acquisition: Acquisition,
-                  share: float) -> Path:
+def synthetic_set(
+    work: Path, name: str, n: int, seed: int, image_size: int, acquisition: Acquisition, share: float
+) -> Path:
     root = work / name.split(" (")[0].replace(" ", "-")
     if not root.exists():
-        generate_chest_xrays(root, n_images=n, image_size=image_size, seed=seed, acquisition=acquisition,
-                             pneumonia_share=share)
+        generate_chest_xrays(
+            root, n_images=n, image_size=image_size, seed=seed, acquisition=acquisition, pneumonia_share=share
+        )
     return root
 
 
@@ -84,10 +86,12 @@ def ood_methods(profile, train: Observations, val: Observations, logits_of) -> d
         return profile.gate.part_scores(*profile.project(seen.features), seen.intensities)
 
     knn = NearestNeighbors(n_neighbors=10).fit(profile.project(train.features)[0])
-    methods = {"combined (shipped)": profile.ood_scores,
-               **{f"{part} only": (lambda seen, i=i: parts(seen)[:, i]) for i, part in enumerate(OOD_PARTS)},
-               "k-NN distance (k=10, PCA features)": lambda seen: knn.kneighbors(profile.project(seen.features)[0])[0][:, -1],
-               "energy score (pytorch-ood)": lambda seen: EnergyBased.score(logits_of(seen)).numpy()}
+    methods = {
+        "combined (shipped)": profile.ood_scores,
+        **{f"{part} only": (lambda seen, i=i: parts(seen)[:, i]) for i, part in enumerate(OOD_PARTS)},
+        "k-NN distance (k=10, PCA features)": lambda seen: knn.kneighbors(profile.project(seen.features)[0])[0][:, -1],
+        "energy score (pytorch-ood)": lambda seen: EnergyBased.score(logits_of(seen)).numpy(),
+    }
     return {name: (score, float(np.quantile(score(val), VAL_QUANTILE))) for name, score in methods.items()}
 
 
@@ -103,8 +107,13 @@ def drift_rates(profile, seen: Observations, windows: int, rng: np.random.Genera
     found = {"any": 0, "features": 0, "predictions": 0, "intensities": 0, "ks_components": 0}
     for _ in range(windows):
         rows = rng.choice(len(seen), WINDOW, replace=False)
-        window = WindowData(projected[rows], seen.intensities[rows], seen.probabilities[rows],
-                            scores[rows] > profile.gate.cutoff, np.arange(WINDOW, dtype=float))
+        window = WindowData(
+            projected[rows],
+            seen.intensities[rows],
+            seen.probabilities[rows],
+            scores[rows] > profile.gate.cutoff,
+            np.arange(WINDOW, dtype=float),
+        )
         report = drift_report(profile, window, WINDOW, 50)
         found["any"] += report["drift"]
         for family in ("features", "predictions", "intensities"):
@@ -161,20 +170,26 @@ def main(argv: list[str] | None = None) -> dict:
             continue  # refused before the gate (e.g. a multi-frame DICOM): not counted here
     non_chest_seen = observe_images(loaded, np.stack(list(non_chest.values())))
     categories = np.array([name.split("/")[0] for name in non_chest])
-    real_chest = observe_images(loaded, decode_image(dicom_files((REAL_CHEST_FILE,))[f"dicom/{REAL_CHEST_FILE}"],
-                                                     spec)[None])
+    real_chest = observe_images(
+        loaded, decode_image(dicom_files((REAL_CHEST_FILE,))[f"dicom/{REAL_CHEST_FILE}"], spec)[None]
+    )
     ood = {}
     for name, (score, cutoff) in methods.items():
         refused = score(non_chest_seen) > cutoff
-        ood[name] = {"test_refused": float(np.mean(score(test) > cutoff)),
-                     "fresh_in_distribution_refused": float(np.mean(score(fresh_seen) > cutoff)),
-                     "non_chest_refused": float(refused.mean()),
-                     "per_category": {c: float(refused[categories == c].mean()) for c in sorted(set(categories))},
-                     "real_chest_film_score_over_cutoff": float(score(real_chest)[0] / cutoff)}
+        ood[name] = {
+            "test_refused": float(np.mean(score(test) > cutoff)),
+            "fresh_in_distribution_refused": float(np.mean(score(fresh_seen) > cutoff)),
+            "non_chest_refused": float(refused.mean()),
+            "per_category": {c: float(refused[categories == c].mean()) for c in sorted(set(categories))},
+            "real_chest_film_score_over_cutoff": float(score(real_chest)[0] / cutoff),
+        }
     rng = np.random.default_rng(0)
     drift = {"in-distribution (false alarms)": drift_rates(profile, fresh_seen, args.null_windows, rng)}
-    auroc = {"in-distribution": binary_metrics(fresh_labels, fresh_seen.probabilities,
-                                               loaded.meta.decision_threshold)["auroc"]}
+    auroc = {
+        "in-distribution": binary_metrics(fresh_labels, fresh_seen.probabilities, loaded.meta.decision_threshold)[
+            "auroc"
+        ]
+    }
     shifted_ood = {}
     for name, (acquisition, share) in SHIFTS.items():
         root = synthetic_set(work, name, 600, 202, cfg.data.synth.image_size, acquisition, share)
@@ -183,11 +198,25 @@ def main(argv: list[str] | None = None) -> dict:
         drift[name] = drift_rates(profile, seen, args.shift_windows, rng)
         auroc[name] = binary_metrics(labels, seen.probabilities, loaded.meta.decision_threshold)["auroc"]
         shifted_ood[name] = float(np.mean(profile.ood_scores(seen) > profile.gate.cutoff))
-    result = {"model": args.model, "n": {"train": len(train), "val": len(val), "test": len(test),
-                                         "non_chest": len(non_chest), "fresh": len(fresh_seen)},
-              "cutoff": profile.gate.cutoff, "profile_bytes": sizes, "ood": ood, "drift": drift, "auroc": auroc,
-              "shifted_ood_rate": shifted_ood, "window": WINDOW, "alpha": DRIFT_ALPHA,
-              "seconds": round(time.time() - started, 1)}
+    result = {
+        "model": args.model,
+        "n": {
+            "train": len(train),
+            "val": len(val),
+            "test": len(test),
+            "non_chest": len(non_chest),
+            "fresh": len(fresh_seen),
+        },
+        "cutoff": profile.gate.cutoff,
+        "profile_bytes": sizes,
+        "ood": ood,
+        "drift": drift,
+        "auroc": auroc,
+        "shifted_ood_rate": shifted_ood,
+        "window": WINDOW,
+        "alpha": DRIFT_ALPHA,
+        "seconds": round(time.time() - started, 1),
+    }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2))
     print_tables(result)
@@ -195,22 +224,30 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def print_tables(result: dict) -> None:
-    print(f"profile size: " + ", ".join(f"{k} {v / 1024:.0f} KB" for k, v in result["profile_bytes"].items()))
-    print("\n| OOD method | test films refused | fresh films refused | non-chest refused | real chest film score / cut-off |")
+    print("profile size: " + ", ".join(f"{k} {v / 1024:.0f} KB" for k, v in result["profile_bytes"].items()))
+    print(
+        "\n| OOD method | test films refused | fresh films refused | non-chest refused | real chest film score / cut-off |"
+    )
     print("| --- | ---: | ---: | ---: | ---: |")
     for name, row in result["ood"].items():
-        print(f"| {name} | {row['test_refused']:.1%} | {row['fresh_in_distribution_refused']:.1%} | "
-              f"{row['non_chest_refused']:.1%} | {row['real_chest_film_score_over_cutoff']:.2f} |")
+        print(
+            f"| {name} | {row['test_refused']:.1%} | {row['fresh_in_distribution_refused']:.1%} | "
+            f"{row['non_chest_refused']:.1%} | {row['real_chest_film_score_over_cutoff']:.2f} |"
+        )
     shipped = result["ood"]["combined (shipped)"]["per_category"]
     print("\nnon-chest refused per category (shipped): " + ", ".join(f"{c} {v:.0%}" for c, v in shipped.items()))
-    print(f"\n| windows of {result['window']} | drift found (any) | features (MMD) | predictions (KS) | intensities (KS) "
-          "| alt: KS per component | OOD rate | AUROC |")
+    print(
+        f"\n| windows of {result['window']} | drift found (any) | features (MMD) | predictions (KS) | intensities (KS) "
+        "| alt: KS per component | OOD rate | AUROC |"
+    )
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for name, row in result["drift"].items():
         key = "in-distribution" if name.startswith("in-distribution") else name
         ood = result["shifted_ood_rate"].get(name, result["ood"]["combined (shipped)"]["fresh_in_distribution_refused"])
-        print(f"| {name} | {row['any']:.0%} | {row['features']:.0%} | {row['predictions']:.0%} | "
-              f"{row['intensities']:.0%} | {row['ks_components']:.0%} | {ood:.1%} | {result['auroc'][key]:.3f} |")
+        print(
+            f"| {name} | {row['any']:.0%} | {row['features']:.0%} | {row['predictions']:.0%} | "
+            f"{row['intensities']:.0%} | {row['ks_components']:.0%} | {ood:.1%} | {result['auroc'][key]:.3f} |"
+        )
 
 
 if __name__ == "__main__":

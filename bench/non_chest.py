@@ -8,13 +8,22 @@ upside down or with inverted polarity. The out-of-distribution gate should refus
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 # one file per distinct image in pydicom's test data (several files hold one image in other encodings)
-OTHER_MODALITY_FILES = ("CT_small.dcm", "693_UNCR.dcm", "MR_small.dcm", "MR2_UNCR.dcm", "JPEG2000.dcm",
-                        "RG3_UNCR.dcm", "liver_1frame.dcm", "rtdose_1frame.dcm")
+OTHER_MODALITY_FILES = (
+    "CT_small.dcm",
+    "693_UNCR.dcm",
+    "MR_small.dcm",
+    "MR2_UNCR.dcm",
+    "JPEG2000.dcm",
+    "RG3_UNCR.dcm",
+    "liver_1frame.dcm",
+    "rtdose_1frame.dcm",
+)
 REAL_CHEST_FILE = "RG1_UNCR.dcm"  # a real PA chest radiograph (CR, MONOCHROME1) in pydicom's test data
 SIZE = 256
 
@@ -33,7 +42,7 @@ def dicom_files(names: tuple[str, ...] = OTHER_MODALITY_FILES) -> dict[str, byte
     for name in names:
         path = get_testdata_file(name)
         if path:
-            found[f"dicom/{name}"] = open(path, "rb").read()
+            found[f"dicom/{name}"] = Path(path).read_bytes()
     return found
 
 
@@ -50,14 +59,26 @@ def gradients() -> dict[str, bytes]:
     ramp = np.linspace(0, 255, SIZE)
     y, x = np.meshgrid(ramp, ramp, indexing="ij")
     radial = np.hypot(x - 128, y - 128)
-    images = {"horizontal": x, "vertical": y, "diagonal": (x + y) / 2, "radial": 255 - radial * 255 / radial.max(),
-              "vertical-reversed": 255 - y, "rings": 127.5 + 127.5 * np.sin(radial / 8)}
+    images = {
+        "horizontal": x,
+        "vertical": y,
+        "diagonal": (x + y) / 2,
+        "radial": 255 - radial * 255 / radial.max(),
+        "vertical-reversed": 255 - y,
+        "rings": 127.5 + 127.5 * np.sin(radial / 8),
+    }
     return {f"gradient/{name}": png(pixels.astype(np.uint8)) for name, pixels in images.items()}
 
 
 def rendered_text(rng: np.random.Generator) -> dict[str, bytes]:
-    lines = ["PATIENT REPORT", "Findings: no acute", "cardiopulmonary process.", "Signed: Dr. A. Example",
-             "Lorem ipsum dolor sit amet", "consectetur adipiscing elit"]
+    lines = [
+        "PATIENT REPORT",
+        "Findings: no acute",
+        "cardiopulmonary process.",
+        "Signed: Dr. A. Example",
+        "Lorem ipsum dolor sit amet",
+        "consectetur adipiscing elit",
+    ]
     images = {}
     for i, (ink, paper) in enumerate([(0, 255), (255, 0), (30, 230), (220, 20)]):
         page = Image.new("L", (SIZE, SIZE), paper)
@@ -108,5 +129,11 @@ def turned_chest_films(films: dict[str, np.ndarray]) -> dict[str, bytes]:
 def non_chest_images(chest_films: dict[str, np.ndarray], seed: int = 0) -> dict[str, bytes]:
     """The whole set: category/name -> bytes as a client would send them."""
     rng = np.random.default_rng(seed)
-    return {**dicom_files(), **constant_and_noise(rng), **gradients(), **rendered_text(rng), **scenes(rng),
-            **turned_chest_films(chest_films)}
+    return {
+        **dicom_files(),
+        **constant_and_noise(rng),
+        **gradients(),
+        **rendered_text(rng),
+        **scenes(rng),
+        **turned_chest_films(chest_films),
+    }

@@ -34,8 +34,7 @@ def _to_8bit(image: Image.Image) -> Image.Image:
     return Image.fromarray(scaled.round().astype(np.uint8), mode="L")
 
 
-def reference_decode(data: bytes, preprocessing: Preprocessing,
-                     resample: int | None = None) -> np.ndarray:
+def reference_decode(data: bytes, preprocessing: Preprocessing, resample: int | None = None) -> np.ndarray:
     """Bytes -> uint8 (C, H, W) at the model's size, decoded at full size; `resample` (a PIL filter)
     overrides the preprocessing's, to measure what a change of filter alone does to the pixels."""
     with reference_dicom(data) if is_dicom(data) else Image.open(io.BytesIO(data)) as image:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,18 +22,14 @@ from typing import TYPE_CHECKING
 
 import requests
 
+from pneumo.cli import free_local_port
+
 if TYPE_CHECKING:
     from pneumo.serve.builder import ServeArgs
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "serve.json"
 QUICKSTART = REPO / "experiments" / "quickstart.yaml"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def untrained_checkpoint(out: Path, model_name: str, image_size: int) -> Path:
@@ -74,19 +69,44 @@ def drive(url: str, images: Path, levels: list[int], duration_s: float) -> list[
     """One load-generator process per concurrency level."""
     rows = []
     for concurrency in levels:
-        out = subprocess.run([sys.executable, "-m", "bench.load", f"{url}/predict", str(images),
-                              "--concurrency", str(concurrency), "--duration-s", str(duration_s)],
-                             cwd=REPO, check=True, capture_output=True, text=True)
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "bench.load",
+                f"{url}/predict",
+                str(images),
+                "--concurrency",
+                str(concurrency),
+                "--duration-s",
+                str(duration_s),
+            ],
+            cwd=REPO,
+            check=True,
+            capture_output=True,
+            text=True,
+        )
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
         print(f"  {url}: concurrency {concurrency} done", file=sys.stderr)
     return rows
 
 
-def bench_plain(checkpoint: Path, images: Path, levels: list[int], duration_s: float,
-                torch_threads: int) -> list[dict]:
-    port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "bench.plain_server", "--checkpoint", str(checkpoint),
-                               "--port", str(port), "--torch-threads", str(torch_threads)], cwd=REPO)
+def bench_plain(checkpoint: Path, images: Path, levels: list[int], duration_s: float, torch_threads: int) -> list[dict]:
+    port = free_local_port()
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "bench.plain_server",
+            "--checkpoint",
+            str(checkpoint),
+            "--port",
+            str(port),
+            "--torch-threads",
+            str(torch_threads),
+        ],
+        cwd=REPO,
+    )
     try:
         wait_ready(f"http://127.0.0.1:{port}")
         return drive(f"http://127.0.0.1:{port}", images, levels, duration_s)
@@ -95,8 +115,7 @@ def bench_plain(checkpoint: Path, images: Path, levels: list[int], duration_s: f
         server.wait(timeout=30)
 
 
-def bench_serve(checkpoint: Path, images: Path, levels: list[int], duration_s: float,
-                args: ServeArgs) -> list[dict]:
+def bench_serve(checkpoint: Path, images: Path, levels: list[int], duration_s: float, args: ServeArgs) -> list[dict]:
     import ray
     from ray import serve
 
@@ -104,7 +123,7 @@ def bench_serve(checkpoint: Path, images: Path, levels: list[int], duration_s: f
 
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level="WARNING")
     try:
-        port = free_port()
+        port = free_local_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         serve.run(build_app(args), name="pneumo", route_prefix="/")
         wait_ready(f"http://127.0.0.1:{port}")
@@ -134,12 +153,21 @@ def run(args: argparse.Namespace) -> dict:
         images = write_images(work / "images", n_images=60, image_size=128)
         serve_args = ServeArgs(model_uri=str(checkpoint), config=[str(QUICKSTART)], overrides=args.serve_override)
         torch_threads = load_serving_config(serve_args)[0].torch_threads  # the plain server gets the same
-        results = {"plain": bench_plain(checkpoint, images, args.concurrency, args.duration_s, torch_threads),
-                   "serve": bench_serve(checkpoint, images, args.concurrency, args.duration_s, serve_args)}
-    return {"checkpoint": str(args.checkpoint or f"untrained {args.model}"), "image_size": args.image_size,
-            "duration_s": args.duration_s, "serve_overrides": args.serve_override, "torch_threads": torch_threads,
-            "cpus": os.cpu_count(), "load_average_before": load_before, "load_average_after": os.getloadavg(),
-            "results": results}
+        results = {
+            "plain": bench_plain(checkpoint, images, args.concurrency, args.duration_s, torch_threads),
+            "serve": bench_serve(checkpoint, images, args.concurrency, args.duration_s, serve_args),
+        }
+    return {
+        "checkpoint": str(args.checkpoint or f"untrained {args.model}"),
+        "image_size": args.image_size,
+        "duration_s": args.duration_s,
+        "serve_overrides": args.serve_override,
+        "torch_threads": torch_threads,
+        "cpus": os.cpu_count(),
+        "load_average_before": load_before,
+        "load_average_after": os.getloadavg(),
+        "results": results,
+    }
 
 
 def main() -> None:
@@ -149,8 +177,12 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=64, help="model input side, px")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--duration-s", type=float, default=10.0, help="measured seconds per level")
-    parser.add_argument("--serve-override", nargs="*", default=[],
-                        help="serve.* settings for the Serve app, e.g. serve.torch_threads=2 (default: as shipped)")
+    parser.add_argument(
+        "--serve-override",
+        nargs="*",
+        default=[],
+        help="serve.* settings for the Serve app, e.g. serve.torch_threads=2 (default: as shipped)",
+    )
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     report = run(parser.parse_args())
     print(format_table(report["results"]))

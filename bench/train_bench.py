@@ -34,8 +34,11 @@ PLAIN = "plain PyTorch"  # the baseline of every ratio
 TUNED_PLAIN = "plain PyTorch, channels-last + pneumo's malloc setting"
 # (row, workers, train.precision): fp32 rows do the plain loop's arithmetic; bf16 is pneumo's default
 # (`auto`) on CPUs with native bf16, its utilisation is taken against the bf16 matmul peak
-PNEUMO_LOOPS = (("pneumo 1 worker", 1, "fp32"), ("pneumo 2 workers", 2, "fp32"),
-                ("pneumo 1 worker, bf16 autocast", 1, "bf16"))
+PNEUMO_LOOPS = (
+    ("pneumo 1 worker", 1, "fp32"),
+    ("pneumo 2 workers", 2, "fp32"),
+    ("pneumo 1 worker, bf16 autocast", 1, "bf16"),
+)
 
 
 def measured_matmul_peak(threads: int, dtype: torch.dtype = torch.float32, n: int = 2048, repeats: int = 10) -> float:
@@ -48,7 +51,7 @@ def measured_matmul_peak(threads: int, dtype: torch.dtype = torch.float32, n: in
         started = time.perf_counter()
         torch.mm(a, b)
         best = min(best, time.perf_counter() - started)
-    return 2 * n ** 3 / best
+    return 2 * n**3 / best
 
 
 def forward_flops_per_image(model_name: str, image_size: int) -> float:
@@ -63,8 +66,9 @@ def forward_flops_per_image(model_name: str, image_size: int) -> float:
     return float(counter.get_total_flops())
 
 
-def plain_loop(cfg, images: np.ndarray, labels: np.ndarray, preprocessing, threads: int,
-               channels_last: bool = False) -> list[float]:
+def plain_loop(
+    cfg, images: np.ndarray, labels: np.ndarray, preprocessing, threads: int, channels_last: bool = False
+) -> list[float]:
     """The loop pneumo replaces; returns images/s of each epoch."""
     from pneumo.data.batch_transforms import augment, normalize
     from pneumo.models import create_model
@@ -75,9 +79,11 @@ def plain_loop(cfg, images: np.ndarray, labels: np.ndarray, preprocessing, threa
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = create_model(cfg.model).to(memory_format=memory_format)
     optimizer = build_optimizer(model, cfg.train)
-    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.from_numpy(images),
-                                                                        torch.from_numpy(labels)),
-                                         batch_size=cfg.train.batch_size, shuffle=True)
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(torch.from_numpy(images), torch.from_numpy(labels)),
+        batch_size=cfg.train.batch_size,
+        shuffle=True,
+    )
     scheduler = build_lr_schedule(optimizer, cfg.train, len(loader))
     loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor((labels == 0).sum() / max((labels == 1).sum(), 1)))
     generator = torch.Generator().manual_seed(0)
@@ -106,8 +112,9 @@ def pneumo_loop(cfg, data, preprocessing, workers: int, precision: str, tracking
     from pneumo.tracking import client_for, start_run
     from pneumo.train import fit
 
-    cfg = with_updates(cfg, {"scaling.num_workers": workers, "train.precision": precision,
-                             "name": f"bench-{workers}w-{precision}"})
+    cfg = with_updates(
+        cfg, {"scaling.num_workers": workers, "train.precision": precision, "name": f"bench-{workers}w-{precision}"}
+    )
     client = client_for(cfg)
     run_id = start_run(client, cfg, "train", cfg.name)
     fit(cfg, data, preprocessing, f"{cfg.name}-{time.time_ns()}", tracking_uri, run_id)
@@ -126,10 +133,20 @@ def run(model: str, image_size: int, n_images: int, batch_size: int, epochs: int
     work = Path(tempfile.mkdtemp(prefix="pneumo-train-bench-"))
     generate_chest_xrays(work / "chest_xray", n_images=n_images, image_size=max(128, image_size), seed=0)
     tracking_uri = f"sqlite:///{work / 'mlflow.db'}"
-    cfg = load_config([REPO / "experiments" / "quickstart.yaml"], [
-        f"data.path={work / 'chest_xray'}", f"data.image_size={image_size}", f"model.name={model}",
-        f"train.epochs={epochs}", f"train.batch_size={batch_size}", f"scaling.storage_path={work / 'results'}",
-        f"mlflow.tracking_uri={tracking_uri}", "tune.num_samples=0", "data.cache_dir=null"])
+    cfg = load_config(
+        [REPO / "experiments" / "quickstart.yaml"],
+        [
+            f"data.path={work / 'chest_xray'}",
+            f"data.image_size={image_size}",
+            f"model.name={model}",
+            f"train.epochs={epochs}",
+            f"train.batch_size={batch_size}",
+            f"scaling.storage_path={work / 'results'}",
+            f"mlflow.tracking_uri={tracking_uri}",
+            "tune.num_samples=0",
+            "data.cache_dir=null",
+        ],
+    )
     preprocessing = model_preprocessing(cfg.model, cfg.data.image_size)
     init_ray()
     data = prepare_data(cfg.data, preprocessing)
@@ -150,27 +167,46 @@ def run(model: str, image_size: int, n_images: int, batch_size: int, epochs: int
     table = []
     for (name, precision), per_epoch in rates.items():
         steady = statistics.median(per_epoch[1:])
-        table.append({"loop": name, "precision": precision, "images_per_s_by_epoch": [round(r, 1) for r in per_epoch],
-                      "steady_images_per_s": round(steady, 1), "ratio_to_plain": round(steady / baseline, 3),
-                      "achieved_gflop_s": round(flops * steady / 1e9, 2),
-                      "utilisation_of_matmul_peak": round(flops * steady / peaks[precision], 3)})
-    return {"settings": {"model": model, "image_size": image_size, "train_images": len(images),
-                         "batch_size": batch_size, "epochs": epochs, "threads": threads},
-            "train_gflop_per_image": round(flops / 1e9, 3),
-            "matmul_peak_gflop_s": {key: round(peak / 1e9, 1) for key, peak in peaks.items()},
-            "rows": table}
+        table.append(
+            {
+                "loop": name,
+                "precision": precision,
+                "images_per_s_by_epoch": [round(r, 1) for r in per_epoch],
+                "steady_images_per_s": round(steady, 1),
+                "ratio_to_plain": round(steady / baseline, 3),
+                "achieved_gflop_s": round(flops * steady / 1e9, 2),
+                "utilisation_of_matmul_peak": round(flops * steady / peaks[precision], 3),
+            }
+        )
+    return {
+        "settings": {
+            "model": model,
+            "image_size": image_size,
+            "train_images": len(images),
+            "batch_size": batch_size,
+            "epochs": epochs,
+            "threads": threads,
+        },
+        "train_gflop_per_image": round(flops / 1e9, 3),
+        "matmul_peak_gflop_s": {key: round(peak / 1e9, 1) for key, peak in peaks.items()},
+        "rows": table,
+    }
 
 
 def print_table(result: dict) -> None:
     s, peak = result["settings"], result["matmul_peak_gflop_s"]
-    print(f"\n{s['model']} at {s['image_size']} px, batch {s['batch_size']}, {s['train_images']} training images, "
-          f"{s['threads']} cores; {result['train_gflop_per_image']} GFLOP per image (fwd+bwd); "
-          f"matmul peak {peak['fp32']} GFLOP/s fp32, {peak['bf16']} GFLOP/s bf16")
+    print(
+        f"\n{s['model']} at {s['image_size']} px, batch {s['batch_size']}, {s['train_images']} training images, "
+        f"{s['threads']} cores; {result['train_gflop_per_image']} GFLOP per image (fwd+bwd); "
+        f"matmul peak {peak['fp32']} GFLOP/s fp32, {peak['bf16']} GFLOP/s bf16"
+    )
     print("| loop | steady img/s | ratio to plain | achieved GFLOP/s | of matmul peak (same precision) |")
     print("| --- | ---: | ---: | ---: | ---: |")
     for row in result["rows"]:
-        print(f"| {row['loop']} | {row['steady_images_per_s']} | {row['ratio_to_plain']} | "
-              f"{row['achieved_gflop_s']} | {row['utilisation_of_matmul_peak']:.1%} {row['precision']} |")
+        print(
+            f"| {row['loop']} | {row['steady_images_per_s']} | {row['ratio_to_plain']} | "
+            f"{row['achieved_gflop_s']} | {row['utilisation_of_matmul_peak']:.1%} {row['precision']} |"
+        )
 
 
 def main() -> None:

@@ -196,7 +196,7 @@ def find_trial_run(client: MlflowClient, cfg: ExperimentConfig, parent_run_id: s
     return found[0] if found else None
 
 
-def log_data_summary(client: MlflowClient, run_id: str, data: "PreparedData") -> None:
+def log_data_summary(client: MlflowClient, run_id: str, data: PreparedData) -> None:
     """Fingerprint, per-split counts, refused files and the assigned split of the data a run used."""
     client.set_tag(run_id, TAG_DATA_FINGERPRINT, data.fingerprint)
     counts = {f"data.{split}.{name}": n for split, per in data.counts.items() for name, n in per.items()}

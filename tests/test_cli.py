@@ -35,7 +35,8 @@ def test_a_misspelt_config_key_is_a_one_line_config_error(tmp_path):
 
 def test_a_missing_or_malformed_dataset_is_a_one_line_data_error(tmp_path):
     assert one_line_exit(["data", "inspect", str(tmp_path / "nowhere")]) == (
-        f"pneumo: data error: dataset folder not found: {tmp_path / 'nowhere'}")
+        f"pneumo: data error: dataset folder not found: {tmp_path / 'nowhere'}"
+    )
     (tmp_path / "flat" / "train").mkdir(parents=True)
     message = one_line_exit(["data", "inspect", str(tmp_path / "flat")])
     assert message.startswith("pneumo: data error: ") and "has no test/ folder" in message
@@ -44,8 +45,9 @@ def test_a_missing_or_malformed_dataset_is_a_one_line_data_error(tmp_path):
 def test_the_user_sees_only_the_line_and_exit_status_1(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: x\ndata: {path: p}\ntrain: {epochs: many}\n")
-    done = subprocess.run([sys.executable, "-m", "pneumo.cli", "config", "show", str(bad)],
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "pneumo.cli", "config", "show", str(bad)], capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 1 and done.stdout == ""
     assert done.stderr.count("\n") == 1 and done.stderr.startswith("pneumo: config error: "), done.stderr
     assert "train.epochs" in done.stderr and "Traceback" not in done.stderr

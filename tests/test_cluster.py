@@ -5,7 +5,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -17,16 +16,11 @@ import pytest
 from conftest import QUICKSTART, REPO, write_smoke_yaml
 from mlflow.tracking import MlflowClient
 
+from pneumo.cli import free_local_port
 from pneumo.config import load_config
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_job_upload_leaves_out_what_does_not_belong(tmp_path):
@@ -57,20 +51,38 @@ def own_ray_env(prefix: str) -> dict[str, str]:
 def ray_head(tmp_path):
     """`ray start --head` on 127.0.0.1 (token authentication on, as Ray 2.60 clusters default to),
     stopped by signalling only this head's process."""
-    dashboard_port = free_port()
+    dashboard_port = free_local_port()
     env = {**own_ray_env("rayhead"), "PATH": f"{BIN}:{os.environ['PATH']}"}
-    head = subprocess.Popen([BIN / "ray", "start", "--head", "--block", "--node-ip-address=127.0.0.1",
-                             f"--port={free_port()}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}",
-                             "--num-cpus=2", "--disable-usage-stats",
-                             # the session's Ray already holds the default agent port: without its own,
-                             # this head's job agent never starts ("No available agent to submit job")
-                             f"--dashboard-agent-listen-port={free_port()}", f"--metrics-export-port={free_port()}"],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    head = subprocess.Popen(
+        [
+            BIN / "ray",
+            "start",
+            "--head",
+            "--block",
+            "--node-ip-address=127.0.0.1",
+            f"--port={free_local_port()}",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dashboard_port}",
+            "--num-cpus=2",
+            "--disable-usage-stats",
+            # the session's Ray already holds the default agent port: without its own,
+            # this head's job agent never starts ("No available agent to submit job")
+            f"--dashboard-agent-listen-port={free_local_port()}",
+            f"--metrics-export-port={free_local_port()}",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     address = f"http://127.0.0.1:{dashboard_port}"
     client_env = {**env, "RAY_AUTH_MODE": "token"}
     deadline = time.monotonic() + 90
-    while subprocess.run([BIN / "ray", "job", "list", "--address", address], env=client_env,
-                         capture_output=True).returncode != 0:
+    while (
+        subprocess.run(
+            [BIN / "ray", "job", "list", "--address", address], env=client_env, capture_output=True
+        ).returncode
+        != 0
+    ):
         assert time.monotonic() < deadline and head.poll() is None, "Ray head did not come up"
         time.sleep(2)
     yield address, client_env
@@ -81,37 +93,71 @@ def ray_head(tmp_path):
 
 def test_ray_job_submit_runs_an_experiment_and_logs_it_to_mlflow(ray_head, tmp_path, synthetic_root):
     address, env = ray_head
-    unauthenticated = subprocess.run([BIN / "ray", "job", "list", "--address", address],
-                                     env={**env, "RAY_AUTH_MODE": "disabled"}, capture_output=True, text=True)
+    unauthenticated = subprocess.run(
+        [BIN / "ray", "job", "list", "--address", address],
+        env={**env, "RAY_AUTH_MODE": "disabled"},
+        capture_output=True,
+        text=True,
+    )
     assert unauthenticated.returncode != 0, "the head refuses clients without the token"
 
     tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    overrides = ["name=job-smoke", f"data.path={synthetic_root}", "data.image_size=48", "model.name=test_resnet",
-                 "train.epochs=2", "train.batch_size=16", "tune.num_samples=0", f"mlflow.tracking_uri={tracking}",
-                 f"scaling.storage_path={tmp_path / 'results'}", f"data.cache_dir={tmp_path / 'cache'}"]
-    submit = [BIN / "ray", "job", "submit", "--address", address, "--working-dir", ".",
-              "--submission-id", "pneumo-job-test", "--", "pneumo", "run", "experiments/quickstart.yaml", *overrides]
+    overrides = [
+        "name=job-smoke",
+        f"data.path={synthetic_root}",
+        "data.image_size=48",
+        "model.name=test_resnet",
+        "train.epochs=2",
+        "train.batch_size=16",
+        "tune.num_samples=0",
+        f"mlflow.tracking_uri={tracking}",
+        f"scaling.storage_path={tmp_path / 'results'}",
+        f"data.cache_dir={tmp_path / 'cache'}",
+    ]
+    submit = [
+        BIN / "ray",
+        "job",
+        "submit",
+        "--address",
+        address,
+        "--working-dir",
+        ".",
+        "--submission-id",
+        "pneumo-job-test",
+        "--",
+        "pneumo",
+        "run",
+        "experiments/quickstart.yaml",
+        *overrides,
+    ]
     for _ in range(30):  # the head's job agent comes up a few seconds after its API answers
         submitted = subprocess.run(submit, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
         if "No available agent to submit job" not in submitted.stdout + submitted.stderr:
             break
         time.sleep(2)
     assert submitted.returncode == 0, submitted.stdout[-3000:] + submitted.stderr[-3000:]
-    status = subprocess.run([BIN / "ray", "job", "status", "--address", address, "pneumo-job-test"],
-                            env=env, capture_output=True, text=True)
+    status = subprocess.run(
+        [BIN / "ray", "job", "status", "--address", address, "pneumo-job-test"], env=env, capture_output=True, text=True
+    )
     assert "job 'pneumo-job-test' succeeded" in status.stdout.lower(), status.stdout
 
     client = MlflowClient(tracking)
-    runs = client.search_runs([client.get_experiment_by_name("pneumo").experiment_id],
-                              filter_string="tags.`pneumo.experiment` = 'job-smoke'")
+    runs = client.search_runs(
+        [client.get_experiment_by_name("pneumo").experiment_id], filter_string="tags.`pneumo.experiment` = 'job-smoke'"
+    )
     assert len(runs) == 1 and runs[0].info.status == "FINISHED" and "test_auroc" in runs[0].data.metrics
 
 
 def test_two_node_cluster_trains_with_workers_on_both_nodes(tmp_path, synthetic_root):
     yaml = write_smoke_yaml(tmp_path, synthetic_root, "two-node")
     env = own_ray_env("ray2n")
-    finished = subprocess.run([sys.executable, str(Path(__file__).with_name("two_node_run.py")), str(yaml)],
-                              env=env, capture_output=True, text=True, timeout=900)
+    finished = subprocess.run(
+        [sys.executable, str(Path(__file__).with_name("two_node_run.py")), str(yaml)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     shutil.rmtree(env["RAY_TMPDIR"], ignore_errors=True)
     assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
     result = json.loads(finished.stdout.strip().splitlines()[-1])
@@ -128,8 +174,13 @@ def test_killed_training_worker_restarts_from_checkpoint(ray_session, tmp_path, 
     overrides = ["train.epochs=12", "scaling.max_failures=2"]  # ~1 s epochs: the kill lands mid-run
     cfg = load_config([yaml], overrides)
     env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
-    driver = subprocess.Popen([sys.executable, "-m", "pneumo.cli", "run", str(yaml), *overrides], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "pneumo.cli", "run", str(yaml), *overrides],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     client = MlflowClient(cfg.mlflow.tracking_uri)
     deadline = time.monotonic() + 300
     run_id = None

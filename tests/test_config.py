@@ -1,10 +1,21 @@
 """Config loading: defaults, inheritance, overrides, and each kind of error users can make."""
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from pneumo.config import ConfigError, ExperimentConfig, flatten, from_dict, load_config, to_dict, with_updates
+from pneumo.config import (
+    ConfigError,
+    ExperimentConfig,
+    ModelConfig,
+    flatten,
+    from_dict,
+    load_config,
+    to_dict,
+    with_updates,
+)
+from pneumo.models import create_model
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -104,8 +115,43 @@ def test_flatten_handles_nested_dicts_and_lists():
 
 
 def test_search_dimension_in_a_later_file_replaces_the_earlier_one(tmp_path):
-    write(tmp_path / "parent.yaml", "name: p\ndata: {path: d}\n"
-          "tune: {num_samples: 2, search_space: {train.lr: {loguniform: [0.001, 0.01]}, train.epochs: {choice: [1, 2]}}}\n")
+    write(
+        tmp_path / "parent.yaml",
+        "name: p\ndata: {path: d}\n"
+        "tune: {num_samples: 2, search_space: {train.lr: {loguniform: [0.001, 0.01]}, train.epochs: {choice: [1, 2]}}}\n",
+    )
     write(tmp_path / "child.yaml", "base: parent.yaml\ntune: {search_space: {train.lr: {grid: [0.1, 0.2]}}}\n")
     space = load_config([tmp_path / "child.yaml"]).tune.search_space
     assert space == {"train.lr": {"grid": [0.1, 0.2]}, "train.epochs": {"choice": [1, 2]}}
+
+
+def models_named(cfg: ExperimentConfig) -> list[ModelConfig]:
+    """The model of `cfg` and one per model.name a search may pick (choice or grid), without hub weights
+    or local weight files (those are checked when a run starts; here only the architecture must exist)."""
+    spec = cfg.tune.search_space.get("model.name", {}) if cfg.tune.num_samples > 0 else {}
+    names = [cfg.model.name, *[name for values in spec.values() for name in values]]
+    return [replace(cfg.model, name=name, pretrained=False, weights_path=None) for name in dict.fromkeys(names)]
+
+
+EXPERIMENT_MODELS = {
+    repr(model): model
+    for file in sorted((REPO / "experiments").glob("*.yaml"))
+    for model in models_named(load_config([file]))
+}  # each distinct model once (resnet50 ~1 s)
+
+
+@pytest.mark.parametrize("model_cfg", EXPERIMENT_MODELS.values(), ids=[m.name for m in EXPERIMENT_MODELS.values()])
+def test_every_model_an_experiment_names_builds(model_cfg):
+    model = create_model(model_cfg)
+    assert sum(p.numel() for p in model.parameters()) > 0
+
+
+def test_a_misspelt_model_in_a_search_fails_to_build(tmp_path):
+    write(
+        tmp_path / "typo.yaml",
+        "name: typo\ndata: {path: d}\n"
+        "tune: {num_samples: 2, search_space: {model.name: {choice: [test_resnet, resnt50]}}}\n",
+    )
+    typo = models_named(load_config([tmp_path / "typo.yaml"]))[-1]
+    with pytest.raises(ConfigError, match="model.name='resnt50'"):
+        create_model(typo)

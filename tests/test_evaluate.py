@@ -106,7 +106,9 @@ def test_youden_maximises_sensitivity_plus_specificity():
     best = choose_threshold(labels, probs, EvalConfig(threshold_policy="youden"))
     thresholds = np.append(np.linspace(0.01, 0.99, 99), best)
     predicted = probs[None, :] >= thresholds[:, None]  # one row per threshold (pneumonia when >=)
-    score = (predicted & (labels == 1)).sum(1) / (labels == 1).sum() + (~predicted & (labels == 0)).sum(1) / (labels == 0).sum()
+    score = (predicted & (labels == 1)).sum(1) / (labels == 1).sum() + (~predicted & (labels == 0)).sum(1) / (
+        labels == 0
+    ).sum()
     assert np.all(score[-1] >= score[:-1] - 1e-9)
     metrics = binary_metrics(labels, probs, best)
     assert metrics["sensitivity"] + metrics["specificity"] == pytest.approx(score[-1])

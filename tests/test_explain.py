@@ -22,8 +22,8 @@ from pneumo.evaluation.explain import (
 from pneumo.evaluation.localization import (
     mass_inside,
     peak_inside,
-    rank_correlations,
     randomized_copy,
+    rank_correlations,
     read_opacity_mask,
     score_localization,
 )
@@ -41,15 +41,18 @@ def tiny(name: str) -> torch.nn.Module:
     return timm.create_model(name, num_classes=1, in_chans=1)
 
 
-@pytest.mark.parametrize("name, size, layer", [
-    ("test_resnet", 160, "layer4"),  # the last stage when its map is large enough
-    ("test_resnet", 48, "layer2"),  # layer4 would be 2x2, layer3 3x3: the deepest map >= 4 px a side
-    ("test_efficientnet", 160, "bn2"),  # the module that makes the final features, after the last stage
-    ("test_convnext", 64, "stages.2"),
-    ("densenet", 160, "features"),
-    ("densenet", 64, "features.denseblock3"),
-    ("vgg", 224, "features"),
-])
+@pytest.mark.parametrize(
+    "name, size, layer",
+    [
+        ("test_resnet", 160, "layer4"),  # the last stage when its map is large enough
+        ("test_resnet", 48, "layer2"),  # layer4 would be 2x2, layer3 3x3: the deepest map >= 4 px a side
+        ("test_efficientnet", 160, "bn2"),  # the module that makes the final features, after the last stage
+        ("test_convnext", 64, "stages.2"),
+        ("densenet", 160, "features"),
+        ("densenet", 64, "features.denseblock3"),
+        ("vgg", 224, "features"),
+    ],
+)
 def test_target_layer_is_found_from_the_model(name, size, layer):
     model = tiny(name)
     assert find_target_layer(model, 1, size) == layer

@@ -35,7 +35,9 @@ def test_random_init_differs_from_file(tmp_path):
     save_file(imagenet_like_weights("test_resnet"), path)
     torch.manual_seed(1)
     random = create_model(ModelConfig(name="test_resnet")).state_dict()["layer1.0.conv1.weight"]
-    from_file = create_model(ModelConfig(name="test_resnet", weights_path=str(path))).state_dict()["layer1.0.conv1.weight"]
+    from_file = create_model(ModelConfig(name="test_resnet", weights_path=str(path))).state_dict()[
+        "layer1.0.conv1.weight"
+    ]
     assert not torch.equal(random, from_file)
 
 
@@ -69,8 +71,11 @@ def test_forward_backward_gives_one_logit(name):
 def test_checkpoint_round_trip_without_pickle(tmp_path):
     model = create_model(ModelConfig(name="test_resnet")).eval()
     spec = resolve_preprocessing(model, 1, 32)
-    meta = CheckpointMeta(model={"name": "test_resnet", "in_chans": 1, "drop_rate": 0.0, "pretrained": False,
-                                 "weights_path": None}, preprocessing=spec.to_dict(), decision_threshold=0.3)
+    meta = CheckpointMeta(
+        model={"name": "test_resnet", "in_chans": 1, "drop_rate": 0.0, "pretrained": False, "weights_path": None},
+        preprocessing=spec.to_dict(),
+        decision_threshold=0.3,
+    )
     save_checkpoint(tmp_path / "ckpt", model, meta)
     loaded = load_checkpoint(tmp_path / "ckpt")
     x = torch.randn(2, 1, 32, 32)

@@ -47,10 +47,13 @@ def test_a_ray_job_package_sends_every_relative_path_to_pneumo_home(job_package,
     assert cfg.scaling.storage_path == str(home / "results")
     assert cfg.data.cache_dir == str(home / "data" / "cache")
     assert cfg.data.path == str(home / "data" / "synthetic-chest-xray"), "generated data goes home too"
-    explicit = anchor_paths(load_config([QUICKSTART], ["mlflow.tracking_uri=sqlite:///x.db",
-                                                       "scaling.storage_path=s3://bucket/results"]))
-    assert (explicit.mlflow.tracking_uri, explicit.scaling.storage_path) == (f"sqlite:///{home / 'x.db'}",
-                                                                              "s3://bucket/results")
+    explicit = anchor_paths(
+        load_config([QUICKSTART], ["mlflow.tracking_uri=sqlite:///x.db", "scaling.storage_path=s3://bucket/results"])
+    )
+    assert (explicit.mlflow.tracking_uri, explicit.scaling.storage_path) == (
+        f"sqlite:///{home / 'x.db'}",
+        "s3://bucket/results",
+    )
     assert f"PNEUMO_HOME={home}" in describe_storage(cfg) and str(job_package) in describe_storage(cfg)
 
 
@@ -75,12 +78,33 @@ def test_ray_job_without_storage_settings_writes_to_pneumo_home(ray_head, tmp_pa
     """`ray job submit --working-dir . -- pneumo run …` with no tracking URI, storage or cache given."""
     address, env = ray_head
     home = tmp_path / "pneumo-home"
-    overrides = ["name=job-home", f"data.path={synthetic_root}", "data.image_size=48", "model.name=test_resnet",
-                 "train.epochs=1", "train.batch_size=16", "tune.num_samples=0", "eval.bootstrap_samples=0",
-                 "eval.report=false"]
-    submit = [BIN / "ray", "job", "submit", "--address", address, "--working-dir", ".",
-              "--runtime-env-json", f'{{"env_vars": {{"PNEUMO_HOME": "{home}"}}}}',
-              "--", "pneumo", "run", "experiments/quickstart.yaml", *overrides]
+    overrides = [
+        "name=job-home",
+        f"data.path={synthetic_root}",
+        "data.image_size=48",
+        "model.name=test_resnet",
+        "train.epochs=1",
+        "train.batch_size=16",
+        "tune.num_samples=0",
+        "eval.bootstrap_samples=0",
+        "eval.report=false",
+    ]
+    submit = [
+        BIN / "ray",
+        "job",
+        "submit",
+        "--address",
+        address,
+        "--working-dir",
+        ".",
+        "--runtime-env-json",
+        f'{{"env_vars": {{"PNEUMO_HOME": "{home}"}}}}',
+        "--",
+        "pneumo",
+        "run",
+        "experiments/quickstart.yaml",
+        *overrides,
+    ]
     for _ in range(30):  # the head's job agent comes up a few seconds after its API answers
         submitted = subprocess.run(submit, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
         if "No available agent to submit job" not in submitted.stdout + submitted.stderr:
@@ -95,4 +119,3 @@ def test_ray_job_without_storage_settings_writes_to_pneumo_home(ray_head, tmp_pa
     assert (home / "mlartifacts").is_dir() and any((home / "results").glob("job-home-train-*/best_model"))
     assert any((home / "data" / "cache").iterdir())
     assert client.get_model_version_by_alias("pneumo-pneumonia", "champion").version == "1"
-

@@ -10,6 +10,7 @@ import torch
 from pneumo.checkpoints import CheckpointMeta, load_checkpoint, save_checkpoint
 from pneumo.config import ConfigError, ModelConfig, ServeConfig
 from pneumo.evaluation.prediction import predict_probabilities
+from pneumo.models import create_model, resolve_preprocessing
 from pneumo.runtimes import (
     INT8_FILE,
     ONNX_FILE,
@@ -20,7 +21,6 @@ from pneumo.runtimes import (
     onnx_path,
     require_runtime,
 )
-from pneumo.models import create_model, resolve_preprocessing
 
 IMAGE_SIZE = 32
 TOLERANCE = {"torch": 0.0, "onnxruntime": 1e-5, "openvino": 1e-3}  # |P| difference; OpenVINO may compute in bf16
@@ -89,8 +89,14 @@ def test_bad_runtime_settings_are_config_errors_that_say_what_to_do(checkpoint):
 
 def test_a_runtime_that_is_not_installed_names_its_package(monkeypatch):
     real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",  # an environment without openvino, simulated at import lookup
-                        lambda name, *args: None if name == "openvino" else real_find_spec(name, *args))
-    with pytest.raises(ConfigError, match=r"serve.runtime=openvino: the 'openvino' package is not installed "
-                                          r"\(pip install openvino\)"):
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",  # an environment without openvino, simulated at import lookup
+        lambda name, *args: None if name == "openvino" else real_find_spec(name, *args),
+    )
+    with pytest.raises(
+        ConfigError,
+        match=r"serve.runtime=openvino: the 'openvino' package is not installed "
+        r"\(pip install openvino\)",
+    ):
         require_runtime("openvino")

@@ -75,7 +75,10 @@ def test_model_endpoint_describes_the_registered_champion(serve_app):
     assert info["metrics"]["test_auroc"] == pytest.approx(serve_app.metrics["test_auroc"], abs=1e-5)
     assert info["decision_threshold"] == pytest.approx(meta.decision_threshold)
     assert meta.temperature != 1.0, "fitted on val by pneumo run: a server that ignored it would differ"
-    assert (info["temperature"], info["logit_bias"]) == (pytest.approx(meta.temperature), pytest.approx(meta.logit_bias))
+    assert (info["temperature"], info["logit_bias"]) == (
+        pytest.approx(meta.temperature),
+        pytest.approx(meta.logit_bias),
+    )
     assert info["preprocessing"]["image_size"] == 48 and info["preprocessing"]["in_chans"] == 1
 
 
@@ -116,21 +119,36 @@ def bomb() -> bytes:
 
 
 def chunks(data: bytes):
-    yield from (data[i:i + 65536] for i in range(0, len(data), 65536))
+    yield from (data[i : i + 65536] for i in range(0, len(data), 65536))
 
 
 BAD_INPUTS = {  # case -> (request kwargs, status, field, words in the error)
     "empty body": (dict(data=b"", headers={"Content-Type": "image/png"}), 400, "body", "empty"),
-    "not an image": (dict(data=b"hello, world" * 20, headers={"Content-Type": "image/jpeg"}), 400, "body",
-                     "not a readable image"),
-    "wrong content type": (dict(data=b"{}", headers={"Content-Type": "application/json"}), 415, "content-type",
-                           "not accepted"),
-    "too large (Content-Length)": (dict(data=bytes(MAX_BODY_BYTES + 1), headers={"Content-Type": "image/png"}),
-                                   413, "body", "max_body_bytes"),
-    "too large (chunked)": (dict(data=chunks(bytes(MAX_BODY_BYTES + 1)), headers={"Content-Type": "image/png"}),
-                            413, "body", "max_body_bytes"),
-    "decompression bomb": (dict(data=bomb(), headers={"Content-Type": "image/png"}), 400, "body",
-                           "exceeds the limit"),
+    "not an image": (
+        dict(data=b"hello, world" * 20, headers={"Content-Type": "image/jpeg"}),
+        400,
+        "body",
+        "not a readable image",
+    ),
+    "wrong content type": (
+        dict(data=b"{}", headers={"Content-Type": "application/json"}),
+        415,
+        "content-type",
+        "not accepted",
+    ),
+    "too large (Content-Length)": (
+        dict(data=bytes(MAX_BODY_BYTES + 1), headers={"Content-Type": "image/png"}),
+        413,
+        "body",
+        "max_body_bytes",
+    ),
+    "too large (chunked)": (
+        dict(data=chunks(bytes(MAX_BODY_BYTES + 1)), headers={"Content-Type": "image/png"}),
+        413,
+        "body",
+        "max_body_bytes",
+    ),
+    "decompression bomb": (dict(data=bomb(), headers={"Content-Type": "image/png"}), 400, "body", "exceeds the limit"),
     "multipart without file": (dict(files={"image": ("x.png", b"123")}), 400, "file", "exactly one `file`"),
 }
 
@@ -153,8 +171,11 @@ def test_truncated_image_and_oversized_batch_are_refused(serve_app, images):
     files = [("files", (f"{i}.jpeg", jpeg)) for i in range(MAX_IMAGES + 1)]
     too_many = requests.post(f"{serve_app.url}/predict/batch", files=files, timeout=30)
     assert too_many.status_code == 413 and too_many.json()["field"] == "files"
-    one_bad = requests.post(f"{serve_app.url}/predict/batch", timeout=30,
-                            files=[("files", ("ok.jpeg", jpeg)), ("files", ("bad.jpeg", b"nope"))])
+    one_bad = requests.post(
+        f"{serve_app.url}/predict/batch",
+        timeout=30,
+        files=[("files", ("ok.jpeg", jpeg)), ("files", ("bad.jpeg", b"nope"))],
+    )
     assert one_bad.status_code == 400 and one_bad.json()["field"] == "files[1]"
     assert "bad.jpeg" in one_bad.json()["error"]
     assert post_raw(serve_app.url, jpeg, "image/jpeg").status_code == 200
@@ -182,8 +203,11 @@ def test_overload_answers_503_quickly_then_recovers(serve_app, images):
 def metric_total(text: str, series: str, **labels: str) -> float:
     """Sum of a Prometheus series over the lines carrying `labels` (Ray prefixes names with ray_)."""
     pattern = rf"^ray_{series}\{{([^}}]*)\}} (\S+)$"
-    return sum(float(value) for tags, value in re.findall(pattern, text, re.MULTILINE)
-               if all(f'{key}="{val}"' in tags for key, val in labels.items()))
+    return sum(
+        float(value)
+        for tags, value in re.findall(pattern, text, re.MULTILINE)
+        if all(f'{key}="{val}"' in tags for key, val in labels.items())
+    )
 
 
 @pytest.mark.slow
@@ -200,10 +224,12 @@ def test_metrics_reach_prometheus(serve_app, images):
     while True:  # replicas push metrics every few seconds
         text = requests.get(url, timeout=10).text
         sizes = metric_total(text, "pneumo_batch_size_sum"), metric_total(text, "pneumo_batch_size_count")
-        if (metric_total(text, "pneumo_requests_total", endpoint="predict_batch", status="200")
-                and metric_total(text, "pneumo_request_errors_total", endpoint="predict", status="413")
-                and metric_total(text, "pneumo_request_latency_ms_count", endpoint="predict")
-                and sizes[0] > sizes[1] > 0):  # the batch request's images shared a model call
+        if (
+            metric_total(text, "pneumo_requests_total", endpoint="predict_batch", status="200")
+            and metric_total(text, "pneumo_request_errors_total", endpoint="predict", status="413")
+            and metric_total(text, "pneumo_request_latency_ms_count", endpoint="predict")
+            and sizes[0] > sizes[1] > 0
+        ):  # the batch request's images shared a model call
             return
         assert time.monotonic() < deadline, "\n".join(line for line in text.splitlines() if "pneumo_" in line)
         time.sleep(1)
@@ -216,8 +242,11 @@ def test_a_broken_checkpoint_is_reported_by_readyz_and_the_replica_stays_up(serv
     from pneumo.serve.builder import ServeArgs, build_app
 
     (tmp_path / "model.safetensors").write_bytes(b"not weights")
-    serve.run(build_app(ServeArgs(model_uri=str(tmp_path), config=[str(serve_app.yaml)])),
-              name="broken", route_prefix="/broken")
+    serve.run(
+        build_app(ServeArgs(model_uri=str(tmp_path), config=[str(serve_app.yaml)])),
+        name="broken",
+        route_prefix="/broken",
+    )
     url = f"{serve_app.url}/broken"
     readyz = wait_for_state(url, "ready", "failed")
     assert readyz.status_code == 503 and readyz.json()["state"] == "failed"
@@ -229,8 +258,12 @@ def test_a_broken_checkpoint_is_reported_by_readyz_and_the_replica_stays_up(serv
 
 def test_multipart_parser_returns_the_exact_bytes():
     payload = bytes(range(256)) * 4 + b"\r\n--\r\n\r\n"  # line breaks and dashes inside the file
-    prepared = requests.Request("POST", "http://127.0.0.1/", data={"note": "hi"},
-                                files=[("files", ("a.bin", payload)), ("files", ("b.bin", b""))]).prepare()
+    prepared = requests.Request(
+        "POST",
+        "http://127.0.0.1/",
+        data={"note": "hi"},
+        files=[("files", ("a.bin", payload)), ("files", ("b.bin", b""))],
+    ).prepare()
     headers = Headers({"content-type": prepared.headers["Content-Type"]})
     parts = asyncio.run(parse_multipart(headers, prepared.body, max_files=2))
     assert parts == [("note", None, b"hi"), ("files", "a.bin", payload), ("files", "b.bin", b"")]

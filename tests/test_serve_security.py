@@ -33,8 +33,10 @@ def test_every_route_but_the_probes_needs_the_token():
     for path in ("/predict", "/anything-added-later"):
         refused = client.post(path)
         assert refused.status_code == 401 and refused.headers["WWW-Authenticate"].startswith("Bearer")
-        assert refused.json() == {"error": "missing bearer token: send the header `Authorization: Bearer <token>`",
-                                  "field": "authorization"}
+        assert refused.json() == {
+            "error": "missing bearer token: send the header `Authorization: Bearer <token>`",
+            "field": "authorization",
+        }
         wrong = client.post(path, headers={"Authorization": f"Bearer {TOKEN}x"})
         assert wrong.status_code == 401 and wrong.json()["error"] == "invalid bearer token"
         assert client.post(path, headers={"Authorization": f"Basic {TOKEN}"}).status_code == 401

@@ -13,8 +13,9 @@ def store(mlflow_uri, tmp_path):
     """A fresh sqlite registry and a model folder to register (its content is not read)."""
     (tmp_path / "model").mkdir()
     (tmp_path / "model" / "MLmodel").write_text("flavors: {}\n")
-    cfg = ExperimentConfig(name="champion-rule", data=DataConfig(path="unused"),
-                           mlflow=MlflowConfig(tracking_uri=mlflow_uri))
+    cfg = ExperimentConfig(
+        name="champion-rule", data=DataConfig(path="unused"), mlflow=MlflowConfig(tracking_uri=mlflow_uri)
+    )
     return cfg, client_for(cfg), tmp_path / "model"
 
 

@@ -46,12 +46,23 @@ def test_two_worker_run_logs_to_mlflow_and_registers(trained, synthetic_root):
     assert run.data.tags["data_fingerprint"] == outcome_fingerprint(run)
     for key in ("test_auroc", "test_sensitivity", "test_specificity", "test_f1", "data.n_images"):
         assert key in run.data.metrics
-    assert run.data.metrics["test_auroc_ci_low"] <= run.data.metrics["test_auroc"] <= run.data.metrics["test_auroc_ci_high"]
+    assert (
+        run.data.metrics["test_auroc_ci_low"]
+        <= run.data.metrics["test_auroc"]
+        <= run.data.metrics["test_auroc_ci_high"]
+    )
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "best_checkpoint", "report"} <= artifacts
     report_files = {Path(a.path).name for a in client.list_artifacts(run.info.run_id, "report")}
-    assert {"report.html", "roc.png", "pr.png", "confusion.png", "reliability.png", "training_curves.png",
-            "mistakes.png"} <= report_files
+    assert {
+        "report.html",
+        "roc.png",
+        "pr.png",
+        "confusion.png",
+        "reliability.png",
+        "training_curves.png",
+        "mistakes.png",
+    } <= report_files
 
     loaded = load_checkpoint(outcome.model_dir)
     assert loaded.meta.decision_threshold == pytest.approx(outcome.test_metrics["threshold"])
@@ -72,8 +83,9 @@ def test_eval_scores_a_registered_model_and_a_checkpoint_folder(trained, tmp_pat
     cfg, outcome, yaml = trained
     from pneumo.evaluation.run import evaluate_model
 
-    registered = evaluate_model(f"models:/{cfg.mlflow.registered_model_name}@champion", cfg, "test",
-                                tmp_path / "registry")
+    registered = evaluate_model(
+        f"models:/{cfg.mlflow.registered_model_name}@champion", cfg, "test", tmp_path / "registry"
+    )
     evaluation = registered.evaluation
     assert evaluation.metrics["auroc"] == pytest.approx(outcome.test_metrics["auroc"])
     assert evaluation.threshold == pytest.approx(outcome.test_metrics["threshold"]), "the stored threshold is used"
@@ -83,8 +95,18 @@ def test_eval_scores_a_registered_model_and_a_checkpoint_folder(trained, tmp_pat
     eval_run = client.get_run(registered.mlflow_run_id)
     assert eval_run.data.tags["pneumo.kind"] == "eval" and "test_auroc_ci_high" in eval_run.data.metrics
 
-    pneumo_main(["eval", outcome.model_dir, cfg.data.path, "--out", str(tmp_path / "folder"),
-                 "--config", str(yaml), "eval.bootstrap_samples=50"])
+    pneumo_main(
+        [
+            "eval",
+            outcome.model_dir,
+            cfg.data.path,
+            "--out",
+            str(tmp_path / "folder"),
+            "--config",
+            str(yaml),
+            "eval.bootstrap_samples=50",
+        ]
+    )
     printed = capsys.readouterr().out
     assert f"auroc              {outcome.test_metrics['auroc']:.4f}" in printed
     assert (tmp_path / "folder" / "report.html").stat().st_size > 10_000
@@ -114,8 +136,12 @@ def test_interrupted_run_resumes_from_latest_checkpoint(ray_session, smoke_yaml)
     overrides = ["train.epochs=12"]
     cfg = load_config([smoke_yaml], overrides)
     env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
-    driver = subprocess.Popen([sys.executable, "-m", "pneumo.cli", "run", str(smoke_yaml), *overrides],
-                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "pneumo.cli", "run", str(smoke_yaml), *overrides],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     client = MlflowClient(cfg.mlflow.tracking_uri)
     try:
         run_id = wait_for_epoch(client, cfg.mlflow.experiment_name, 0, timeout_s=240)

@@ -8,13 +8,15 @@ from pneumo.tune import DISTRIBUTIONS, build_search_space
 
 
 def test_each_distribution_kind_builds_its_tune_domain():
-    space = build_search_space({
-        "train.lr": {"loguniform": [1e-4, 1e-2]},
-        "train.weight_decay": {"uniform": [0.0, 0.1]},
-        "train.batch_size": {"randint": [8, 64]},
-        "model.name": {"choice": ["resnet10t", "resnet18"]},
-        "model.drop_rate": {"grid": [0.0, 0.2]},
-    })
+    space = build_search_space(
+        {
+            "train.lr": {"loguniform": [1e-4, 1e-2]},
+            "train.weight_decay": {"uniform": [0.0, 0.1]},
+            "train.batch_size": {"randint": [8, 64]},
+            "model.name": {"choice": ["resnet10t", "resnet18"]},
+            "model.drop_rate": {"grid": [0.0, 0.2]},
+        }
+    )
     lr, decay, batch = space["train.lr"], space["train.weight_decay"], space["train.batch_size"]
     assert isinstance(lr, Float) and isinstance(lr.get_sampler(), LogUniform) and (lr.lower, lr.upper) == (1e-4, 1e-2)
     assert isinstance(decay, Float) and isinstance(decay.get_sampler(), Uniform) and decay.upper == 0.1

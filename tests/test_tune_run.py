@@ -111,15 +111,21 @@ def test_interrupted_worse_search_resumes_and_leaves_champion(first_search, ray_
     path = write_smoke_yaml(directory, synthetic_root, "worse", SEARCH % "[1.0e-6, 2.0e-6, 3.0e-6]")
     cfg = load_config([path], ["train.epochs=2", "tune.scheduler=fifo"])
     env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
-    driver = subprocess.Popen([sys.executable, "-m", "pneumo.cli", "run", str(path), "train.epochs=2",
-                               "tune.scheduler=fifo"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "pneumo.cli", "run", str(path), "train.epochs=2", "tune.scheduler=fifo"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     client = MlflowClient(cfg.mlflow.tracking_uri)
     try:
         parent_id = wait_for_finished_trial(client, cfg, timeout_s=300)
     finally:
         driver.send_signal(signal.SIGINT)
         driver.wait(timeout=120)
-    finished_before = {c.data.tags[TAG_TRIAL_ID]: c for c in child_runs(client, parent_id) if c.info.status == "FINISHED"}
+    finished_before = {
+        c.data.tags[TAG_TRIAL_ID]: c for c in child_runs(client, parent_id) if c.info.status == "FINISHED"
+    }
     assert 1 <= len(finished_before) < 3 and client.get_run(parent_id).info.status != "FINISHED"
 
     outcome = run_experiment(cfg, resume=True)

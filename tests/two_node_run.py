@@ -4,7 +4,6 @@ facts the test checks printed as one JSON line."""
 
 import json
 import os
-import socket
 import sys
 import threading
 from pathlib import Path
@@ -14,15 +13,10 @@ from mlflow.tracking import MlflowClient
 from ray.cluster_utils import Cluster
 from ray.util.state import list_actors
 
+from pneumo.cli import free_local_port
 from pneumo.cluster import check_shared_paths
 from pneumo.config import ConfigError, load_config, with_updates
 from pneumo.experiment import run_experiment
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def watch_worker_nodes(found: set, stop: threading.Event) -> None:
@@ -33,12 +27,18 @@ def watch_worker_nodes(found: set, stop: threading.Event) -> None:
 
 
 def main(yaml: str) -> None:
-    dashboard_port = free_port()
+    dashboard_port = free_local_port()
     # as `pneumo run` does for its own Ray: Ray Train's cleaner actor must find this cluster's API server
     os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{dashboard_port}"
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": True,
-                                                            "dashboard_port": dashboard_port,
-                                                            "node_ip_address": "127.0.0.1"})
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={
+            "num_cpus": 1,
+            "include_dashboard": True,
+            "dashboard_port": dashboard_port,
+            "node_ip_address": "127.0.0.1",
+        },
+    )
     cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")
     ray.init(address=cluster.address)
     cluster.wait_for_nodes()
@@ -54,13 +54,17 @@ def main(yaml: str) -> None:
         invisible = ""
     except ConfigError as error:
         invisible = str(error)
-    print(json.dumps({
-        "nodes": len([n for n in ray.nodes() if n["Alive"]]),
-        "worker_nodes": sorted(found),
-        "epochs_logged": sorted(m.step for m in client.get_metric_history(outcome.mlflow_run_id, "val_auroc")),
-        "status": client.get_run(outcome.mlflow_run_id).info.status,
-        "invisible_data_error": invisible,
-    }))
+    print(
+        json.dumps(
+            {
+                "nodes": len([n for n in ray.nodes() if n["Alive"]]),
+                "worker_nodes": sorted(found),
+                "epochs_logged": sorted(m.step for m in client.get_metric_history(outcome.mlflow_run_id, "val_auroc")),
+                "status": client.get_run(outcome.mlflow_run_id).info.status,
+                "invisible_data_error": invisible,
+            }
+        )
+    )
     ray.shutdown()
     cluster.shutdown()
 

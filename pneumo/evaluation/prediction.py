@@ -37,8 +37,8 @@ def predict_probabilities(loaded: LoadedModel, images: torch.Tensor) -> np.ndarr
     return loaded.meta.calibration.probabilities(predict_logits(loaded.model, images, loaded.meta.preprocessing_spec))
 
 
-def predict_dataset(loaded: LoadedModel, dataset: "ray.data.Dataset", batch_size: int = 64,
-                    predictor: Optional["Predictor"] = None) -> Predictions:
+def predict_dataset(loaded: LoadedModel, dataset: ray.data.Dataset, batch_size: int = 64,
+                    predictor: Optional[Predictor] = None) -> Predictions:
     """Score every row of a prepared split (columns image, label, path) in this process, with PyTorch
     or with `predictor` (an ONNX Runtime or OpenVINO one from pneumo.runtimes)."""
     preprocessing = loaded.meta.preprocessing_spec
@@ -54,7 +54,7 @@ def predict_dataset(loaded: LoadedModel, dataset: "ray.data.Dataset", batch_size
     return Predictions(np.concatenate(labels).astype(int), np.concatenate(logits), paths)
 
 
-def images_at(dataset: "ray.data.Dataset", paths: list[str]) -> dict[str, np.ndarray]:
+def images_at(dataset: ray.data.Dataset, paths: list[str]) -> dict[str, np.ndarray]:
     """The decoded images of a prepared (materialized) split whose path is in `paths`: its blocks are
     read where they lie, with no Ray Data task to schedule (a filter took ~2 s on the quickstart)."""
     wanted, found = set(paths), {}

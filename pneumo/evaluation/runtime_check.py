@@ -11,9 +11,10 @@ only when its val AUROC drops at most export.max_int8_auroc_drop.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
 
 import numpy as np
 

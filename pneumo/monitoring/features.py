@@ -48,11 +48,11 @@ class Observations:
     def __len__(self) -> int:
         return len(self.probabilities)
 
-    def take(self, rows: np.ndarray) -> "Observations":
+    def take(self, rows: np.ndarray) -> Observations:
         return Observations(self.features[rows], self.intensities[rows], self.probabilities[rows])
 
     @classmethod
-    def concat(cls, parts: list["Observations"]) -> "Observations":
+    def concat(cls, parts: list[Observations]) -> Observations:
         return cls(*(np.concatenate([getattr(p, name) for p in parts]) for name in ("features", "intensities",
                                                                                     "probabilities")))
 
@@ -89,7 +89,7 @@ def observe(loaded: LoadedModel, images: torch.Tensor) -> Observations:
                         loaded.meta.calibration.probabilities(logits).astype(np.float32))
 
 
-def observe_dataset(loaded: LoadedModel, dataset: "ray.data.Dataset", batch_size: int = 64) -> Observations:
+def observe_dataset(loaded: LoadedModel, dataset: ray.data.Dataset, batch_size: int = 64) -> Observations:
     """Observations of every row of a prepared split (column image), in this process."""
     parts = [observe(loaded, torch.as_tensor(np.ascontiguousarray(batch["image"])))
              for batch in dataset.iter_batches(batch_size=batch_size, batch_format="numpy")]

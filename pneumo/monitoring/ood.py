@@ -37,7 +37,7 @@ class Mahalanobis:
     precision: np.ndarray  # (m, m) inverse shrunk covariance of the standardised columns
 
     @classmethod
-    def fit(cls, rows: np.ndarray) -> "Mahalanobis":
+    def fit(cls, rows: np.ndarray) -> Mahalanobis:
         center, scale = rows.mean(axis=0), np.maximum(rows.std(axis=0), MIN_SCALE)
         covariance = LedoitWolf().fit((rows - center) / scale)
         return cls(center, scale, covariance.get_precision())

@@ -70,7 +70,7 @@ class ReferenceProfile:
                 "n_train": np.array(self.n_train), "n_val": np.array(self.n_val)}
 
     @classmethod
-    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> "ReferenceProfile":
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> ReferenceProfile:
         if int(arrays["version"]) != PROFILE_VERSION or tuple(arrays["intensity_names"]) != INTENSITY_NAMES:
             raise ValueError(f"reference profile version {int(arrays['version'])} is not {PROFILE_VERSION}: "
                              "recompute it with this pneumo")
@@ -109,7 +109,7 @@ def write_profile(model_dir: str | Path, profile: ReferenceProfile) -> None:
     write_profile_arrays(model_dir, profile.to_arrays())
 
 
-def profile_checkpoint(model_dir: str | Path, data: "PreparedData", batch_size: int = 64) -> ReferenceProfile:
+def profile_checkpoint(model_dir: str | Path, data: PreparedData, batch_size: int = 64) -> ReferenceProfile:
     """Observe the evaluated model (its calibration included) on the train and val splits and store the
     profile next to its pneumo.json, so it is registered with the model (end of `pneumo run`)."""
     loaded = load_checkpoint(model_dir)
@@ -119,7 +119,7 @@ def profile_checkpoint(model_dir: str | Path, data: "PreparedData", batch_size: 
     return profile
 
 
-def gate_summary(loaded: LoadedModel, dataset: "ray.data.Dataset", batch_size: int = 64) -> Optional[dict[str, float]]:
+def gate_summary(loaded: LoadedModel, dataset: ray.data.Dataset, batch_size: int = 64) -> Optional[dict[str, float]]:
     """How many films of a prepared split the gate would refuse (`pneumo eval` reports it); None without
     a profile."""
     profile = profile_of(loaded)

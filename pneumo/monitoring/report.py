@@ -50,7 +50,14 @@ def monitor_dataset(model_uri: str, cfg: ExperimentConfig, split: str = "all",
     """Compare the films of `split` (or every split) of cfg.data with the model's reference profile."""
     from pneumo.data.dataset import prepare_data
     from pneumo.model_uri import fetch_model
-    from pneumo.tracking import TAG_DATA_FINGERPRINT, TAG_MODEL_URI, finish_run, log_metrics, resolve_tracking_uri, start_run
+    from pneumo.tracking import (
+        TAG_DATA_FINGERPRINT,
+        TAG_MODEL_URI,
+        finish_run,
+        log_metrics,
+        resolve_tracking_uri,
+        start_run,
+    )
 
     tracking_uri = resolve_tracking_uri(cfg.mlflow)
     model = fetch_model(model_uri, tracking_uri)

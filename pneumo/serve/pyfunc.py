@@ -39,7 +39,6 @@ class PneumoniaClassifier(mlflow.pyfunc.PythonModel):
 
     def load_context(self, context) -> None:
         from pneumo.checkpoints import load_checkpoint
-
         from pneumo.monitoring.profile import profile_of
 
         self.loaded = load_checkpoint(context.artifacts[CHECKPOINT_ARTIFACT])

@@ -65,11 +65,14 @@ def test_full_size_png_matches_the_full_size_decode(rendered, bits):
     assert_within_resize_error(encoded(film, "PNG", "L" if bits == 8 else "I;16", compress_level=1), GRAY)
 
 
-@pytest.mark.parametrize("photometric, bits, elements", [
-    ("MONOCHROME2", 12, {}),
-    ("MONOCHROME1", 16, {"RescaleSlope": 2, "RescaleIntercept": -1024}),
-    ("MONOCHROME2", 12, {"WindowCenter": 1800, "WindowWidth": 2500}),
-])
+@pytest.mark.parametrize(
+    "photometric, bits, elements",
+    [
+        ("MONOCHROME2", 12, {}),
+        ("MONOCHROME1", 16, {"RescaleSlope": 2, "RescaleIntercept": -1024}),
+        ("MONOCHROME2", 12, {"WindowCenter": 1800, "WindowWidth": 2500}),
+    ],
+)
 def test_full_size_dicom_grey_levels_are_exact_and_resize_within_error(rendered, photometric, bits, elements):
     data = dicom_bytes(full_size_film(rendered, np.random.default_rng(6), bits, SIDE_PX), bits, photometric, **elements)
     assert np.array_equal(np.asarray(decode_dicom(data)), np.asarray(reference_dicom(data)))

@@ -26,7 +26,9 @@ def test_stray_files_are_ignored_and_counted(tmp_path, synthetic_root):
     shutil.copytree(synthetic_root, root)
     (root / "train" / "NORMAL" / ".DS_Store").write_bytes(b"\0\0")
     (root / "train" / "PNEUMONIA" / "notes.txt").write_text("x")
-    (root / "test" / "NORMAL" / "IM-9999-0001.JPG").write_bytes((next((root / "test" / "NORMAL").glob("*.jpeg"))).read_bytes())
+    (root / "test" / "NORMAL" / "IM-9999-0001.JPG").write_bytes(
+        (next((root / "test" / "NORMAL").glob("*.jpeg"))).read_bytes()
+    )
     listing = list_kaggle_folder(root)
     assert len(listing.ignored_files) == 2
     assert any(r.path.endswith("IM-9999-0001.JPG") for r in listing.records), "upper-case extensions count"

@@ -75,13 +75,21 @@ def write_manifest(tmp_path: Path, with_split: bool = True, suffix: str = ".csv"
         data = dicom_bytes(RAMP) if name.endswith("dcm") else jpeg(60 + 120 * label)
         (images / name).write_bytes(data)
         path = {0: f"images/{name}", 1: str(images / name), 2: (images / name).as_uri()}[i % 3]
-        rows.append({"path": path, "label": ["NORMAL", "PNEUMONIA"][label] if i % 2 else str(label),
-                     "patient_id": f"p{i // 2:03d}", "split": ("train", "train", "val", "test")[(i // 2) % 4]})
+        rows.append(
+            {
+                "path": path,
+                "label": ["NORMAL", "PNEUMONIA"][label] if i % 2 else str(label),
+                "patient_id": f"p{i // 2:03d}",
+                "split": ("train", "train", "val", "test")[(i // 2) % 4],
+            }
+        )
     (images / "empty.jpeg").write_bytes(b"")
-    bad = {"missing": {"path": "images/never-written.jpeg", "label": "1", "patient_id": "p900", "split": "train"},
-           "empty": {"path": "images/empty.jpeg", "label": "0", "patient_id": "p901", "split": "train"},
-           "label": {"path": "images/p000_1.jpeg", "label": "2", "patient_id": "p000", "split": "train"},
-           "split": {"path": "images/p000_1.jpeg", "label": "1", "patient_id": "p000", "split": "dev"}}
+    bad = {
+        "missing": {"path": "images/never-written.jpeg", "label": "1", "patient_id": "p900", "split": "train"},
+        "empty": {"path": "images/empty.jpeg", "label": "0", "patient_id": "p901", "split": "train"},
+        "label": {"path": "images/p000_1.jpeg", "label": "2", "patient_id": "p000", "split": "train"},
+        "split": {"path": "images/p000_1.jpeg", "label": "1", "patient_id": "p000", "split": "dev"},
+    }
     table = pd.DataFrame(rows + list(bad.values()))
     if not with_split:
         table = table.drop(columns=["split"])
@@ -109,8 +117,11 @@ def test_manifest_needs_path_and_label_columns(tmp_path):
 
 
 def test_manifest_without_split_gets_a_stratified_patient_grouped_split(tmp_path):
-    rows = [{"path": f"/data/p{p:03d}_{k}.jpeg", "label": int(p % 4 != 0), "patient_id": f"p{p:03d}"}
-            for p in range(200) for k in range(1 + p % 3)]
+    rows = [
+        {"path": f"/data/p{p:03d}_{k}.jpeg", "label": int(p % 4 != 0), "patient_id": f"p{p:03d}"}
+        for p in range(200)
+        for k in range(1 + p % 3)
+    ]
     pd.DataFrame(rows).to_csv(tmp_path / "m.csv", index=False)
     cfg = DataConfig(path=str(tmp_path / "m.csv"), split_fractions=[0.7, 0.1, 0.2], split_seed=3)
     listing = list_source(cfg)
@@ -142,7 +153,10 @@ def test_manifest_prepares_jpeg_dicom_and_uris_and_names_every_bad_row(ray_sessi
     assert "label '2'" in reasons and "split 'dev'" in reasons and len(data.skipped_files) == 4
     assert data.counts["train"] == {"NORMAL": 3, "PNEUMONIA": 9}
     dicom_row = [r for r in data.datasets["train"].take_all() if r["path"].endswith(".dcm")][0]
-    assert dicom_row["image"].shape == (1, 32, 32) and dicom_row["image"][0, :, 0].mean() < dicom_row["image"][0, :, -1].mean()
+    assert (
+        dicom_row["image"].shape == (1, 32, 32)
+        and dicom_row["image"][0, :, 0].mean() < dicom_row["image"][0, :, -1].mean()
+    )
     with pytest.raises(BadImageError) as error:
         prepare_data(DataConfig(path=str(manifest), on_bad_file="error"), SPEC)
     assert "never-written.jpeg" in str(error.value) and "row" in str(error.value)
@@ -160,8 +174,11 @@ def test_manifest_without_split_records_the_split_it_made(ray_session, tmp_path)
 def test_npz_prepares_resized_images_with_their_labels(ray_session, tmp_path):
     path = write_npz(tmp_path / "pneumoniamnist.npz", size=28, bad_label_at=0)
     data = prepare_data(DataConfig(path=str(path)), SPEC)
-    assert data.counts == {"train": {"NORMAL": 9, "PNEUMONIA": 30}, "val": {"NORMAL": 3, "PNEUMONIA": 7},
-                           "test": {"NORMAL": 5, "PNEUMONIA": 15}}
+    assert data.counts == {
+        "train": {"NORMAL": 9, "PNEUMONIA": 30},
+        "val": {"NORMAL": 3, "PNEUMONIA": 7},
+        "test": {"NORMAL": 5, "PNEUMONIA": 15},
+    }
     assert list(data.skipped_files) == [f"{path.resolve()}#train/0"]
     for row in data.datasets["test"].take(6):
         assert row["image"].shape == (1, 32, 32)
@@ -213,7 +230,10 @@ def test_inspect_finds_patients_shared_between_manifest_splits(tmp_path):
     table.to_csv(manifest, index=False)
     inspection = inspect_dataset(DataConfig(path=str(manifest)))
     assert inspection.patients_across_splits["p000"] == ["test", "train"] and inspection.leaks
-    assert len(inspection.refused) == 2 and set(inspection.unreadable.values()) == {"cannot read file (No such file or directory)", "empty file"}
+    assert len(inspection.refused) == 2 and set(inspection.unreadable.values()) == {
+        "cannot read file (No such file or directory)",
+        "empty file",
+    }
     assert inspection.modes["DICOM"] == 4
 
 

@@ -48,10 +48,13 @@ def test_rgba_transparency_becomes_black():
     assert decode_image(encode(image), GRAY).max() == 0
 
 
-@pytest.mark.parametrize("data, reason", [
-    (b"", "empty"),
-    (b"this is not an image at all", "not a readable image"),
-])
+@pytest.mark.parametrize(
+    "data, reason",
+    [
+        (b"", "empty"),
+        (b"this is not an image at all", "not a readable image"),
+    ],
+)
 def test_bad_bytes_raise_with_reason(data, reason):
     with pytest.raises(ImageDecodeError, match=reason):
         decode_image(data, GRAY)

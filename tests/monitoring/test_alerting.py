@@ -38,8 +38,13 @@ def exported_series() -> set[str]:
     names = set()
     for path in EXPORTERS:
         for kind, name in re.findall(r"metrics\.(Counter|Gauge|Histogram)\(\s*\"(\w+)\"", path.read_text()):
-            names |= {f"ray_{name}_total"} if kind == "Counter" else \
-                {f"ray_{name}_{suffix}" for suffix in ("bucket", "sum", "count")} if kind == "Histogram" else {f"ray_{name}"}
+            names |= (
+                {f"ray_{name}_total"}
+                if kind == "Counter"
+                else {f"ray_{name}_{suffix}" for suffix in ("bucket", "sum", "count")}
+                if kind == "Histogram"
+                else {f"ray_{name}"}
+            )
     return names
 
 

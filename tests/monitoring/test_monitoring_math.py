@@ -7,7 +7,7 @@ import pytest
 from pneumo.checkpoints import read_profile_arrays
 from pneumo.monitoring.drift import ObservationWindow, WindowData, drift_report, mmd_test
 from pneumo.monitoring.features import INTENSITY_NAMES, Observations, intensity_statistics
-from pneumo.monitoring.ood import Mahalanobis, fit_gate
+from pneumo.monitoring.ood import Mahalanobis
 from pneumo.monitoring.profile import PCA_COMPONENTS, REFERENCE_SAMPLE, ReferenceProfile, build_profile, write_profile
 
 WIDTH = 64  # pre-logit feature width of the fake network
@@ -27,8 +27,9 @@ def observations(n: int, seed: int, shift: float = 0.0) -> Observations:
     mixing = np.random.default_rng(99).normal(size=(8, WIDTH))  # features live near an 8-dim subspace
     features = rng.normal(size=(n, 8)) @ mixing + 0.05 * rng.normal(size=(n, WIDTH)) + shift
     images = films(n, seed)
-    return Observations(features.astype(np.float32), intensity_statistics(images),
-                        rng.beta(3, 1, size=n).astype(np.float32))
+    return Observations(
+        features.astype(np.float32), intensity_statistics(images), rng.beta(3, 1, size=n).astype(np.float32)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +44,9 @@ def test_intensity_statistics_describe_exposure_polarity_and_orientation():
     upside_down = dict(zip(INTENSITY_NAMES, intensity_statistics(image[:, :, ::-1])[0]))
     blank = dict(zip(INTENSITY_NAMES, intensity_statistics(np.full((1, 1, 32, 32), 128, np.uint8))[0]))
     assert inverted["mean"] == pytest.approx(1 - stats["mean"], abs=1e-5)
-    assert stats["top_minus_bottom"] < -0.1 and upside_down["top_minus_bottom"] == pytest.approx(-stats["top_minus_bottom"])
+    assert stats["top_minus_bottom"] < -0.1 and upside_down["top_minus_bottom"] == pytest.approx(
+        -stats["top_minus_bottom"]
+    )
     assert stats["centre_minus_sides"] > 0.1
     assert blank["std"] == blank["gradient"] == blank["laplacian"] == 0
 
@@ -65,7 +68,9 @@ def test_gate_refuses_about_one_percent_of_val_and_everything_far_away(profile):
     assert np.mean(profile.ood_scores(unseen) > profile.gate.cutoff) < 0.03
     off_subspace = observations(100, 3, shift=3.0)  # features in directions the training films never used
     assert np.all(profile.ood_scores(off_subspace) > profile.gate.cutoff)
-    inverted = Observations(unseen.features[:100], intensity_statistics(255 - films(100, 4)), unseen.probabilities[:100])
+    inverted = Observations(
+        unseen.features[:100], intensity_statistics(255 - films(100, 4)), unseen.probabilities[:100]
+    )
     assert np.all(profile.ood_scores(inverted) > profile.gate.cutoff)
 
 
@@ -90,8 +95,13 @@ def test_mmd_test_keeps_its_level_and_finds_a_shift():
 
 
 def window_of(profile: ReferenceProfile, seen: Observations, ood: np.ndarray) -> WindowData:
-    return WindowData(profile.project(seen.features)[0], seen.intensities, seen.probabilities, ood,
-                      np.linspace(1000.0, 1060.0, len(seen)))
+    return WindowData(
+        profile.project(seen.features)[0],
+        seen.intensities,
+        seen.probabilities,
+        ood,
+        np.linspace(1000.0, 1060.0, len(seen)),
+    )
 
 
 def test_drift_report_states_off_collecting_and_tested(profile):
@@ -103,12 +113,14 @@ def test_drift_report_states_off_collecting_and_tested(profile):
     calm = drift_report(profile, window_of(profile, same, np.zeros(200, bool)), 200, 50)
     assert calm["status"] == "tested" and calm["drift"] is False, calm
     assert calm["window"]["span_s"] == pytest.approx(60.0)
-    dark = Observations(same.features, intensity_statistics((films(200, 9) * 0.6).astype(np.uint8)),
-                        same.probabilities)
+    dark = Observations(same.features, intensity_statistics((films(200, 9) * 0.6).astype(np.uint8)), same.probabilities)
     flags = np.arange(200) < 30
     shifted = drift_report(profile, window_of(profile, dark, flags), 200, 50)
     assert shifted["drift"] is True and shifted["intensities"]["drift"] is True
-    assert shifted["intensities"]["statistics"]["mean"]["mean"] < shifted["intensities"]["statistics"]["mean"]["reference_mean"]
+    assert (
+        shifted["intensities"]["statistics"]["mean"]["mean"]
+        < shifted["intensities"]["statistics"]["mean"]["reference_mean"]
+    )
     assert shifted["ood"]["rate"] == pytest.approx(0.15)
 
 

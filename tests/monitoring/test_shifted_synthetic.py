@@ -20,14 +20,17 @@ def test_default_acquisition_leaves_the_films_unchanged():
         assert np.array_equal(render_chest_xray(image, 3, 64), render_chest_xray_and_opacity(image, 3, 64)[0])
 
 
-@pytest.mark.parametrize("acquisition, statistic, direction", [
-    (Acquisition(exposure=-0.2), "mean", -1),
-    (Acquisition(noise=0.08), "laplacian", +1),
-    (Acquisition(blur_px=2.5), "gradient", -1),
-    (Acquisition(resolution=0.25), "laplacian", -1),
-    (Acquisition(portable=True), "p50", +1),
-    (Acquisition(inverted=True), "top_minus_bottom", +1),
-])
+@pytest.mark.parametrize(
+    "acquisition, statistic, direction",
+    [
+        (Acquisition(exposure=-0.2), "mean", -1),
+        (Acquisition(noise=0.08), "laplacian", +1),
+        (Acquisition(blur_px=2.5), "gradient", -1),
+        (Acquisition(resolution=0.25), "laplacian", -1),
+        (Acquisition(portable=True), "p50", +1),
+        (Acquisition(inverted=True), "top_minus_bottom", +1),
+    ],
+)
 def test_each_acquisition_moves_its_statistic(acquisition, statistic, direction):
     base, shifted = stats(Acquisition())[statistic], stats(acquisition)[statistic]
     assert direction * (shifted - base) > 0.1 * max(abs(base), 0.01), (base, shifted)
