@@ -1,13 +1,21 @@
-"""Images/second of pneumo's Ray Data decoding pipeline against a plain torch DataLoader, and of the
-pipeline reading pneumo's decoded-image cache, on the synthetic JPEG folder, in one run.
+"""Images/second of pneumo's decoding: today's decode against the full-size decode it replaced (one
+process), and pneumo's Ray Data pipeline against a plain torch DataLoader (same decode function, same
+number of processes), on three kinds of films, in one run.
 
-    python -m bench.data_bench                      # 2,000 films of 256 px -> 224 px, 2 passes each
-    python -m bench.data_bench --n 4000 --film-size 512 --image-size 224 --workers 2
+    python -m bench.data_bench                       # 256 px JPEGs, full-size JPEGs, full-size DICOMs
+    python -m bench.data_bench --cases jpeg --full-size-n 400 --passes 5
 
-All pipelines read the same files and decode them with the same function (`load_image`: file bytes,
-SHA-1, PIL decode, resize to the model's size) into the same uint8 batches of 64, with the same
-number of CPU workers: DataLoader(num_workers=W) against Ray Data map tasks that each take one of W
-Ray CPUs. The table goes to stdout and bench/results/data.json.
+Cases: the synthetic generator's 256 px JPEGs (`--n`), full-size JPEGs of 1,024-2,048 px at quality
+75-95 and 16-bit DICOMs (12 or 16 bits stored, windowed or not, MONOCHROME1/2) of the same sizes
+(bench/films.py). Every film goes to 224 px grey.
+
+The machine is shared and noisy, so everything is compared back to back and interleaved: the decode
+A/B decodes each file with both functions in turn, `--passes` times (median pass per function); the
+pipelines alternate DataLoader and Ray Data passes (median of the passes after the first, which
+includes start-up). Both pipelines decode with `load_image` (file bytes, SHA-1, decode, resize) into
+uint8 batches of 64: DataLoader(num_workers=W, persistent workers) against Ray Data decode tasks of
+1 CPU on a W-CPU Ray (`decode_records`, the pipeline `prepare_data` runs). "+ cache" reads the
+entry `data.cache_dir` holds for the same files. The table goes to stdout and bench/results/data.json.
 """
 
 from __future__ import annotations
@@ -15,15 +23,23 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+from bench.films import write_full_size_films
+from bench.reference_decode import reference_decode
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "data.json"
 BATCH = 64
+IMAGE_SIZE = 224
+MAX_PIXELS = 40_000_000
+CASES = {"small": "JPEG 256 px (generator)", "jpeg": "JPEG 1,024-2,048 px, q75-95",
+         "dicom": "DICOM 1,024-2,048 px, 12/16-bit"}
 
 
 class DecodedFiles(torch.utils.data.Dataset):
@@ -39,84 +55,131 @@ class DecodedFiles(torch.utils.data.Dataset):
         from pneumo.data.sources import load_image
 
         record = self.records[index]
-        image, _ = load_image(record.path, self.preprocessing, 40_000_000)
+        image, _ = load_image(record.path, self.preprocessing, MAX_PIXELS)
         return torch.from_numpy(image), record.label
 
 
-def timed_passes(make_batches, passes: int) -> list[tuple[float, int]]:
-    """(seconds, images) of each full pass over a fresh iterator."""
-    results = []
+def write_films(case: str, root: Path, n_small: int, n_full: int) -> Path:
+    from pneumo.data.synthetic import generate_chest_xrays
+
+    if case == "small":
+        generate_chest_xrays(root, n_images=n_small, image_size=256, seed=0)
+        return root
+    return write_full_size_films(root, n_full, case)
+
+
+def decode_ab(records, preprocessing, passes: int) -> dict:
+    """Single-process decode rate of the full-size reference and of today's decode: each file decoded
+    by both, back to back, in alternating order, so load swings on the machine fall on both alike."""
+    from pneumo.data.transforms import decode_image
+
+    files = [Path(r.path).read_bytes() for r in records]
+    decoders = [("reference", lambda data: reference_decode(data, preprocessing)),
+                ("pneumo", lambda data: decode_image(data, preprocessing, MAX_PIXELS))]
+    seconds = {name: [0.0] * passes for name, _ in decoders}
+    for repeat in range(passes):
+        for index, data in enumerate(files):
+            for name, decode in decoders[::-1] if (index + repeat) % 2 else decoders:
+                started = time.perf_counter()
+                decode(data)
+                seconds[name][repeat] += time.perf_counter() - started
+    rates = {name: len(files) / statistics.median(s) for name, s in seconds.items()}
+    return {"reference_images_per_s": round(rates["reference"], 1), "images_per_s": round(rates["pneumo"], 1),
+            "speedup": round(rates["pneumo"] / rates["reference"], 2),
+            "megabytes_per_film": round(sum(map(len, files)) / len(files) / 1e6, 2)}
+
+
+def one_pass(batches) -> tuple[float, int]:
+    started, images = time.perf_counter(), 0
+    for batch in batches:
+        images += len(batch)
+    return time.perf_counter() - started, images
+
+
+def pipelines_ab(records, preprocessing, workers: int, passes: int) -> dict:
+    """Steady img/s of DataLoader and Ray Data streaming over the same records, passes interleaved."""
+    from pneumo.data.dataset import decode_records
+
+    loader = torch.utils.data.DataLoader(DecodedFiles(records, preprocessing), batch_size=BATCH,
+                                         num_workers=workers, persistent_workers=True,
+                                         multiprocessing_context="forkserver")  # no fork of a Ray driver
+    makers = {"DataLoader": lambda: (images for images, _ in loader),
+              "Ray Data": lambda: (b["image"] for b in decode_records(records, preprocessing, MAX_PIXELS, cpus_per_task=1)
+                                   .iter_batches(batch_size=BATCH, batch_format="numpy"))}
+    measured = {name: [] for name in makers}
     for _ in range(passes):
-        started, images = time.perf_counter(), 0
-        for batch in make_batches():
-            images += len(batch)
-        results.append((time.perf_counter() - started, images))
-    return results
+        for name, make in makers.items():
+            measured[name].append(one_pass(make()))
+    return {name: {"first_pass_images_per_s": round(runs[0][1] / runs[0][0], 1),
+                   "steady_images_per_s": round(statistics.median(n / s for s, n in runs[1:]), 1)}
+            for name, runs in measured.items()}
 
 
-def run(n: int, film_size: int, image_size: int, workers: int, passes: int) -> list[dict]:
+def cache_pass(cfg, records, preprocessing, passes: int) -> dict:
+    """Ray Data reading the decoded-image cache entry of these records (written first)."""
+    from pneumo.data.cache import cache_key, read_cached
+    from pneumo.data.dataset import decode_order, prepare_data
+
+    prepare_data(cfg, preprocessing)  # writes the cache entry
+    entry = cache_key(decode_order(records, cfg.split_seed), preprocessing, MAX_PIXELS)
+    runs = [one_pass(b["image"] for b in read_cached(cfg.cache_dir, entry).iter_batches(
+        batch_size=BATCH, batch_format="numpy")) for _ in range(passes)]
+    return {"first_pass_images_per_s": round(runs[0][1] / runs[0][0], 1),
+            "steady_images_per_s": round(statistics.median(n / s for s, n in runs[1:]), 1)}
+
+
+def run(cases: list[str], n_small: int, n_full: int, workers: int, passes: int) -> list[dict]:
+    with tempfile.TemporaryDirectory(prefix="pneumo-data-bench-") as folder:  # full-size films: ~0.6 GB
+        return _run_in(Path(folder), cases, n_small, n_full, workers, passes)
+
+
+def _run_in(work: Path, cases: list[str], n_small: int, n_full: int, workers: int, passes: int) -> list[dict]:
     import ray
 
     from pneumo.config import DataConfig
-    from pneumo.data.cache import cache_key, read_cached
-    from pneumo.data.dataset import decode_order, decode_records, prepare_data
     from pneumo.data.sources import list_source
-    from pneumo.data.synthetic import generate_chest_xrays
     from pneumo.data.transforms import Preprocessing
 
-    work = Path(tempfile.mkdtemp(prefix="pneumo-data-bench-"))
-    root = work / "chest_xray"
-    generate_chest_xrays(root, n_images=n, image_size=film_size, seed=0)
-    preprocessing = Preprocessing(in_chans=1, image_size=image_size, mean=(0.5,), std=(0.25,))
-    cfg = DataConfig(path=str(root), cache_dir=str(work / "cache"), resplit_val=False)
-    records = list_source(cfg).records
-
-    loader = lambda: (images for images, _ in torch.utils.data.DataLoader(
-        DecodedFiles(records, preprocessing), batch_size=BATCH, num_workers=workers, persistent_workers=False))
-    rows = [("DataLoader", f"num_workers={workers}", timed_passes(loader, passes))]
-
+    preprocessing = Preprocessing(in_chans=1, image_size=IMAGE_SIZE, mean=(0.5,), std=(0.25,))
+    prepared = {}
+    for case in cases:
+        cfg = DataConfig(path=str(write_films(case, work / case, n_small, n_full)),
+                         cache_dir=str(work / "cache"), resplit_val=False)
+        prepared[case] = cfg, list_source(cfg).records
+    table = [{"case": CASES[case], "films": len(records), **decode_ab(records, preprocessing, passes)}
+             for case, (cfg, records) in prepared.items()]
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # loopback only, as `pneumo run` does
     ray.init(num_cpus=workers, include_dashboard=False, logging_level="WARNING")
-    ray_data = lambda: (b["image"] for b in decode_records(records, preprocessing, 40_000_000, cpus_per_task=1)
-                        .iter_batches(batch_size=BATCH, batch_format="numpy"))
-    rows.append(("Ray Data", f"{workers} tasks x 1 CPU, streaming", timed_passes(ray_data, passes)))
-
-    prepare_data(cfg, preprocessing)  # writes the cache entry
-    entry = cache_key(decode_order(records, cfg.split_seed), preprocessing, 40_000_000)
-    cached = lambda: (b["image"] for b in read_cached(cfg.cache_dir, entry).iter_batches(
-        batch_size=BATCH, batch_format="numpy"))
-    rows.append(("Ray Data + cache", "decoded .npz shards", timed_passes(cached, passes)))
+    for row, (cfg, records) in zip(table, prepared.values()):
+        pipelines = pipelines_ab(records, preprocessing, workers, passes)
+        row["pipelines"] = {**pipelines, "Ray Data + cache": cache_pass(cfg, records, preprocessing, passes)}
+        row["ray_data_to_dataloader"] = round(pipelines["Ray Data"]["steady_images_per_s"]
+                                              / pipelines["DataLoader"]["steady_images_per_s"], 2)
     ray.shutdown()
-
-    table = []
-    for name, setting, measured in rows:
-        steady_s, images = measured[-1]
-        table.append({"pipeline": name, "setting": setting, "images": images,
-                      "first_pass_images_per_s": round(measured[0][1] / measured[0][0], 1),
-                      "steady_images_per_s": round(images / steady_s, 1)})
-    baseline = table[0]["steady_images_per_s"]
-    for row in table:
-        row["ratio_to_dataloader"] = round(row["steady_images_per_s"] / baseline, 2)
     return table
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--n", type=int, default=2000, help="synthetic films")
-    parser.add_argument("--film-size", type=int, default=256, help="side of the JPEG files, px")
-    parser.add_argument("--image-size", type=int, default=224, help="side the pipelines resize to, px")
+    parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES), help="film kinds to run")
+    parser.add_argument("--n", type=int, default=2000, help="256 px synthetic films")
+    parser.add_argument("--full-size-n", type=int, default=128, help="full-size films of each kind")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers = Ray CPUs for map tasks")
-    parser.add_argument("--passes", type=int, default=2, help="passes per pipeline; the last one is reported")
+    parser.add_argument("--passes", type=int, default=3, help="interleaved passes; pipelines report the median after the first")
     args = parser.parse_args()
     load_before = os.getloadavg()[0]
-    table = run(args.n, args.film_size, args.image_size, args.workers, args.passes)
-    print(f"\n{args.n} films {args.film_size} px -> {args.image_size} px, batches of {BATCH}, "
+    table = run(args.cases, args.n, args.full_size_n, args.workers, args.passes)
+    print(f"\nfilms -> {IMAGE_SIZE} px grey, batches of {BATCH}, {args.workers} processes, "
           f"load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after")
-    print("| pipeline | setting | first pass img/s | steady img/s | ratio to DataLoader |")
-    print("| --- | --- | ---: | ---: | ---: |")
+    print("| films | MB/film | full-size decode img/s | pneumo decode img/s | speedup | DataLoader img/s "
+          "| Ray Data img/s | Ray Data / DataLoader | Ray Data + cache img/s |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for row in table:
-        print(f"| {row['pipeline']} | {row['setting']} | {row['first_pass_images_per_s']} | "
-              f"{row['steady_images_per_s']} | {row['ratio_to_dataloader']} |")
+        p = row["pipelines"]
+        print(f"| {row['case']} ({row['films']}) | {row['megabytes_per_film']} | {row['reference_images_per_s']} | "
+              f"{row['images_per_s']} | {row['speedup']}x | {p['DataLoader']['steady_images_per_s']} | "
+              f"{p['Ray Data']['steady_images_per_s']} | {row['ray_data_to_dataloader']} | "
+              f"{p['Ray Data + cache']['steady_images_per_s']} |")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps({"settings": vars(args), "rows": table}, indent=2))
 

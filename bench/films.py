@@ -74,15 +74,15 @@ def _encoded(base: np.ndarray, kind: str, rng: np.random.Generator) -> tuple[byt
 
 
 def write_full_size_films(root: Path, n_images: int, kind: str, n_rendered: int = 24, seed: int = 0) -> Path:
-    """A Kaggle-layout folder (train/{NORMAL,PNEUMONIA}) of `n_images` full-size files of `kind`
-    (jpeg | dicom), cycling through `n_rendered` rendered films; each file has its own size and noise."""
-    plan = plan_dataset(max(n_rendered, 200), seed)[:n_rendered]
-    bases = [(render_chest_xray(image, seed, RENDER_PX), image.label) for image in plan]
+    """A Kaggle-layout folder ({train,val,test}/{NORMAL,PNEUMONIA}, 80/10/10, classes alternating) of
+    `n_images` full-size files of `kind` (jpeg | dicom), cycling through `n_rendered` rendered films;
+    each file has its own size and noise. For decoding benchmarks: folder labels are not the films'."""
+    bases = [render_chest_xray(image, seed, RENDER_PX) for image in plan_dataset(200, seed)[:n_rendered]]
     rng = np.random.default_rng(seed)
-    for label in CLASS_NAMES:
-        (root / "train" / label).mkdir(parents=True, exist_ok=True)
+    splits = ["train"] * 8 + ["val", "test"]
     for index in range(n_images):
-        base, label = bases[index % len(bases)]
-        data, suffix = _encoded(base, kind, rng)
-        (root / "train" / label / f"film{index:05d}{suffix}").write_bytes(data)
+        data, suffix = _encoded(bases[index % len(bases)], kind, rng)
+        folder = root / splits[index // 2 % len(splits)] / CLASS_NAMES[index % 2]
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"film{index:05d}{suffix}").write_bytes(data)
     return root

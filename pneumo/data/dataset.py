@@ -26,7 +26,8 @@ from pneumo.data.sources import list_source, load_image
 from pneumo.data.transforms import ImageDecodeError, Preprocessing
 
 logger = logging.getLogger(__name__)
-DECODE_ROWS = 128  # records per Ray Data decode task
+DECODE_ROWS = 128  # records per Ray Data decode task, at most
+MIN_DECODE_BLOCKS = 16  # decode tasks, at least (full-size films take ~50 ms each: 128 of them were one 6 s task)
 
 
 class BadImageError(ValueError):
@@ -106,8 +107,10 @@ def _handle_bad_files(rows: list[dict], refused: dict[str, str], on_bad_file: st
 def decode_records(records: list[ImageRecord], preprocessing: Preprocessing, max_pixels: int,
                    cpus_per_task: float = 0.5) -> ray.data.Dataset:
     """The lazy Ray Data pipeline: records -> rows with image, sha1 and error (streamed when iterated)."""
-    # blocks of ~DECODE_ROWS records: Ray Data's default (200 blocks) makes tasks of a few files each
-    n_blocks = max(1, -(-len(records) // DECODE_ROWS))
+    # blocks of ~DECODE_ROWS records: Ray Data's default (200 blocks) makes tasks of a few files each;
+    # but MIN_DECODE_BLOCKS at least, so a few hundred full-size films still keep every CPU busy. The
+    # count depends on the records only: a cache hit keeps a fresh decode's blocks on any cluster
+    n_blocks = max(1, min(len(records), max(-(-len(records) // DECODE_ROWS), MIN_DECODE_BLOCKS)))
     return (ray.data.from_items([asdict(r) for r in records], override_num_blocks=n_blocks)
             .map_batches(_decode_batch, fn_kwargs={"preprocessing": preprocessing, "max_pixels": max_pixels},
                          batch_size=64, num_cpus=cpus_per_task))
