@@ -39,6 +39,7 @@ PLAIN_WIDTH = 120  # columns of the final table where the output is not a termin
 @dataclass
 class TrialProgress:
     """One row of the table: a Tune trial, or the single training run."""
+
     name: str
     params: str = ""  # sampled search values, "train.lr=0.004"
     state: str = PENDING
@@ -53,13 +54,20 @@ class TrialProgress:
 class RunProgress:
     """The run's table: rows updated by events, drawn live on a terminal or written as one line per event."""
 
-    def __init__(self, stream: IO[str], metric: str, mode: str, epochs: int, interactive: bool,
-                 log_path: Optional[Path] = None):
+    def __init__(
+        self, stream: IO[str], metric: str, mode: str, epochs: int, interactive: bool, log_path: Optional[Path] = None
+    ):
         self.stream, self.metric, self.mode, self.epochs = stream, metric, mode, epochs
         self.interactive, self.log_path = interactive, log_path
         self.trials: dict[str, TrialProgress] = {}
-        self.console = Console(file=stream, force_terminal=interactive, no_color=not interactive,
-                               width=None if interactive else PLAIN_WIDTH, highlight=False, soft_wrap=not interactive)
+        self.console = Console(
+            file=stream,
+            force_terminal=interactive,
+            no_color=not interactive,
+            width=None if interactive else PLAIN_WIDTH,
+            highlight=False,
+            soft_wrap=not interactive,
+        )
         self._live: Optional[Live] = None
         self._stopped = False
 
@@ -89,10 +97,18 @@ class RunProgress:
             row.latest = float(value)
             if row.best is None or improves(row.latest, row.best, self.mode):
                 row.best = row.latest
-        extras = "  ".join(f"{key} {metrics[key]:.4f}" for key in ("train_loss", "val_loss", "val_auroc")
-                           if key != self.metric and isinstance(metrics.get(key), (int, float)))
-        parts = [f"{name} epoch {row.epoch}/{self.epochs}", f"{self.metric} {_fmt(row.latest)}", f"best {_fmt(row.best)}",
-                 extras, _left(row, self.epochs)]
+        extras = "  ".join(
+            f"{key} {metrics[key]:.4f}"
+            for key in ("train_loss", "val_loss", "val_auroc")
+            if key != self.metric and isinstance(metrics.get(key), (int, float))
+        )
+        parts = [
+            f"{name} epoch {row.epoch}/{self.epochs}",
+            f"{self.metric} {_fmt(row.latest)}",
+            f"best {_fmt(row.best)}",
+            extras,
+            _left(row, self.epochs),
+        ]
         self._line("  ".join(part for part in parts if part))
 
     def trial_ended(self, name: str, state: str, detail: str = "") -> None:
@@ -111,8 +127,14 @@ class RunProgress:
     # ------------------------------------------------------------------ drawing
     def start(self) -> None:
         if self.interactive and self._live is None:
-            self._live = Live(get_renderable=self.table, console=self.console, refresh_per_second=REFRESH_PER_S,
-                              transient=True, redirect_stdout=False, redirect_stderr=False)
+            self._live = Live(
+                get_renderable=self.table,
+                console=self.console,
+                refresh_per_second=REFRESH_PER_S,
+                transient=True,
+                redirect_stdout=False,
+                redirect_stderr=False,
+            )
             self._live.start()
 
     def stop(self) -> None:
@@ -136,9 +158,13 @@ class RunProgress:
     def table(self, final: bool = False) -> Table:
         best = self.best_trial()
         title = f"best {self.metric} {_fmt(best.best)} ({best.name})" if best else f"{self.metric}: no epoch yet"
-        table = Table(title=title, title_justify="left", expand=False, box=box.SIMPLE_HEAD if self.interactive else box.ASCII)
+        table = Table(
+            title=title, title_justify="left", expand=False, box=box.SIMPLE_HEAD if self.interactive else box.ASCII
+        )
         for column in ("trial", "state", "epoch", f"{self.metric}", "best", "time left" if not final else "params"):
-            table.add_column(column, no_wrap=True, justify="left" if column in ("trial", "state", "params") else "right")
+            table.add_column(
+                column, no_wrap=True, justify="left" if column in ("trial", "state", "params") else "right"
+            )
         for row in self.trials.values():
             state = row.detail if row.detail and row.state != FAILED else row.state
             last = row.params if final else (_left(row, self.epochs) if row.state == RUNNING else "")
@@ -180,6 +206,7 @@ def _duration(seconds: float) -> str:
 
 # ---------------------------------------------------------------------- the run's streams
 
+
 def is_interactive(stream: IO[str]) -> bool:
     """A terminal a person watches: live redraws; anything else (CI, `ray job logs`, a pipe) gets plain lines."""
     return stream.isatty() and os.environ.get("TERM", "") != "dumb"
@@ -200,13 +227,17 @@ class _DisplayHandler(logging.Handler):
         self.progress = progress
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.progress.note(record.getMessage() if record.levelno < logging.WARNING
-                           else f"{record.levelname.lower()}: {record.getMessage()}")
+        self.progress.note(
+            record.getMessage()
+            if record.levelno < logging.WARNING
+            else f"{record.levelname.lower()}: {record.getMessage()}"
+        )
 
 
 @contextlib.contextmanager
-def watch_run(log_path: Optional[Path], metric: str, mode: str, epochs: int,
-              user_errors: tuple[type[BaseException], ...] = ()) -> Iterator[RunProgress]:
+def watch_run(
+    log_path: Optional[Path], metric: str, mode: str, epochs: int, user_errors: tuple[type[BaseException], ...] = ()
+) -> Iterator[RunProgress]:
     """Route the process's output for one run: the table and pneumo's messages on the terminal, all the
     rest (Ray's logs, warnings, tracebacks) in `log_path`. With `log_path=None` (--verbose) nothing is
     redirected and the table is written as plain lines among Ray's own output.
@@ -219,8 +250,9 @@ def watch_run(log_path: Optional[Path], metric: str, mode: str, epochs: int,
         yield progress
         progress.stop()
         return
-    terminal = io.TextIOWrapper(os.fdopen(os.dup(sys.stdout.fileno()), "wb", buffering=0), line_buffering=True,
-                                write_through=True)
+    terminal = io.TextIOWrapper(
+        os.fdopen(os.dup(sys.stdout.fileno()), "wb", buffering=0), line_buffering=True, write_through=True
+    )
     progress = RunProgress(terminal, metric, mode, epochs, is_interactive(sys.stdout), log_path)
     progress.note(f"log:          {log_path}  (Ray's output and warnings; --verbose shows them here)")
     handler = _DisplayHandler(progress)

@@ -12,7 +12,7 @@ import textwrap
 import time
 from pathlib import Path
 
-from pneumo.progress import COMPLETED, FAILED, STOPPED_EARLY, RunProgress, first_line, run_log_path
+from pneumo.progress import COMPLETED, RunProgress, first_line, run_log_path
 
 CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")  # anything but \t and \n
 
@@ -78,13 +78,16 @@ def test_plain_output_has_a_line_per_event_and_no_control_characters(tmp_path):
     assert lines[0].startswith("log:") and str(tmp_path / "run.log") in lines[0]
     assert "data: 300 films" in lines, "pneumo's own log messages are shown"
     assert "t1 started (train.lr=0.0123)" in lines
-    assert any(line.startswith("t1 epoch 1/3  val_auroc 0.8100  best 0.8100  train_loss 0.5000  ~1 min 00 s left")
-               for line in lines), "two epochs of 30 s left"
+    assert any(
+        line.startswith("t1 epoch 1/3  val_auroc 0.8100  best 0.8100  train_loss 0.5000  ~1 min 00 s left")
+        for line in lines
+    ), "two epochs of 30 s left"
     assert "t1 epoch 3/3  val_auroc 0.8400  best 0.8600" in lines, "best so far survives a worse epoch"
     assert "t2 stopped early: stopped by ASHA at epoch 1" in lines
-    assert any(line.startswith("t3 failed: ConfigError") and f"(full log: {tmp_path / 'run.log'})" in line
-               for line in lines), "a failed trial says why and where the whole log is"
-    final = out[out.index("best val_auroc 0.8600 (t1)"):]
+    assert any(
+        line.startswith("t3 failed: ConfigError") and f"(full log: {tmp_path / 'run.log'})" in line for line in lines
+    ), "a failed trial says why and where the whole log is"
+    final = out[out.index("best val_auroc 0.8600 (t1)") :]
     assert re.search(r"\| t1 +\| completed +\| +3/3 \| +0\.8400 \| 0\.8600 \| train\.lr=0\.0123", final)
     assert re.search(r"\| t2 +\| stopped by ASHA at epoch 1 +\| +1/3 \|", final)
     for noise in ("Trial status", "PreemptionWatcher"):
@@ -105,8 +108,10 @@ def test_an_unexpected_error_is_one_line_and_the_log_has_the_traceback(tmp_path)
     status, out, err, log = run_script(tmp_path, "fail")
 
     assert status == 1
-    assert err.strip().splitlines() == ["pneumo: error: RuntimeError: the controller died",
-                                        f"  full log: {tmp_path / 'run.log'}"]
+    assert err.strip().splitlines() == [
+        "pneumo: error: RuntimeError: the controller died",
+        f"  full log: {tmp_path / 'run.log'}",
+    ]
     assert "Traceback (most recent call last)" in log and "second line of the message" in log
     assert "t3 failed" in out, "the table is still printed before the error"
 
