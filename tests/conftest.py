@@ -136,6 +136,7 @@ SERVED_MODEL_NAME = "serve-test"
 SERVE_LIMITS = {  # tight enough that tests can trip each one
     "max_batch_size": 8, "batch_wait_timeout_s": 0.02, "max_ongoing_requests": 8, "max_queued_requests": 8,
     "max_body_bytes": 300_000, "max_image_pixels": 1_000_000, "max_images_per_request": 4, "cpus_per_replica": 0.5,
+    "ood_policy": "flag",  # tests send a CT and odd modes on purpose; the reject policy has its own app
 }
 
 
