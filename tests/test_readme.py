@@ -11,6 +11,7 @@ cloud (CLOUD_ONLY) are parsed only. A block marked `<!-- readme-test: illustrati
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 from dataclasses import dataclass
 from typing import Optional
@@ -234,3 +235,26 @@ def test_readme_step_runs(step: Step, scratch):
     if command.expected_json is not None:
         answer = json.loads(outcome.output)
         assert json_shape(answer) == json_shape(command.expected_json), f"{command.where}: {answer}"
+
+
+def test_harness_changes_only_sizes_ports_and_placeholders(tmp_path):
+    """What runs is the README's line plus the documented mapping (tests/readme_runner.py), nothing else."""
+    from readme_runner import RUN_SIZES, Scratch
+
+    scratch = Scratch(tmp_path, tmp_path, {}, ports={8000: 41000, 8080: 41001, 8265: 41002, 5000: 41003},
+                      values={"RUN_ID": "abc123"})
+    block = Block(REPO / "README.md", 1, "bash", "", False)
+
+    def mapped(line: str) -> str:
+        return scratch.mapped(Command(block, 2, line, tuple(shlex.split(line))))
+
+    assert mapped("pneumo run experiments/quickstart.yaml train.lr=3e-4") == \
+        "pneumo run experiments/quickstart.yaml train.lr=3e-4 " + " ".join(RUN_SIZES)
+    assert mapped("pneumo serve runs:/RUN_ID/model --port 8080") == "pneumo serve runs:/abc123/model --port 41001"
+    assert mapped("pneumo serve") == "pneumo serve --port 41000"
+    assert mapped('curl -F file=@film.jpeg http://127.0.0.1:8000/predict') == \
+        "curl --silent --show-error --fail-with-body -F file=@film.jpeg http://127.0.0.1:41000/predict"
+    assert mapped("python -m bench.serve_bench --duration-s 20 --concurrency 1 8 32") == \
+        "python -m bench.serve_bench --duration-s 1 --concurrency 1 --image-size 48"
+    assert mapped("pneumo data inspect data/synthetic-chest-xray") == "pneumo data inspect data/synthetic-chest-xray"
+    assert mapped("ray job logs SUBMISSION_ID") == "ray job logs SUBMISSION_ID", "unknown until a job was submitted"
