@@ -12,6 +12,7 @@ consumer applies, so serving cannot drift from training.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from pneumo.config import ModelConfig
@@ -45,6 +47,7 @@ class CheckpointMeta:
     decision_threshold: float = 0.5  # P(pneumonia) at or above which the label is PNEUMONIA
     temperature: float = 1.0  # P(pneumonia) = sigmoid(logit / temperature + logit_bias); fitted on val
     logit_bias: float = 0.0
+    weights_sha256: str | None = None  # of WEIGHTS_FILE as saved: a flipped byte is refused at load; None: older models
 
     @property
     def calibration(self) -> Calibration:
@@ -69,10 +72,19 @@ def save_checkpoint(directory: str | Path, model: torch.nn.Module, meta: Checkpo
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in unwrap(model).state_dict().items()}
     save_file(state, directory / WEIGHTS_FILE)
+    meta.weights_sha256 = file_sha256(directory / WEIGHTS_FILE)
     write_meta(directory, meta)
     if train_state is not None:
         torch.save(train_state, directory / TRAIN_STATE_FILE)
     return directory
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        while chunk := stream.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def write_meta(directory: str | Path, meta: CheckpointMeta) -> None:
@@ -83,7 +95,10 @@ def read_meta(directory: str | Path) -> CheckpointMeta:
     path = Path(directory) / META_FILE
     if not path.is_file():
         raise CheckpointError(f"{directory} is not a pneumo checkpoint: {META_FILE} is missing")
-    return CheckpointMeta(**json.loads(path.read_text()))
+    try:
+        return CheckpointMeta(**json.loads(path.read_text()))
+    except (ValueError, TypeError) as error:  # not JSON, or not the fields pneumo writes
+        raise CheckpointError(f"{path} is corrupted: {error}") from None
 
 
 def load_checkpoint(directory: str | Path) -> LoadedModel:
@@ -92,9 +107,14 @@ def load_checkpoint(directory: str | Path) -> LoadedModel:
     weights = Path(directory) / WEIGHTS_FILE
     if not weights.is_file():
         raise CheckpointError(f"{directory} has no {WEIGHTS_FILE}")
+    if meta.weights_sha256 and file_sha256(weights) != meta.weights_sha256:
+        raise CheckpointError(f"{weights} is corrupted: its SHA-256 differs from the one in {META_FILE}")
     model_cfg = ModelConfig(**{**meta.model, "pretrained": False, "weights_path": None})
     model = create_model(model_cfg)
-    model.load_state_dict(load_file(weights))
+    try:
+        model.load_state_dict(load_file(weights))
+    except (SafetensorError, RuntimeError, OSError) as error:  # truncated, not safetensors, wrong tensors
+        raise CheckpointError(f"{weights} is corrupted: {error}") from None
     return LoadedModel(model=model.eval(), meta=meta, directory=Path(directory),
                        profile_arrays=read_profile_arrays(directory))
 

@@ -205,6 +205,21 @@ def cmd_data_inspect(args: argparse.Namespace) -> None:
         raise SystemExit(1)
 
 
+def check_model_loads(model_uri: str, tracking_uri: str) -> None:
+    """A corrupted checkpoint stops `pneumo serve` here, before Ray starts, with the file named; a
+    registry model that is not there yet, or a registry out of reach, is left to the replica's loader,
+    which waits and retries (/readyz says why)."""
+    from pneumo.checkpoints import CheckpointError
+    from pneumo.model_uri import fetch_model
+
+    try:
+        fetch_model(model_uri, tracking_uri)
+    except CheckpointError as error:  # a registry model's error names its downloaded copy: say which model
+        raise CheckpointError(f"{model_uri}: {error}" if ":/" in model_uri else str(error)) from None
+    except Exception as error:  # any other reason is the loader's to retry and report
+        logging.getLogger(__name__).info("%s does not load yet (%s); the replica will keep trying", model_uri, error)
+
+
 def cmd_serve(args: argparse.Namespace) -> None:
     import ray
     from ray import serve
@@ -213,14 +228,16 @@ def cmd_serve(args: argparse.Namespace) -> None:
     from pneumo.serve.builder import ServeArgs, build_app, load_serving_config
     from pneumo.serve.security import check_exposure, read_token
     from pneumo.serve.shutdown import serve_until_signalled
+    from pneumo.tracking import resolve_tracking_uri
 
     paths, overrides = split_paths_and_overrides(args.config)
     serve_args = ServeArgs(model_uri=args.model, config=paths, overrides=overrides)
     serve_cfg, mlflow_cfg = load_serving_config(serve_args)
     model_uri = resolve_model_uri(args.model, serve_cfg, mlflow_cfg)
-    app = build_app(serve_args.model_copy(update={"model_uri": model_uri}))
     host, port = args.host or serve_cfg.host, args.port or serve_cfg.port
     check_exposure(host, serve_cfg, read_token(serve_cfg))  # no open endpoint beyond loopback by accident
+    check_model_loads(model_uri, resolve_tracking_uri(mlflow_cfg))
+    app = build_app(serve_args.model_copy(update={"model_uri": model_uri}))
     init_ray()
     serve.start(http_options={"host": host, "port": port})
     url = f"http://{host}:{port}"

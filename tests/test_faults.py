@@ -1,0 +1,97 @@
+"""Faults a trusted service survives, each with real processes: a corrupted registered model, a Serve
+replica killed under load. Each test is bounded in time."""
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import requests
+from conftest import register_champion, wait_for_state
+from mlflow.tracking import MlflowClient
+
+from bench.serve_bench import untrained_checkpoint
+from pneumo.checkpoints import META_FILE, WEIGHTS_FILE
+
+pytestmark = pytest.mark.slow
+
+
+def corrupt(checkpoint: Path, part: str) -> Path:
+    """Flip one byte of the weights (same size: only the checksum can tell) or cut pneumo.json in half."""
+    if part == WEIGHTS_FILE:
+        data = bytearray((checkpoint / WEIGHTS_FILE).read_bytes())
+        data[-64] ^= 0xFF
+        (checkpoint / WEIGHTS_FILE).write_bytes(bytes(data))
+    else:
+        text = (checkpoint / META_FILE).read_text()
+        (checkpoint / META_FILE).write_text(text[: len(text) // 2])
+    return checkpoint / part
+
+
+@pytest.mark.parametrize("part", [WEIGHTS_FILE, META_FILE])
+def test_a_corrupted_registered_model_is_named_by_readyz_eval_and_serve(ray_session, serve_app, synthetic_root,
+                                                                       tmp_path, part):
+    """Registered intact, then corrupted in the artifact store: every way of loading it names the file."""
+    from ray import serve
+
+    from pneumo.serve.builder import ServeArgs, build_app
+
+    yaml = tmp_path / "corrupt.yaml"
+    yaml.write_text(f'base: {serve_app.yaml}\nmlflow: {{tracking_uri: "sqlite:///{tmp_path / "mlflow.db"}", '
+                    f"registered_model_name: corrupt}}\n")
+    register_champion(yaml, untrained_checkpoint(tmp_path / "checkpoint", "test_resnet", 32), {"test_auroc": 0.5})
+    stored = Path(MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_model_version_download_uri("corrupt", "1")
+                  .removeprefix("file://"))
+    corrupt(next(stored.rglob(WEIGHTS_FILE)).parent, part)
+    uri = "models:/corrupt/1"
+
+    serve.run(build_app(ServeArgs(model_uri=uri, config=[str(yaml)])), name="corrupt", route_prefix="/corrupt")
+    readyz = wait_for_state(f"{serve_app.url}/corrupt", "ready", "failed")
+    assert readyz.status_code == 503 and f"{part} is corrupted" in readyz.json()["error"]
+    assert requests.get(f"{serve_app.url}/corrupt/healthz", timeout=10).status_code == 200
+    serve.delete("corrupt")
+
+    env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}  # join, do not start one
+    served = subprocess.run([sys.executable, "-m", "pneumo.cli", "serve", uri, "--config", str(yaml)],
+                            env=env, capture_output=True, text=True, timeout=120)
+    evaluated = subprocess.run([sys.executable, "-m", "pneumo.cli", "eval", uri, str(synthetic_root),
+                                "--config", str(yaml)], env=env, capture_output=True, text=True, timeout=300)
+    for finished in (served, evaluated):
+        last = finished.stderr.strip().splitlines()[-1]
+        assert finished.returncode == 1 and "Traceback" not in finished.stderr, finished.stderr[-2000:]
+        assert last.startswith("pneumo: model error: ") and f"{part} is corrupted" in last, last
+
+
+def replica_pid() -> int:
+    from ray.util.state import list_actors
+
+    replicas = list_actors(filters=[("class_name", "=", "ServeReplica:pneumo:PneumoniaService"),
+                                    ("state", "=", "ALIVE")], detail=True)
+    return replicas[0].pid if replicas else 0
+
+
+def test_a_replica_killed_under_load_is_replaced_and_no_client_hangs(ray_session, serve_app, synthetic_root):
+    """8 clients for 40 s; the replica is SIGKILLed after 5 s. Answers are 200 or 503, none slower than
+    30 s, and the app serves again by itself."""
+    from bench.soak import drive
+
+    good = [path.read_bytes() for path in sorted((synthetic_root / "test").glob("*/*.jpeg"))[:20]]
+    killed = replica_pid()
+    assert killed, "no live replica to kill"
+
+    async def load_and_kill():
+        async def kill_after(seconds: float) -> None:
+            await asyncio.sleep(seconds)
+            os.kill(killed, signal.SIGKILL)
+        return (await asyncio.gather(drive(f"{serve_app.url}/predict", good, [], 8, 0.0, 40, 0), kill_after(5)))[0]
+
+    soak = asyncio.run(load_and_kill())
+    statuses = {record.status for record in soak.records}
+    assert statuses <= {200, 503}, f"answers other than 200 or 503: {statuses}"
+    assert 0 not in statuses and max(r.latency_s for r in soak.records) < 30, "a client hung"
+    assert 200 in {r.status for r in soak.records if r.sent_s > 5}, "answers before and after the kill"
+    assert wait_for_state(serve_app.url, "ready", timeout_s=120).status_code == 200
+    assert replica_pid() not in (0, killed), "Serve started a new replica"
