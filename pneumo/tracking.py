@@ -21,6 +21,7 @@ from mlflow.tracking import MlflowClient
 
 from pneumo.config import ConfigError, ExperimentConfig, MlflowConfig, flatten, improves, to_dict, to_yaml
 from pneumo.data.split import split_csv
+from pneumo.model_card import checkpoint_meta, model_card
 from pneumo.paths import durable_tracking_uri
 
 if TYPE_CHECKING:
@@ -41,6 +42,8 @@ TAG_MODEL_URI = "pneumo.model_uri"  # the model an `eval` run scored
 TAG_DATA_FINGERPRINT = "data_fingerprint"  # on runs and model versions: digest of the files and labels
 TAG_CONFIG = "config"  # on model versions: the resolved YAML
 CHAMPION, CHALLENGER = "champion", "challenger"
+TAG_EXPERIMENT_KIND = "mlflow.experimentKind"  # read by the MLflow UI to choose the experiment's view
+MODEL_TRAINING_KIND = "custom_model_development"  # its model-training view (runs, metrics, models)
 MODEL_ARTIFACT = "model"  # the MLflow model's folder inside its run
 CHECKPOINT_ARTIFACT = "checkpoint"  # the pneumo checkpoint folder inside the MLflow model
 MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
@@ -61,11 +64,16 @@ def _artifact_root(tracking_uri: str) -> Optional[str]:
 
 
 def ensure_experiment(client: MlflowClient, name: str) -> str:
+    """The experiment's id, created if missing; tagged to open in MLflow's model-training view (the UI
+    shows experiments without the tag in its GenAI view), unless someone set another kind."""
     experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    root = _artifact_root(client.tracking_uri)
-    return client.create_experiment(name, artifact_location=f"{root}/{name}" if root else None)
+    if experiment is None:
+        root = _artifact_root(client.tracking_uri)
+        return client.create_experiment(name, artifact_location=f"{root}/{name}" if root else None,
+                                        tags={TAG_EXPERIMENT_KIND: MODEL_TRAINING_KIND})
+    if TAG_EXPERIMENT_KIND not in experiment.tags:
+        client.set_experiment_tag(experiment.experiment_id, TAG_EXPERIMENT_KIND, MODEL_TRAINING_KIND)
+    return experiment.experiment_id
 
 
 def start_run(client: MlflowClient, cfg: ExperimentConfig, kind: str, run_name: str,
@@ -225,7 +233,8 @@ def register_model(client: MlflowClient, cfg: ExperimentConfig, run_id: str, mod
     source = f"{client.get_run(run_id).info.artifact_uri}/{MODEL_ARTIFACT}"
     tags = {TAG_DATA_FINGERPRINT: fingerprint, TAG_EXPERIMENT: cfg.name, TAG_CONFIG: to_yaml(cfg)[:MAX_TAG_CHARS],
             **{key: f"{value:.6g}" for key, value in metrics.items() if isinstance(value, (int, float))}}
-    version = client.create_model_version(name, source, run_id=run_id, tags=tags)
+    card = model_card(cfg, client.get_run(run_id).data.metrics, checkpoint_meta(model_folder), fingerprint)
+    version = client.create_model_version(name, source, run_id=run_id, tags=tags, description=card)
     alias = CHAMPION if beats_champion(client, name, cfg.mlflow, metrics) else CHALLENGER
     client.set_registered_model_alias(name, alias, version.version)
     return client.get_model_version(name, version.version)
