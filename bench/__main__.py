@@ -64,7 +64,16 @@ def serve_rows() -> list[dict]:
     plain = {r["concurrency"]: r["rps"] for r in results["plain"]}
     return [{"benchmark": "serving", "case": f"Serve, {r['concurrency']} clients", "value": r["rps"],
              "unit": "req/s", "baseline": "plain uvicorn", "ratio": round(r["rps"] / plain[r["concurrency"]], 2),
-             "note": f"p99 {r['p99_ms']:.0f} ms"} for r in results["serve"]]
+             "note": f"p99 {r['p99_ms']:.0f} ms"} for r in results["serve"]] + explain_rows(results)
+
+
+def explain_rows(results: dict[str, list[dict]]) -> list[dict]:
+    """/explain (prediction + Grad-CAM map) against /predict at the same concurrency, same app."""
+    predict = {r["concurrency"]: r["rps"] for r in results["serve"]}
+    return [{"benchmark": "serving", "case": f"Serve /explain, {r['concurrency']} clients", "value": r["rps"],
+             "unit": "req/s", "baseline": "Serve /predict",
+             "ratio": round(r["rps"] / predict[r["concurrency"]], 2) if r["concurrency"] in predict else "",
+             "note": f"p50 {r['p50_ms']:.0f} ms"} for r in results.get("serve /explain", [])]
 
 
 BENCHMARKS = {"train": train_rows, "overhead": overhead_rows, "data": data_rows, "serve": serve_rows}

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "serve.json"
 QUICKSTART = REPO / "experiments" / "quickstart.yaml"
+EXPLAIN_LEVELS = [1, 8]  # concurrency for /explain: a reader at a time, and a busy page
 
 
 def untrained_checkpoint(out: Path, model_name: str, image_size: int) -> Path:
@@ -65,7 +66,7 @@ def wait_ready(url: str, timeout_s: float = 180) -> None:
     raise RuntimeError(f"{url}/readyz did not answer 200 within {timeout_s} s")
 
 
-def drive(url: str, images: Path, levels: list[int], duration_s: float) -> list[dict]:
+def drive(url: str, images: Path, levels: list[int], duration_s: float, route: str = "/predict") -> list[dict]:
     """One load-generator process per concurrency level."""
     rows = []
     for concurrency in levels:
@@ -74,7 +75,7 @@ def drive(url: str, images: Path, levels: list[int], duration_s: float) -> list[
                 sys.executable,
                 "-m",
                 "bench.load",
-                f"{url}/predict",
+                f"{url}{route}",
                 str(images),
                 "--concurrency",
                 str(concurrency),
@@ -115,7 +116,9 @@ def bench_plain(checkpoint: Path, images: Path, levels: list[int], duration_s: f
         server.wait(timeout=30)
 
 
-def bench_serve(checkpoint: Path, images: Path, levels: list[int], duration_s: float, args: ServeArgs) -> list[dict]:
+def bench_serve(checkpoint: Path, images: Path, levels: list[int], duration_s: float, args: ServeArgs
+                ) -> dict[str, list[dict]]:
+    """/predict at each level, then /explain (prediction + Grad-CAM map) at EXPLAIN_LEVELS."""
     import ray
     from ray import serve
 
@@ -127,18 +130,20 @@ def bench_serve(checkpoint: Path, images: Path, levels: list[int], duration_s: f
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         serve.run(build_app(args), name="pneumo", route_prefix="/")
         wait_ready(f"http://127.0.0.1:{port}")
-        return drive(f"http://127.0.0.1:{port}", images, levels, duration_s)
+        rows = drive(f"http://127.0.0.1:{port}", images, levels, duration_s)
+        explain_rows = drive(f"http://127.0.0.1:{port}", images, EXPLAIN_LEVELS, duration_s, route="/explain")
+        return {"serve": rows, "serve /explain": explain_rows}
     finally:
         serve.shutdown()
         ray.shutdown()
 
 
 def format_table(results: dict[str, list[dict]]) -> str:
-    lines = [f"{'server':<8} {'conc':>4} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}"]
+    lines = [f"{'server':<14} {'conc':>4} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}"]
     for server, rows in results.items():
         for row in rows:
             p50, p99 = (f"{row[k]:8.1f}" if row[k] is not None else f"{'-':>8}" for k in ("p50_ms", "p99_ms"))
-            lines.append(f"{server:<8} {row['concurrency']:>4} {row['rps']:8.1f} {p50} {p99} {row['errors']:>6}")
+            lines.append(f"{server:<14} {row['concurrency']:>4} {row['rps']:8.1f} {p50} {p99} {row['errors']:>6}")
     return "\n".join(lines)
 
 
@@ -155,7 +160,7 @@ def run(args: argparse.Namespace) -> dict:
         torch_threads = load_serving_config(serve_args)[0].torch_threads  # the plain server gets the same
         results = {
             "plain": bench_plain(checkpoint, images, args.concurrency, args.duration_s, torch_threads),
-            "serve": bench_serve(checkpoint, images, args.concurrency, args.duration_s, serve_args),
+            **bench_serve(checkpoint, images, args.concurrency, args.duration_s, serve_args),
         }
     return {
         "checkpoint": str(args.checkpoint or f"untrained {args.model}"),
