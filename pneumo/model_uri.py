@@ -11,9 +11,10 @@ pickle), also for MLflow models: their checkpoint folder is downloaded, never `p
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Optional
 
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
@@ -87,6 +88,13 @@ def _registry_version(client: MlflowClient, uri: str):
         raise MlflowException(f"registered model {name!r} has no @{alias} version yet",
                               error_code=RESOURCE_DOES_NOT_EXIST)
     return client.get_model_version(name, aliases[alias])
+
+
+def current_version(uri: str, tracking_uri: str) -> str | None:
+    """The registry version a models:/NAME@ALIAS URI points at now; None for URIs that cannot move."""
+    if not uri.startswith("models:/") or "@" not in uri:
+        return None
+    return str(_registry_version(MlflowClient(tracking_uri), uri).version)
 
 
 def fetch_model(uri: str, tracking_uri: str) -> FetchedModel:

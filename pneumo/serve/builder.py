@@ -16,10 +16,12 @@ from ray.serve import Application
 
 from pneumo.config import ConfigError, MlflowConfig, ServeConfig, load_config
 from pneumo.model_uri import resolve_model_uri
+from pneumo.runtimes import require_runtime
 from pneumo.serve.app import PneumoniaService
 from pneumo.serve.security import check_exposure, read_token, token_digest
 from pneumo.tracking import resolve_tracking_uri
 
+DRAIN_POLL_S = 0.2  # how often a stopping replica checks whether its last request has finished
 CONFIG_ENV = "PNEUMO_CONFIG"  # experiment YAMLs (comma-separated) for `serve run serve_app:app`
 
 
@@ -58,6 +60,8 @@ def deployment_options(cfg: ServeConfig) -> dict[str, Any]:
         "ray_actor_options": {"num_cpus": cfg.cpus_per_replica},
         "max_ongoing_requests": cfg.max_ongoing_requests,  # >= max_batch_size (checked by ServeConfig)
         "max_queued_requests": cfg.max_queued_requests,  # beyond this Serve answers 503 at once
+        "graceful_shutdown_timeout_s": cfg.drain_timeout_s,  # a stopping replica finishes in-flight requests
+        "graceful_shutdown_wait_loop_s": DRAIN_POLL_S,
     }
     if cfg.autoscaling:
         options["autoscaling_config"] = {"min_replicas": cfg.min_replicas, "max_replicas": cfg.max_replicas,
@@ -72,6 +76,8 @@ def build_app(args: ServeArgs) -> Application:
     serve_cfg, mlflow_cfg = load_serving_config(args)
     tracking_uri = args.tracking_uri or resolve_tracking_uri(mlflow_cfg)
     model_uri = resolve_model_uri(args.model_uri, serve_cfg, mlflow_cfg)
+    if serve_cfg.runtime != "auto":
+        require_runtime(serve_cfg.runtime)  # a missing package fails here, at start, not in a replica
     token = read_token(serve_cfg)
     check_exposure(serve_cfg.host, serve_cfg, token)
     deployment = PneumoniaService.options(**deployment_options(serve_cfg))
