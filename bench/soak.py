@@ -38,9 +38,10 @@ from pathlib import Path
 import aiohttp
 import numpy as np
 import psutil
+import requests
 from PIL import Image
 
-from bench.serve_bench import untrained_checkpoint, wait_ready, write_images
+from bench.serve_bench import untrained_checkpoint, write_images
 from pneumo.cli import free_local_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -163,6 +164,19 @@ def summarize(soak: Soak, duration_s: float, bucket_s: float = BUCKET_S) -> dict
     }
 
 
+def wait_ready(url: str, timeout_s: float) -> None:
+    """Until /readyz answers 200 (a loaded machine may take seconds to answer at all)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(f"{url}/readyz", timeout=10).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(1)
+    raise RuntimeError(f"{url}/readyz did not answer 200 within {timeout_s} s")
+
+
 def start_server(checkpoint: Path, port: int, workdir: Path) -> subprocess.Popen:
     """`pneumo serve` in its own session and Ray (own RAY_TMPDIR), so stopping it stops only its processes."""
     env = {**os.environ, "RAY_TMPDIR": tempfile.mkdtemp(prefix="soakray", dir="/tmp")}
@@ -209,6 +223,7 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a timeout still stops the server it started
     report = run(args.duration_s, args.clients, args.bad_share, args.model, args.image_size)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))

@@ -95,3 +95,32 @@ def test_a_replica_killed_under_load_is_replaced_and_no_client_hangs(ray_session
     assert 200 in {r.status for r in soak.records if r.sent_s > 5}, "answers before and after the kill"
     assert wait_for_state(serve_app.url, "ready", timeout_s=120).status_code == 200
     assert replica_pid() not in (0, killed), "Serve started a new replica"
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 256 kB tmpfs: fills up long before a decoded dataset fits."""
+    mount_point = tmp_path / "small-disk"
+    mount_point.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount_point)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    yield mount_point
+    subprocess.run(["umount", str(mount_point)], check=True)
+
+
+def test_a_full_disk_leaves_no_partial_cache_entry_and_the_run_goes_on(ray_session, synthetic_root, small_disk,
+                                                                       caplog):
+    from pneumo.config import DataConfig
+    from pneumo.data.dataset import prepare_data
+    from pneumo.data.transforms import Preprocessing
+
+    spec = Preprocessing(in_chans=1, image_size=48, mean=(0.5,), std=(0.25,))  # 400 films: ~0.9 MB decoded
+    cfg = DataConfig(path=str(synthetic_root), cache_dir=str(small_disk / "cache"))
+    fresh = prepare_data(DataConfig(path=str(synthetic_root)), spec)
+    with caplog.at_level("WARNING", logger="pneumo.data.cache"):
+        data = prepare_data(cfg, spec)
+    assert (data.fingerprint, data.counts) == (fresh.fingerprint, fresh.counts), "the run has all its images"
+    assert "No space left on device" in caplog.text and f"data.cache_dir={small_disk / 'cache'}" in caplog.text
+    assert list((small_disk / "cache").iterdir()) == [], "no partial entry (not even a staging folder) is left"

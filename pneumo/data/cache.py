@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import uuid
@@ -28,6 +29,8 @@ from pneumo.data.manifest import is_uri
 from pneumo.data.medmnist import LOCATION_SEPARATOR, is_npz_location
 from pneumo.data.transforms import Preprocessing
 from pneumo.paths import durable_path
+
+logger = logging.getLogger(__name__)
 
 CACHE_VERSION = 3  # bump when the decoded row layout, the storage or the decoded pixels change (3: JPEG DCT scaling)
 COMPLETE_MARKER = "shards.json"  # written last: the shard files in row order
@@ -96,17 +99,27 @@ def read_cached(cache_dir: str, key: str) -> Optional[ray.data.Dataset]:
             .map_batches(_load_shards, batch_size=1, num_cpus=0.5))
 
 
-def write_cached(decoded: ray.data.Dataset, cache_dir: str, key: str) -> None:
-    """Store a decoded dataset under `key` (atomically: written aside, then renamed)."""
+def write_cached(decoded: ray.data.Dataset, cache_dir: str, key: str) -> bool:
+    """Store a decoded dataset under `key` (atomically: written aside, then renamed); False when it
+    cannot be stored (a full disk): the run goes on with the images it decoded, and no part of the
+    entry is left behind."""
     entry = Path(durable_path(cache_dir)) / key  # absolute: Ray Data's tasks run in other processes
     staging = entry.parent / f".{key}.{uuid.uuid4().hex}"
-    staging.mkdir(parents=True)
-    # one shard per block: read back, the dataset has the same blocks, so a cache hit trains on exactly
-    # the batches and worker shards a fresh decode gives (same seed, same results)
-    written = decoded.map_batches(_save_shard, fn_kwargs={"directory": str(staging)}, batch_size=None,
-                                  num_cpus=0.5).take_all()
-    (staging / COMPLETE_MARKER).write_text(json.dumps([Path(row["shard"]).name for row in written]))
+    try:
+        staging.mkdir(parents=True)
+        # one shard per block: read back, the dataset has the same blocks, so a cache hit trains on exactly
+        # the batches and worker shards a fresh decode gives (same seed, same results)
+        written = decoded.map_batches(_save_shard, fn_kwargs={"directory": str(staging)}, batch_size=None,
+                                      num_cpus=0.5).take_all()
+        (staging / COMPLETE_MARKER).write_text(json.dumps([Path(row["shard"]).name for row in written]))
+    except Exception as error:  # OSError here, or Ray's wrapping of the OSError a shard-writing task raised
+        shutil.rmtree(staging, ignore_errors=True)
+        reason = next((line for line in reversed(str(error).splitlines()) if line.strip()), type(error).__name__)
+        logger.warning("data.cache_dir=%s: cannot store the decoded images (%s); this run goes on without "
+                       "caching them and left no partial entry", cache_dir, reason.strip())
+        return False
     try:
         staging.rename(entry)
     except OSError:  # another run stored the same entry first; theirs is as good
         shutil.rmtree(staging, ignore_errors=True)
+    return True
