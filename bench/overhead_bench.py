@@ -39,12 +39,15 @@ RAY = Path(sys.executable).parent / "ray"
 MODES = ("cold", "running-ray", "tune")
 
 
+EXTRA_OVERRIDES: list[str] = []  # --override values, added to every run
+
+
 def pneumo_run(work: Path, name: str, epochs: int, env: dict, *overrides: str) -> tuple[float, float]:
     """One `pneumo run` process of the quickstart; returns its (start, end) wall-clock times."""
     command = [sys.executable, "-m", "pneumo.cli", "run", str(REPO / "experiments" / "quickstart.yaml"),
                f"name={name}", f"data.path={work / 'chest_xray'}", f"data.cache_dir={work / 'cache'}",
                f"train.epochs={epochs}", f"scaling.storage_path={work / 'results'}",
-               f"mlflow.tracking_uri=sqlite:///{work / 'mlflow.db'}", *overrides]
+               f"mlflow.tracking_uri=sqlite:///{work / 'mlflow.db'}", *overrides, *EXTRA_OVERRIDES]
     started = time.time()
     subprocess.run(command, check=True, cwd=work, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return started, time.time()
@@ -144,7 +147,10 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     parser.add_argument("--cpus", type=int, default=os.cpu_count(), help="CPUs of the running Ray head")
+    parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override added to every run (repeatable)")
     args = parser.parse_args()
+    EXTRA_OVERRIDES.extend(args.override)
     result = run(args.modes, args.repeats, args.epochs, args.cpus)
     print(f"\npneumo run, quickstart model, {args.epochs} epochs, median of {args.repeats}, load average "
           f"{os.getloadavg()[0]:.1f}:")
