@@ -122,8 +122,7 @@ def cmd_run(args: argparse.Namespace) -> None:
         progress.note(describe_storage(cfg))
         dashboard = init_ray()
         if dashboard:
-            progress.note(f"dashboard:    {dashboard}  (Train: each run's workers and logs; "
-                          "log in with the token `ray get-auth-token` prints)")
+            progress.note(f"dashboard:    {dashboard}  (training runs, workers, logs; login token: `ray get-auth-token`)")
         from pneumo.experiment import run_experiment
         from pneumo.tracking import resolve_tracking_uri
 

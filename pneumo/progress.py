@@ -254,7 +254,7 @@ def watch_run(
         os.fdopen(os.dup(sys.stdout.fileno()), "wb", buffering=0), line_buffering=True, write_through=True
     )
     progress = RunProgress(terminal, metric, mode, epochs, is_interactive(sys.stdout), log_path)
-    progress.note(f"log:          {log_path}  (Ray's output and warnings; --verbose shows them here)")
+    progress.note(f"log:          {log_path}  (Ray's output; --verbose shows it here)")
     handler = _DisplayHandler(progress)
     pneumo_logger = logging.getLogger("pneumo")
     with _redirect_fds(log_path):
