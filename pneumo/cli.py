@@ -151,11 +151,14 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from pneumo.evaluation.metrics import format_metrics_table
     from pneumo.evaluation.run import evaluate_model
 
-    outcome = evaluate_model(args.model, cfg, args.split, durable_path(args.out) if args.out else None)
+    outcome = evaluate_model(args.model, cfg, args.split, durable_path(args.out) if args.out else None,
+                             args.runtime, args.int8)
     print(format_metrics_table(outcome.evaluation.metrics, outcome.evaluation.intervals, title=args.split))
     if outcome.ood is not None:
         print(f"out of distribution: {outcome.ood['ood_refused_count']} {args.split} films ({outcome.ood['ood_refused']:.1%}) "
               f"beyond the gate's cut-off {outcome.ood['ood_cutoff']:.3g} (serve.ood_policy reject would refuse them)")
+    if outcome.localization is not None:
+        print(outcome.localization.summary())
     print(f"\nmlflow run:   {outcome.mlflow_run_id}\nreport:       {outcome.report_path}")
 
 
@@ -267,6 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--config", nargs="+", default=[],
                           help="experiment YAML(s) for the data/eval/mlflow settings, then key=value overrides")
     evaluate.add_argument("--out", help="report folder (default reports/<model>-<version>-<split>-<time>)")
+    evaluate.add_argument("--runtime", default="torch", choices=("torch", "onnxruntime", "openvino", "auto"),
+                          help="score with this runtime, as serve.runtime would serve it (default torch)")
+    evaluate.add_argument("--int8", action="store_true", help="score the model's int8 export (export.int8)")
     evaluate.set_defaults(handler=cmd_eval)
     monitor = commands.add_parser("monitor", help="compare a dataset with a model's reference profile: drift, "
                                                   "out-of-distribution films, report.html, an MLflow run")

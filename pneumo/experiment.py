@@ -13,11 +13,13 @@ from typing import Any, Optional
 
 from mlflow.tracking import MlflowClient
 
+from pneumo.checkpoints import load_checkpoint
 from pneumo.cluster import check_shared_paths
 from pneumo.config import ExperimentConfig
 from pneumo.data.dataset import PreparedData, ensure_dataset, prepare_data
 from pneumo.data.split import split_csv
 from pneumo.evaluation.evaluate import evaluate_checkpoint
+from pneumo.evaluation.localization import localize_split
 from pneumo.evaluation.metrics import format_metrics_table
 from pneumo.evaluation.report.build import training_model_rows, write_evaluation_report
 from pneumo.models import model_preprocessing
@@ -59,7 +61,10 @@ def finalize(cfg: ExperimentConfig, data: PreparedData, client: MlflowClient, ru
     profile_checkpoint(model_dir, data, cfg.eval.batch_size)  # the monitoring reference, registered with it
     client.set_tag(run_id, TAG_BEST_CHECKPOINT, checkpoint_dir)
     test_metrics = evaluation.metrics
-    log_metrics(client, run_id, evaluation.logged_metrics(), prefix="test_")
+    explained = load_checkpoint(model_dir)  # Grad-CAM maps in the report; localization on a synthetic set
+    localization = localize_split(explained, data, "test", cfg.data.path)
+    log_metrics(client, run_id, {**evaluation.logged_metrics(), **(localization.metrics() if localization else {})},
+                prefix="test_")
     client.log_artifacts(run_id, str(model_dir), "best_checkpoint")
     version = None
     if cfg.mlflow.register:
@@ -70,7 +75,7 @@ def finalize(cfg: ExperimentConfig, data: PreparedData, client: MlflowClient, ru
         history = metric_history(client, training_run_for(client, run_id))
         report = write_evaluation_report(evaluation, cfg, data, "test",
                                          training_model_rows(cfg, run_id, model_dir, evaluation, version), history,
-                                         Path(results_path) / "report")
+                                         Path(results_path) / "report", explain=explained, localization=localization)
         client.log_artifacts(run_id, str(report.parent), "report")
     progress.note(format_metrics_table(test_metrics, evaluation.intervals))
     return ExperimentOutcome(run_id, str(model_dir), test_metrics, results_path, version,

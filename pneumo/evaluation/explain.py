@@ -129,6 +129,11 @@ def heatmap_png(cam: np.ndarray) -> bytes:
     return _png(Image.fromarray(heatmap_rgba(cam), "RGBA"))
 
 
+def film_png(image: np.ndarray) -> bytes:
+    """A uint8 (C, H, W) model input as a PNG (grayscale for one channel)."""
+    return _png(Image.fromarray(image[0] if image.shape[0] == 1 else np.transpose(image, (1, 2, 0))))
+
+
 def overlay_image(film: np.ndarray, cam: np.ndarray, alpha: float = OVERLAY_ALPHA) -> np.ndarray:
     """uint8 (H, W) film and its map -> uint8 RGB (H, W, 3): the map blended over the film."""
     gray = np.repeat(film[..., None].astype(np.float32) / 255, 3, axis=2)

@@ -13,17 +13,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+import torch
 from mlflow.tracking import MlflowClient
 
 from pneumo.config import ConfigError, ExperimentConfig, flatten, to_dict
 from pneumo.data.dataset import prepare_data
 from pneumo.evaluation.calibration import describe_calibration
 from pneumo.evaluation.evaluate import Evaluation, evaluate_predictions
+from pneumo.evaluation.localization import Localization, localize_split
 from pneumo.evaluation.prediction import predict_dataset
 from pneumo.evaluation.report.build import write_evaluation_report
 from pneumo.model_uri import FetchedModel, fetch_model
 from pneumo.monitoring.profile import gate_summary
 from pneumo.paths import durable_path
+from pneumo.runtimes import choose_runtime
 from pneumo.tracking import (
     TAG_DATA_FINGERPRINT,
     TAG_MODEL_URI,
@@ -42,6 +45,7 @@ class EvalOutcome:
     report_path: Optional[str]  # report.html, when eval.report
     mlflow_run_id: str  # the `eval` run
     ood: Optional[dict[str, float]] = None  # films the model's gate refuses (None: the model has no profile)
+    localization: Optional[Localization] = None  # Grad-CAM vs drawn opacities (synthetic sets only)
 
 
 def _training_run_id(client: MlflowClient, model: FetchedModel) -> Optional[str]:
@@ -59,8 +63,9 @@ def default_report_dir(model: FetchedModel, split: str) -> Path:
 
 
 def evaluate_model(model_uri: str, cfg: ExperimentConfig, split: str = "test",
-                   out_dir: Optional[str | Path] = None) -> EvalOutcome:
-    """Score `model_uri` on `split` of cfg.data; log an `eval` MLflow run and write the report."""
+                   out_dir: Optional[str | Path] = None, runtime: str = "torch", int8: bool = False) -> EvalOutcome:
+    """Score `model_uri` on `split` of cfg.data with `runtime` (torch, onnxruntime, openvino, auto: the
+    one a replica would pick here); log an `eval` MLflow run and write the report."""
     tracking_uri = resolve_tracking_uri(cfg.mlflow)
     client = MlflowClient(tracking_uri)
     model = fetch_model(model_uri, tracking_uri)
@@ -68,16 +73,21 @@ def evaluate_model(model_uri: str, cfg: ExperimentConfig, split: str = "test",
     data = prepare_data(cfg.data, meta.preprocessing_spec, cfg.serve.max_image_pixels)
     if sum(data.counts[split].values()) == 0:
         raise ConfigError(f"data.path {cfg.data.path}: the {split} split has no usable images")
-    scored = predict_dataset(model.loaded, data.datasets[split], cfg.eval.batch_size)
-    val = predict_dataset(model.loaded, data.datasets["val"], cfg.eval.batch_size) if split != "val" else None
+    predictor = choose_runtime(runtime, model.loaded, torch.get_num_threads(), cfg.eval.batch_size, int8)
+    scored = predict_dataset(model.loaded, data.datasets[split], cfg.eval.batch_size, predictor)
+    val = (predict_dataset(model.loaded, data.datasets["val"], cfg.eval.batch_size, predictor)
+           if split != "val" else None)
     evaluation = evaluate_predictions(val, scored, cfg.eval, threshold=meta.decision_threshold,
                                       calibration=meta.calibration)
     settings = flatten({"data": to_dict(cfg)["data"], "eval": to_dict(cfg)["eval"]})
     run_id = start_run(client, cfg, "eval", f"eval-{model.name}-{model.version}-{split}",
                        tags={TAG_MODEL_URI: model.uri, TAG_DATA_FINGERPRINT: data.fingerprint},
-                       params={**settings, "split": split, "model_uri": model.uri})
+                       params={**settings, "split": split, "model_uri": model.uri,
+                               "runtime": predictor.runtime, "precision": predictor.precision})
     ood = gate_summary(model.loaded, data.datasets[split], cfg.eval.batch_size)
-    log_metrics(client, run_id, {**evaluation.logged_metrics(), **(ood or {})}, prefix=f"{split}_")
+    localization = localize_split(model.loaded, data, split, cfg.data.path)  # synthetic sets only
+    log_metrics(client, run_id, {**evaluation.logged_metrics(), **(ood or {}),
+                                 **(localization.metrics() if localization else {})}, prefix=f"{split}_")
     report = None
     if cfg.eval.report:
         training_run = _training_run_id(client, model)
@@ -88,7 +98,7 @@ def evaluate_model(model_uri: str, cfg: ExperimentConfig, split: str = "test",
         report = write_evaluation_report(evaluation, cfg, data, split, rows, history,
                                          out_dir or default_report_dir(model, split),
                                          title=f"{model.name} {model.version} on {cfg.data.path} ({split})",
-                                         threshold_policy="")
+                                         threshold_policy="", explain=model.loaded, localization=localization)
         client.log_artifacts(run_id, str(report.parent), "report")
     finish_run(client, run_id)
-    return EvalOutcome(evaluation, str(report) if report else None, run_id, ood)
+    return EvalOutcome(evaluation, str(report) if report else None, run_id, ood, localization)

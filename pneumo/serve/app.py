@@ -1,34 +1,45 @@
-"""The Ray Serve deployment: HTTP routes over one model loaded in the background.
+"""The Ray Serve deployment: HTTP routes over the champion (and challenger) loaded in the background.
 
-Concurrent requests share model calls through `@serve.batch`; decoding and inference run in worker
-threads so the event loop keeps answering health checks. Request parsing lives in inputs.py, the
-response schemas in schemas.py, loading in loader.py; builder.py turns config into this deployment.
+Concurrent requests share model calls through the adaptive batcher (batching.py); decoding and
+inference run in worker threads so the event loop keeps answering health checks. Request parsing
+lives in inputs.py, the response schemas in schemas.py, loading in loader.py, which version answers
+in versions.py; builder.py turns config into this deployment.
 
 Status codes, each error a JSON {"error", "field"}: 400 for an image that cannot be used (empty, not
 an image, truncated, over serve.max_image_pixels) or a malformed multipart body; 413 for a body over
 serve.max_body_bytes or more than serve.max_images_per_request images; 415 for a Content-Type other
 than multipart/form-data, image/* or application/dicom; 503 while the model loads or after its load
-failed (/readyz says why). Serve itself answers 503 once serve.max_queued_requests are waiting.
+failed (/readyz says why); 404 for a version (X-Model-Version header or ?version=) that is not
+served. Every answer names its version (model_version, model_role, X-Model-Version). Serve itself answers 503 once serve.max_queued_requests are waiting.
 """
 
 import asyncio
 import logging
 import time
-from typing import Any, Awaitable, Callable, Optional
+from collections.abc import Awaitable, Callable
+from typing import Any, Optional
 
 import numpy as np
 import torch
 from fastapi import FastAPI
 from ray import serve
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 
 from pneumo.config import ServeConfig
 from pneumo.data.folder import CLASS_NAMES
 from pneumo.data.transforms import ImageDecodeError, decode_image
-from pneumo.evaluation.prediction import predict_probabilities
 from pneumo.model_uri import FetchedModel
 from pneumo.serve.audit import AuditLog
+from pneumo.serve.batching import AdaptiveBatcher
+from pneumo.serve.explanations import (
+    EXPLAIN_PNG_DOC,
+    ExplainerCache,
+    Explanation,
+    as_png,
+    explain_image,
+    requested_format,
+)
 from pneumo.serve.inputs import (
     BATCH_UPLOAD_DOC,
     SINGLE_UPLOAD_DOC,
@@ -39,12 +50,13 @@ from pneumo.serve.inputs import (
     read_image,
     read_images,
 )
-from pneumo.serve.loader import ModelLoader
+from pneumo.serve.loader import ServedModel
+from pneumo.serve.monitor import ServeMonitor
+from pneumo.serve.page import page_file
 from pneumo.serve.prometheus import ServeMetrics
 from pneumo.serve.schemas import ERROR_DOCS, BatchPrediction, ErrorBody, Prediction
 from pneumo.serve.security import authenticate, protect
-
-RETRY_AFTER_S = "5"  # hint for clients that hit the endpoint while the model loads
+from pneumo.serve.versions import CHAMPION, VERSION_HEADER, ServedVersions
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +69,17 @@ def _verdict(probability: float, model: FetchedModel) -> dict[str, Any]:
 def _identity(model: FetchedModel) -> dict[str, Any]:
     return {"threshold": model.loaded.meta.decision_threshold, "model_name": model.name,
             "model_version": model.version}
+
+
+def _score_by_version(items: list[tuple[ServedModel, np.ndarray]]) -> list[float]:
+    """(version, image) pairs from concurrent requests -> P(pneumonia) each, one model call per version.
+    (Above the class: @serve.deployment pickles it at definition, with the globals defined by then.)"""
+    probabilities = [0.0] * len(items)
+    for model in {id(model): model for model, _ in items}.values():
+        rows = [i for i, (owner, _) in enumerate(items) if owner is model]
+        for row, probability in zip(rows, model.probabilities(np.stack([items[i][1] for i in rows]))):
+            probabilities[row] = float(probability)
+    return probabilities
 
 
 def _elapsed_ms(started: float) -> float:
@@ -87,10 +110,24 @@ class PneumoniaService:
         describe_deployment(self.settings, authenticated=token_sha256 is not None)
         self.audit = AuditLog(self.settings)
         torch.set_num_threads(self.settings.torch_threads)
-        self.score.set_max_batch_size(self.settings.max_batch_size)
-        self.score.set_batch_wait_timeout_s(self.settings.batch_wait_timeout_s)
         self.metrics = ServeMetrics()
-        self.loader = ModelLoader(model_uri, tracking_uri)
+        self.batcher = AdaptiveBatcher(_score_by_version, self.settings.max_batch_size,  # one for all versions
+                                       self.settings.batch_wait_timeout_s, self.metrics.batch_size.observe)
+        self.versions = ServedVersions(model_uri, tracking_uri, self.settings)  # champion (+ challenger)
+        self.loader = self.versions.champion
+        self.monitor = ServeMonitor(self.settings, lambda: self.loader.model)  # OOD gate and drift (monitor.py)
+        self.gate = AdaptiveBatcher(self.monitor.check, self.settings.max_batch_size)  # its pass, batched too
+        self._shadow_tasks: set[asyncio.Task] = set()  # held so they are not garbage-collected mid-flight
+        self.explainers = ExplainerCache()  # Grad-CAM for /explain, built on first use (explanations.py)
+
+    @api.get("/", include_in_schema=False)
+    def page(self) -> Response:
+        """The web page for people who read films (page.py): upload, P(pneumonia), heatmap."""
+        return page_file("index.html")
+
+    @api.get("/page/{name}", include_in_schema=False)
+    def page_asset(self, name: str) -> Response:
+        return page_file(name)
 
     @api.get("/healthz")
     def healthz(self) -> dict[str, bool]:
@@ -100,13 +137,25 @@ class PneumoniaService:
     @api.get("/readyz", responses={503: {"description": "model not loaded yet, or its load failed (see error)"}})
     def readyz(self) -> JSONResponse:
         """200 once the model is loaded; 503 with the state and the last error before that."""
-        status = self.loader.status()
+        status = {**self.loader.status(), "monitoring": self.monitor.status(self.loader.model)}
         return JSONResponse(status, status_code=200 if status["ready"] else 503)
 
     @api.get("/model", responses={503: {"model": ErrorBody}})
     async def model_info(self) -> JSONResponse:
         """Name, version, registered metrics, preprocessing and decision threshold of the served model."""
         return await self._answer("model", self._describe)
+
+    @api.get("/monitoring", responses={503: {"model": ErrorBody}})
+    async def monitoring(self) -> JSONResponse:
+        """This replica's window of recent inputs against the model's reference: drift, OOD rate, tests."""
+        replica = serve.get_replica_context().replica_id.unique_id
+        return await self._answer("monitoring", lambda started: asyncio.to_thread(
+            self.monitor.report, self._loaded_model(), replica))
+
+    @api.get("/versions")
+    def served_versions(self) -> dict[str, dict]:
+        """Each served role (champion, challenger): its loader state, version, runtime and model."""
+        return self.versions.describe()
 
     @api.post("/predict", response_model=Prediction, responses=ERROR_DOCS, openapi_extra=SINGLE_UPLOAD_DOC)
     async def predict(self, request: Request) -> JSONResponse:
@@ -118,6 +167,20 @@ class PneumoniaService:
     async def predict_batch(self, request: Request) -> JSONResponse:
         """Several images in one multipart request, one `files` field each."""
         return await self._answer("predict_batch", lambda started: self._predict_many(request, started))
+
+    @api.post("/explain", response_model=Explanation, openapi_extra=SINGLE_UPLOAD_DOC,
+              responses={**ERROR_DOCS, 200: EXPLAIN_PNG_DOC, 501: {"model": ErrorBody}})
+    async def explain(self, request: Request) -> Response:
+        """/predict's inputs, refusals and answer, plus where the model looked: a Grad-CAM map as a base64
+        PNG (heatmap_png), or with ?format=png the film with the map over it (prediction in X- headers)."""
+        return as_png(await self._answer("explain", lambda started: self._explain_one(request, started)))
+
+    async def _explain_one(self, request: Request, started: float) -> dict[str, Any]:
+        fmt = requested_format(request)
+        answer, served, image = await self._predict_image(request, started)
+        explainer = await asyncio.to_thread(self.explainers.get, served.fetched.loaded)
+        explained = await asyncio.to_thread(explain_image, explainer, image, answer, fmt)
+        return {**explained, "time_ms": _elapsed_ms(started)}
 
     async def _answer(self, endpoint: str, handler: Callable[[float], Awaitable[dict[str, Any]]]) -> JSONResponse:
         """Run a handler; bad input becomes its JSON error, a bug a 500; either way the replica serves on."""
@@ -131,14 +194,12 @@ class PneumoniaService:
             logger.exception("%s failed", endpoint)
             body, status = {"error": f"internal error ({type(error).__name__}: {error})", "field": None}, 500
         self.metrics.record(endpoint, status, time.perf_counter() - started)
+        if "model_version" in body:  # every answer names the version that produced it
+            headers[VERSION_HEADER] = str(body["model_version"])
         return JSONResponse(body, status_code=status, headers=headers)
 
     def _loaded_model(self) -> FetchedModel:
-        if self.loader.model is None:
-            status = self.loader.status()
-            reason = f"model is {status['state']}" + (f": {status['error']}" if "error" in status else "")
-            raise RequestError(503, f"{reason} (see /readyz)", "model", {"Retry-After": RETRY_AFTER_S})
-        return self.loader.model
+        return self.versions.loaded_champion().fetched
 
     async def _decode(self, upload: Upload, model: FetchedModel) -> np.ndarray:
         try:
@@ -148,32 +209,67 @@ class PneumoniaService:
             raise RequestError(400, f"{upload.label}: {error}", upload.source) from None
 
     async def _describe(self, started: float) -> dict[str, Any]:
-        return self._loaded_model().describe()
+        model = self._loaded_model()
+        return {**model.describe(), "monitoring": self.monitor.status(model)}
 
     async def _predict_one(self, request: Request, started: float) -> dict[str, Any]:
-        model = self._loaded_model()
+        return (await self._predict_image(request, started))[0]
+
+    async def _predict_image(self, request: Request, started: float) -> tuple[dict[str, Any], ServedModel, np.ndarray]:
+        """/predict's work: its answer, the version that gave it and the decoded image (/explain maps it)."""
+        role, served = self.versions.choose(request)
+        model = served.fetched
         upload = await read_image(request, self.settings)
-        probability = await self.score(await self._decode(upload, model))
-        answer = {**_verdict(probability, model), **_identity(model), "time_ms": _elapsed_ms(started)}
+        image = await self._decode(upload, model)
+        gate = await self.gate.submit((model, image, role == CHAMPION))
+        self.monitor.enforce(gate, upload)  # 422 under serve.ood_policy reject
+        probability = await self.score((served, image))
+        self._shadow(role, served, [image], [probability])
+        self.versions.metrics.record(role, served, probability, time.perf_counter() - started)
+        answer = {**_verdict(probability, model), **_identity(model), "model_role": role,
+                  "time_ms": _elapsed_ms(started), **gate.fields()}
         self.audit.record(request, [upload.data], answer)
-        return answer
+        return answer, served, image
 
     async def _predict_many(self, request: Request, started: float) -> dict[str, Any]:
-        model = self._loaded_model()
+        role, served = self.versions.choose(request)
+        model = served.fetched
         uploads = await read_images(request, self.settings)
         images = await asyncio.gather(*(self._decode(upload, model) for upload in uploads))
-        probabilities = await asyncio.gather(*(self.score(image) for image in images))
-        predictions = [{"filename": upload.filename, **_verdict(probability, model)}
-                       for upload, probability in zip(uploads, probabilities)]
-        answer = {"predictions": predictions, **_identity(model), "time_ms": _elapsed_ms(started)}
+        gates = await asyncio.gather(*(self.gate.submit((model, image, role == CHAMPION)) for image in images))
+        scored = [image for image, gate in zip(images, gates) if not self.monitor.refuses(gate)]
+        probabilities = await asyncio.gather(*(self.score((served, image)) for image in scored))
+        self._shadow(role, served, scored, probabilities)
+        for probability in probabilities:
+            self.versions.metrics.record(role, served, probability, time.perf_counter() - started)
+        answers = iter(probabilities)
+        predictions = [{"filename": upload.filename, **gate.fields(),
+                        **(self.monitor.refusal(gate) if self.monitor.refuses(gate) else _verdict(next(answers), model))}
+                       for upload, gate in zip(uploads, gates)]
+        answer = {"predictions": predictions, **_identity(model), "model_role": role,
+                  "time_ms": _elapsed_ms(started)}
         self.audit.record(request, [upload.data for upload in uploads], answer)
         return answer
 
-    @serve.batch(max_batch_size=ServeConfig.max_batch_size, batch_wait_timeout_s=ServeConfig.batch_wait_timeout_s)
-    async def score(self, images: list[np.ndarray]) -> list[float]:
-        """Images from concurrent requests -> P(pneumonia) each, in one model call."""
-        self.metrics.batch_size.observe(len(images))
-        model = self.loader.model.loaded
-        batch = torch.from_numpy(np.stack(images))
-        probabilities = await asyncio.to_thread(predict_probabilities, model, batch)
-        return [float(p) for p in probabilities]
+    def _shadow(self, role: str, served: ServedModel, images: list[np.ndarray], probabilities: list[float]) -> None:
+        """serve.shadow: score the same images on the challenger after answering; only metrics see it."""
+        challenger = self.versions.shadow_of(role)
+        if challenger is None:
+            return
+        task = asyncio.create_task(self._compare_on(challenger, served, images, probabilities))
+        self._shadow_tasks.add(task)
+        task.add_done_callback(self._shadow_tasks.discard)
+
+    async def _compare_on(self, challenger: ServedModel, champion: ServedModel, images: list[np.ndarray],
+                          probabilities: list[float]) -> None:
+        started = time.perf_counter()
+        shadow = await asyncio.gather(*(self.score((challenger, image)) for image in images))
+        for ours, theirs in zip(probabilities, shadow):
+            self.versions.metrics.record("shadow", challenger, theirs, time.perf_counter() - started)
+            self.versions.metrics.record_shadow(_verdict(ours, champion.fetched)["label"]
+                                                == _verdict(theirs, challenger.fetched)["label"])
+
+    async def score(self, item: tuple[ServedModel, np.ndarray]) -> float:
+        """P(pneumonia) of one (version, image), batched with concurrent requests (batching.py)."""
+        return await self.batcher.submit(item)
+

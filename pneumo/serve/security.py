@@ -17,15 +17,18 @@ import hashlib
 import hmac
 import ipaddress
 import os
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Awaitable, Callable, Optional
+from typing import Optional
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from pneumo.config import ConfigError, ServeConfig
+from pneumo.serve.page import PAGE_PATHS
 
-OPEN_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
+                       | PAGE_PATHS)  # the page holds no data; its calls send the token
 MIN_TOKEN_CHARS = 16  # shorter tokens are guessable; secrets.token_urlsafe(32) gives 43
 CHALLENGE = {"WWW-Authenticate": 'Bearer realm="pneumo"'}
 

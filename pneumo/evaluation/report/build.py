@@ -7,13 +7,16 @@ from typing import Any, Optional
 
 import numpy as np
 
+from pneumo.checkpoints import LoadedModel
 from pneumo.config import ExperimentConfig, to_yaml
 from pneumo.data.dataset import PreparedData
 from pneumo.evaluation.calibration import describe_calibration
 from pneumo.evaluation.evaluate import Evaluation, confident_mistakes
+from pneumo.evaluation.localization import Localization
 from pneumo.evaluation.prediction import images_at
 from pneumo.evaluation.report import plots
 from pneumo.evaluation.report.baselines import resolve_baseline_dataset
+from pneumo.evaluation.report.explanations import explanation_section, films_to_explain
 from pneumo.evaluation.report.html import ReportContent, render_report
 
 REPORT_FILE = "report.html"
@@ -55,21 +58,26 @@ def data_summary(data: PreparedData) -> dict[str, Any]:
 
 def write_evaluation_report(evaluation: Evaluation, cfg: ExperimentConfig, data: PreparedData, split: str,
                             model: dict[str, str], history: dict[str, list[tuple[int, float]]],
-                            out_dir: str | Path, title: str = "", threshold_policy: Optional[str] = None) -> Path:
+                            out_dir: str | Path, title: str = "", threshold_policy: Optional[str] = None,
+                            explain: Optional[LoadedModel] = None, localization: Optional[Localization] = None) -> Path:
     """The report of `evaluation` (scored on `split` of `data`), with its most confident mistakes.
 
     title defaults to the experiment name; threshold_policy (default eval.threshold_policy) is the row
-    the operating-point table highlights, "" for a threshold that came stored with the model."""
+    the operating-point table highlights, "" for a threshold that came stored with the model; `explain`:
+    the model whose Grad-CAM maps the report shows, with `localization` scores on a synthetic set."""
     labels, probabilities = evaluation.test.labels, evaluation.test_probabilities
     indices = confident_mistakes(labels, probabilities, evaluation.threshold, cfg.eval.mistakes_shown)
     paths = [evaluation.test.paths[i] for i in indices]
-    images = images_at(data.datasets[split], paths)
+    images = images_at(data.datasets[split], paths + (films_to_explain(evaluation) if explain else []))
     mistakes = [(images[path], int(labels[i]), float(probabilities[i])) for i, path in zip(indices, paths)
                 if path in images]
     content = ReportContent(title=title or cfg.name, evaluation=evaluation, config_yaml=to_yaml(cfg),
                             data_summary=data_summary(data), model=model,
                             baseline_dataset=resolve_baseline_dataset(cfg.eval.baselines, cfg.data),
                             threshold_policy=cfg.eval.threshold_policy if threshold_policy is None else threshold_policy)
+    if explain is not None:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        content.explanations = explanation_section(explain, evaluation, images, localization, Path(out_dir))
     return write_report(content, history, mistakes, out_dir)
 
 

@@ -34,6 +34,7 @@ class ReportContent:
     model: dict[str, str]  # identity rows: registered name, version, aliases, MLflow run, checkpoint
     baseline_dataset: str  # kaggle | pneumoniamnist | none
     threshold_policy: str  # the policy that chose evaluation.threshold; "" when it came with the model
+    explanations: str = ""  # the Grad-CAM section (report/explanations.py); "" without a model to explain
 
 
 def _table(header: list[str], rows: list[list[Any]], row_classes: list[str] | None = None) -> str:
@@ -119,5 +120,6 @@ def render_report(content: ReportContent, figures: dict[str, Path]) -> str:
             + _operating_points_section(content.evaluation, content.threshold_policy)
             + _baselines_section(content.evaluation, content.baseline_dataset)
             + f"<h2>Pictures</h2><div class='figures'>{pictures}</div>"
+            + content.explanations
             + _data_section(content.data_summary)
             + f"<h2>Configuration</h2><pre>{html.escape(content.config_yaml)}</pre></body></html>")

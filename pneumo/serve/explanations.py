@@ -1,0 +1,105 @@
+"""POST /explain: the prediction of /predict plus its Grad-CAM map (pneumo/evaluation/explain.py).
+
+The route in app.py runs the /predict path (same inputs, same refusals, same batched probability)
+and then this module: one Explainer per served version, built on first use, the map computed in a
+worker thread, answered as JSON with the map as a base64 PNG, or with ?format=png as an overlay image.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import Field
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from pneumo.checkpoints import LoadedModel
+from pneumo.evaluation.explain import (
+    EXPLAINED_CLASS,
+    METHOD,
+    Explainer,
+    ExplanationError,
+    film_png,
+    heatmap_png,
+    overlay_png,
+)
+from pneumo.serve.inputs import RequestError
+from pneumo.serve.schemas import Prediction
+
+FORMATS = ("json", "png")  # ?format=
+OVERLAY_KEY = "overlay_png"  # carries the overlay from the handler to the route for ?format=png
+
+
+class Explanation(Prediction):
+    heatmap_png: str = Field(description="the Grad-CAM map as a base64 RGBA PNG at the model's input size: colour "
+                                         "and opacity rise with the evidence; stretch it over the film to overlay")
+    method: str = Field(description=f"{METHOD} (Captum LayerGradCam)")
+    explained_class: str = Field(description=f"{EXPLAINED_CLASS}: the map shows evidence for it")
+    target_layer: str = Field(description="the model layer the map comes from")
+    film_png: str = Field(description="the film as the model saw it (its input size and channels), base64 PNG")
+
+
+def requested_format(request: Request) -> str:
+    """?format=json (default) or png; anything else is a 400 naming the `format` field."""
+    value = request.query_params.get("format", "json").lower()
+    if value not in FORMATS:
+        raise RequestError(400, f"format={value!r} is not one of {', '.join(FORMATS)}", "format")
+    return value
+
+
+class ExplainerCache:
+    """One Explainer per loaded model (champion, challenger), built on first use; the versions a
+    replica no longer serves are dropped when a new one is built."""
+
+    MAX_MODELS = 2
+
+    def __init__(self) -> None:
+        self._explainers: dict[int, tuple[LoadedModel, Explainer]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, loaded: LoadedModel) -> Explainer:
+        with self._lock:
+            if id(loaded) not in self._explainers:
+                try:
+                    explainer = Explainer(loaded)
+                except ExplanationError as error:
+                    raise RequestError(501, f"this model cannot be explained: {error}", "model") from None
+                while len(self._explainers) >= self.MAX_MODELS:
+                    self._explainers.pop(next(iter(self._explainers)))
+                self._explainers[id(loaded)] = (loaded, explainer)  # the model is held, so its id stays unique
+            return self._explainers[id(loaded)][1]
+
+
+def explain_image(explainer: Explainer, image: np.ndarray, answer: dict[str, Any], fmt: str) -> dict[str, Any]:
+    """The /predict answer plus the map of `image` (uint8 (C, H, W) at the model's input). Blocking:
+    run it in a worker thread."""
+    cam = explainer.explain(torch.from_numpy(image[None]))[0]
+    explained = {**answer, "heatmap_png": base64.b64encode(heatmap_png(cam)).decode(), "method": METHOD,
+                 "explained_class": EXPLAINED_CLASS, "target_layer": explainer.target_layer,
+                 "film_png": base64.b64encode(film_png(image)).decode()}
+    if fmt == "png":
+        explained[OVERLAY_KEY] = base64.b64encode(overlay_png(image[0], cam)).decode()
+    return explained
+
+
+def as_png(response: JSONResponse) -> Response:
+    """A successful ?format=png answer becomes the overlay image, the prediction in X- headers; errors
+    and JSON answers pass through."""
+    if response.status_code != 200:
+        return response
+    body: dict[str, Any] = json.loads(response.body)
+    if OVERLAY_KEY not in body:
+        return response
+    headers = {"X-Probability": f"{body['probability']:.6f}", "X-Label": body["label"],
+               "X-Threshold": f"{body['threshold']:.6f}", "X-Target-Layer": body["target_layer"],
+               **{key: value for key, value in response.headers.items() if key.lower().startswith("x-")}}
+    return Response(base64.b64decode(body[OVERLAY_KEY]), media_type="image/png", headers=headers)
+
+
+EXPLAIN_PNG_DOC = {"content": {"image/png": {"schema": {
+    "type": "string", "format": "binary", "description": "with ?format=png: the film with its map over it"}}}}
