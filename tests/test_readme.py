@@ -222,7 +222,10 @@ def test_readme_step_runs(step: Step, scratch):
         return
     command = step.command
     outcome = scratch.run(command)
-    shown = f"{command.where}: `{outcome.command}` exited {outcome.returncode}:\n{outcome.output[-4000:]}"
+    runs_failed = [o.command for o in scratch.outputs.values() if o.command.startswith("pneumo run") and o.returncode]
+    shown = f"{command.where}: `{outcome.command}` exited {outcome.returncode}:\n{outcome.output[-4000:]}" + (
+        f"\n(what it builds on failed earlier: {runs_failed})" if runs_failed and outcome is not scratch.outputs.get(
+            runs_failed[0]) else "")
     if expects_failure(command):
         assert outcome.returncode not in (0, -1), shown
     else:
