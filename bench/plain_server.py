@@ -1,10 +1,10 @@
 """The baseline pneumo serve replaces: one uvicorn process, the model called once per request.
 
-    python -m bench.plain_server --checkpoint results/…/best_model --port 8100 [--torch-threads 1]
+    python -m bench.plain_server --checkpoint results/…/best_model --port 8100 [--torch-threads 1] [--runtime openvino]
 
-Same checkpoint, same decoding, the same `predict_probabilities` and (from serve_bench) the same
-torch thread count as a Serve replica, so the benchmark compares only the serving design: no
-batching, one event loop, inference inline.
+Same checkpoint, same decoding, the same runtime (pneumo.runtimes; PyTorch fp32 eager by default)
+and (from serve_bench) the same thread count as a Serve replica, so the benchmark compares only the
+serving design: no batching, one event loop, inference inline.
 """
 
 from __future__ import annotations
@@ -20,12 +20,13 @@ from fastapi import FastAPI, Request
 
 from pneumo.checkpoints import load_checkpoint
 from pneumo.data.transforms import decode_image
-from pneumo.evaluation.prediction import predict_probabilities
+from pneumo.runtimes import RUNTIMES, create_predictor
 
 
-def create_app(checkpoint: Path) -> FastAPI:
+def create_app(checkpoint: Path, runtime: str = "torch", threads: int = 1) -> FastAPI:
     loaded = load_checkpoint(checkpoint)
     spec = loaded.meta.preprocessing_spec
+    predictor = create_predictor(loaded, runtime, threads)
     app = FastAPI(title="pneumo plain baseline")
 
     @app.get("/readyz")
@@ -35,8 +36,8 @@ def create_app(checkpoint: Path) -> FastAPI:
     @app.post("/predict")
     async def predict(request: Request) -> dict:
         started = time.perf_counter()
-        image = torch.from_numpy(np.stack([decode_image(await request.body(), spec)]))
-        probability = float(predict_probabilities(loaded, image)[0])
+        image = np.stack([decode_image(await request.body(), spec)])
+        probability = float(loaded.meta.calibration.probabilities(predictor.logits(image))[0])
         label = "PNEUMONIA" if probability >= loaded.meta.decision_threshold else "NORMAL"
         return {"probability": probability, "label": label, "time_ms": 1000 * (time.perf_counter() - started)}
 
@@ -48,11 +49,11 @@ def main() -> None:
     parser.add_argument("--checkpoint", type=Path, required=True)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8100)
-    parser.add_argument("--torch-threads", type=int, help="intra-op threads (default: torch's, one per core)")
+    parser.add_argument("--torch-threads", type=int, default=torch.get_num_threads(), help="intra-op threads")
+    parser.add_argument("--runtime", default="torch", choices=RUNTIMES)
     args = parser.parse_args()
-    if args.torch_threads:
-        torch.set_num_threads(args.torch_threads)
-    uvicorn.run(create_app(args.checkpoint), host=args.host, port=args.port, log_level="warning")
+    uvicorn.run(create_app(args.checkpoint, args.runtime, args.torch_threads), host=args.host, port=args.port,
+                log_level="warning")
 
 
 if __name__ == "__main__":

@@ -2,9 +2,12 @@
 
     python -m bench.serve_bench                          # untrained resnet10t at 64 px, 10 s per level
     python -m bench.serve_bench --checkpoint results/quickstart-…/best_model --duration-s 20
+    python -m bench.serve_bench --runtimes torch openvino   # which runtimes (default: every one)
 
-Each server is driven by bench/load.py in a separate process at each concurrency; the table goes to
-stdout and bench/results/serve.json. Weights do not change the cost of a forward pass, so without
+For each runtime the plain server and then the Serve app run back to back (A/B under the same
+machine load), both with that runtime and the same thread count. Each server is driven by
+bench/load.py in a separate process at each concurrency; the table, the issue's target ratios and
+bench/results/serve.json follow. Weights do not change the cost of a forward pass, so without
 --checkpoint an untrained checkpoint of --model is written (same architecture, same preprocessing).
 """
 
@@ -92,7 +95,8 @@ def drive(url: str, images: Path, levels: list[int], duration_s: float, route: s
     return rows
 
 
-def bench_plain(checkpoint: Path, images: Path, levels: list[int], duration_s: float, torch_threads: int) -> list[dict]:
+def bench_plain(checkpoint: Path, images: Path, levels: list[int], duration_s: float, torch_threads: int,
+                runtime: str) -> list[dict]:
     port = free_local_port()
     server = subprocess.Popen(
         [
@@ -105,6 +109,8 @@ def bench_plain(checkpoint: Path, images: Path, levels: list[int], duration_s: f
             str(port),
             "--torch-threads",
             str(torch_threads),
+            "--runtime",
+            runtime,
         ],
         cwd=REPO,
     )
@@ -116,26 +122,50 @@ def bench_plain(checkpoint: Path, images: Path, levels: list[int], duration_s: f
         server.wait(timeout=30)
 
 
-def bench_serve(checkpoint: Path, images: Path, levels: list[int], duration_s: float, args: ServeArgs
-                ) -> dict[str, list[dict]]:
-    """/predict at each level, then /explain (prediction + Grad-CAM map) at EXPLAIN_LEVELS."""
+def bench_runtimes(checkpoint: Path, images: Path, levels: list[int], duration_s: float, args: ServeArgs,
+                   runtimes: list[str], torch_threads: int) -> dict[str, list[dict]]:
+    """Per runtime: the plain server, then the Serve app (serve.runtime=<runtime>) at each level; then
+    /explain (prediction + Grad-CAM map) on the last Serve app at EXPLAIN_LEVELS."""
     import ray
     from ray import serve
 
     from pneumo.serve.builder import build_app
 
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level="WARNING")
+    results: dict[str, list[dict]] = {}
     try:
         port = free_local_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        serve.run(build_app(args), name="pneumo", route_prefix="/")
-        wait_ready(f"http://127.0.0.1:{port}")
-        rows = drive(f"http://127.0.0.1:{port}", images, levels, duration_s)
-        explain_rows = drive(f"http://127.0.0.1:{port}", images, EXPLAIN_LEVELS, duration_s, route="/explain")
-        return {"serve": rows, "serve /explain": explain_rows}
+        for runtime in runtimes:
+            results[f"plain {runtime}"] = bench_plain(checkpoint, images, levels, duration_s, torch_threads, runtime)
+            app_args = args.model_copy(update={"overrides": [*args.overrides, f"serve.runtime={runtime}"]})
+            serve.run(build_app(app_args), name="pneumo", route_prefix="/")
+            wait_ready(f"http://127.0.0.1:{port}")
+            results[f"serve {runtime}"] = drive(f"http://127.0.0.1:{port}", images, levels, duration_s)
+        results["serve /explain"] = drive(f"http://127.0.0.1:{port}", images, EXPLAIN_LEVELS, duration_s,
+                                          route="/explain")
+        return results
     finally:
         serve.shutdown()
         ray.shutdown()
+
+
+def target_ratios(results: dict[str, list[dict]], fast: str) -> dict[str, float]:
+    """The issue's targets: Serve (on `fast`) against plain FastAPI + PyTorch fp32 eager, and against
+    plain FastAPI on the same runtime."""
+    def row(server: str, concurrency: int) -> dict:
+        return next(r for r in results[server] if r["concurrency"] == concurrency)
+
+    serve, levels = f"serve {fast}", [r["concurrency"] for r in results["plain torch"]]
+    low, mid, high = min(levels), sorted(levels)[len(levels) // 2], max(levels)
+    return {f"p50 at {low} client, serve {fast} / plain torch (target <= 1.3)":
+            row(serve, low)["p50_ms"] / row("plain torch", low)["p50_ms"],
+            f"req/s at {high} clients, serve {fast} / plain torch (target >= 2)":
+            row(serve, high)["rps"] / row("plain torch", high)["rps"],
+            f"p99 at {high} / p99 at {mid} clients, serve {fast} (target <= 2)":
+            row(serve, high)["p99_ms"] / row(serve, mid)["p99_ms"],
+            f"p50 at {low} client, serve {fast} / plain {fast}": row(serve, low)["p50_ms"] / row(f"plain {fast}", low)["p50_ms"],
+            f"req/s at {high} clients, serve {fast} / plain {fast}": row(serve, high)["rps"] / row(f"plain {fast}", high)["rps"]}
 
 
 def format_table(results: dict[str, list[dict]]) -> str:
@@ -158,10 +188,8 @@ def run(args: argparse.Namespace) -> dict:
         images = write_images(work / "images", n_images=60, image_size=128)
         serve_args = ServeArgs(model_uri=str(checkpoint), config=[str(QUICKSTART)], overrides=args.serve_override)
         torch_threads = load_serving_config(serve_args)[0].torch_threads  # the plain server gets the same
-        results = {
-            "plain": bench_plain(checkpoint, images, args.concurrency, args.duration_s, torch_threads),
-            **bench_serve(checkpoint, images, args.concurrency, args.duration_s, serve_args),
-        }
+        results = bench_runtimes(checkpoint, images, args.concurrency, args.duration_s, serve_args, args.runtimes,
+                                 torch_threads)
     return {
         "checkpoint": str(args.checkpoint or f"untrained {args.model}"),
         "image_size": args.image_size,
@@ -172,6 +200,7 @@ def run(args: argparse.Namespace) -> dict:
         "load_average_before": load_before,
         "load_average_after": os.getloadavg(),
         "results": results,
+        "targets": target_ratios(results, args.runtimes[-1]) if "torch" in args.runtimes else {},
     }
 
 
@@ -182,6 +211,9 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=64, help="model input side, px")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--duration-s", type=float, default=10.0, help="measured seconds per level")
+    parser.add_argument("--runtimes", nargs="+", default=["torch", "onnxruntime", "openvino"],
+                        help="serve.runtime values, each benched on both servers; the last is the fast one "
+                             "the targets are computed for")
     parser.add_argument(
         "--serve-override",
         nargs="*",
@@ -191,6 +223,8 @@ def main() -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     report = run(parser.parse_args())
     print(format_table(report["results"]))
+    for target, ratio in report["targets"].items():
+        print(f"{target}: {ratio:.2f}")
     print(f"load average (1, 5, 15 min) before {report['load_average_before']}, after {report['load_average_after']}")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(report, indent=2))
