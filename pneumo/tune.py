@@ -20,6 +20,7 @@ moment its trial ends, with how it ended.
 from __future__ import annotations
 
 import logging
+import re
 import signal
 import threading
 from dataclasses import dataclass
@@ -183,14 +184,19 @@ class SearchWatcher(tune.Callback):
         self.counts_step += 1
 
 
+EXCEPTION_LINE = re.compile(r"^[\w.]*(Error|Exception|Interrupt)\w*: \S")  # "ray.exceptions.OutOfMemoryError: 3 …"
+
+
 def _trial_error(trial) -> str:
-    """The last line of the trial's error file (the exception and its message), or why there is none."""
+    """The last `SomeError: message` line of the trial's error file (else its last line), or why there is none."""
     path = trial.error_file
     try:
-        lines = [line for line in Path(path).read_text().splitlines() if line.strip()] if path else []
+        lines = [line.strip() for line in Path(path).read_text().splitlines() if line.strip()] if path else []
     except OSError:
         lines = []
-    return lines[-1][:300] if lines else "the trial's process died (no error file)"
+    if not lines:
+        return "the trial's process died (no error file)"
+    return next((line for line in reversed(lines) if EXCEPTION_LINE.match(line)), lines[-1])[:300]
 
 
 @dataclass
