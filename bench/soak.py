@@ -26,6 +26,7 @@ import io
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -50,6 +51,7 @@ REPLICA_TITLE = "ServeReplica:pneumo:PneumoniaService"  # the replica's process 
 MEMORY_GROWTH_LIMIT = 0.05  # after warm-up
 P99_DRIFT_LIMIT = 1.2  # last minute's p99 over the second minute's
 BUCKET_S = 60.0  # one row of the report per minute
+CLIENT_TIMEOUT_S = 29.5  # a request unanswered this long counts as a hang (the target: none over 30 s)
 
 
 def bad_bodies(jpeg: bytes) -> dict[str, tuple[bytes, dict[str, str]]]:
@@ -120,7 +122,7 @@ def replica_rss(server_pid: int) -> int:
 
 
 async def drive(url: str, good: list[bytes], bad: list[tuple[bytes, dict]], clients: int, bad_share: float,
-                duration_s: float, server_pid: int, timeout_s: float = 30.0, seed: int = 0) -> Soak:
+                duration_s: float, server_pid: int, timeout_s: float = CLIENT_TIMEOUT_S, seed: int = 0) -> Soak:
     soak = Soak()
     connector = aiohttp.TCPConnector(limit=clients)
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=timeout_s)) as session:
@@ -132,7 +134,7 @@ async def drive(url: str, good: list[bytes], bad: list[tuple[bytes, dict]], clie
     return soak
 
 
-def summarize(soak: Soak, duration_s: float, bucket_s: float = BUCKET_S) -> dict:
+def summarize(soak: Soak, duration_s: float, bucket_s: float = BUCKET_S, timeout_s: float = CLIENT_TIMEOUT_S) -> dict:
     """Counts, per-minute latency percentiles of good requests, memory, and whether each target holds."""
     statuses = Counter(str(r.status) for r in soak.records)
     minutes = []
@@ -152,14 +154,17 @@ def summarize(soak: Soak, duration_s: float, bucket_s: float = BUCKET_S) -> dict
     return {
         "requests": len(soak.records), "statuses": dict(statuses), "bad_body_statuses": dict(bad_answers),
         "longest_s": round(max((r.latency_s for r in soak.records), default=0), 2),
+        "unanswered": {"refused_or_reset": sum(r.status == 0 and r.latency_s < timeout_s for r in soak.records),
+                       "timed_out": sum(r.status == 0 and r.latency_s >= timeout_s for r in soak.records)},
         "minutes": minutes,
         "replica_rss_mb": {"after_warmup": round(after_warmup / 2**20, 1), "end": round(at_end / 2**20, 1),
                            "growth": round(growth, 4) if growth is not None else None},
         "holds": {
-            "no_5xx_but_503": not server_errors and "0" not in statuses,
+            "no_5xx_but_503": not server_errors,
+            "every_request_answered": "0" not in statuses,
             "bad_bodies_get_4xx": all(code.startswith("4") or code == "503" for code in bad_answers),
             "memory_growth_le_5pct": growth is not None and growth <= MEMORY_GROWTH_LIMIT,
-            "last_p99_le_1.2x_second": None if second is None else last <= P99_DRIFT_LIMIT * second,
+            "last_p99_le_1.2x_second": None if second is None or last is None else last <= P99_DRIFT_LIMIT * second,
         },
     }
 
@@ -177,22 +182,24 @@ def wait_ready(url: str, timeout_s: float) -> None:
     raise RuntimeError(f"{url}/readyz did not answer 200 within {timeout_s} s")
 
 
-def start_server(checkpoint: Path, port: int, workdir: Path) -> subprocess.Popen:
+def start_server(checkpoint: Path, port: int, workdir: Path) -> tuple[subprocess.Popen, str]:
     """`pneumo serve` in its own session and Ray (own RAY_TMPDIR), so stopping it stops only its processes."""
     env = {**os.environ, "RAY_TMPDIR": tempfile.mkdtemp(prefix="soakray", dir="/tmp")}
     env.pop("RAY_ADDRESS", None)
-    return subprocess.Popen([sys.executable, "-m", "pneumo.cli", "serve", str(checkpoint), "--port", str(port)],
-                            cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    server = subprocess.Popen([sys.executable, "-m", "pneumo.cli", "serve", str(checkpoint), "--port", str(port)],
+                              cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+    return server, env["RAY_TMPDIR"]
 
 
-def stop_server(server: subprocess.Popen) -> None:
+def stop_server(server: subprocess.Popen, ray_tmpdir: str) -> None:
     os.killpg(server.pid, signal.SIGINT)  # pneumo serve drains and shuts Serve down on Ctrl-C
     try:
         server.wait(timeout=60)
     except subprocess.TimeoutExpired:
         os.killpg(server.pid, signal.SIGKILL)
         server.wait()
+    shutil.rmtree(ray_tmpdir, ignore_errors=True)  # its Ray's sessions and logs
 
 
 def run(duration_s: float, clients: int, bad_share: float, model: str, image_size: int) -> dict:
@@ -203,13 +210,13 @@ def run(duration_s: float, clients: int, bad_share: float, model: str, image_siz
         good = [path.read_bytes() for path in sorted(images.glob("*.jpeg"))]
         bad = list(bad_bodies(good[0]).values())
         port = free_local_port()
-        server = start_server(checkpoint, port, workdir)
+        server, ray_tmpdir = start_server(checkpoint, port, workdir)
         try:
             url = f"http://127.0.0.1:{port}"
             wait_ready(url, timeout_s=300)
             soak = asyncio.run(drive(f"{url}/predict", good, bad, clients, bad_share, duration_s, server.pid))
         finally:
-            stop_server(server)
+            stop_server(server, ray_tmpdir)
     return {"duration_s": duration_s, "clients": clients, "bad_share": bad_share, "model": model,
             "image_size": image_size, **summarize(soak, duration_s)}
 

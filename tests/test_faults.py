@@ -1,11 +1,13 @@
 """Faults a trusted service survives, each with real processes: a corrupted registered model, a Serve
-replica killed under load. Each test is bounded in time."""
+replica killed under load, a full disk under the data cache, the MLflow tracking server gone for 30 s
+in the middle of training. Each test is bounded in time."""
 
 import asyncio
 import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -124,3 +126,61 @@ def test_a_full_disk_leaves_no_partial_cache_entry_and_the_run_goes_on(ray_sessi
     assert (data.fingerprint, data.counts) == (fresh.fingerprint, fresh.counts), "the run has all its images"
     assert "No space left on device" in caplog.text and f"data.cache_dir={small_disk / 'cache'}" in caplog.text
     assert list((small_disk / "cache").iterdir()) == [], "no partial entry (not even a staging folder) is left"
+
+
+def start_mlflow_server(backend: str, artifacts: Path, port: int) -> subprocess.Popen:
+    server = subprocess.Popen([Path(sys.executable).parent / "mlflow", "server", "--host", "127.0.0.1",
+                               "--port", str(port), "--backend-store-uri", backend,
+                               "--artifacts-destination", str(artifacts), "--workers", "1"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            if requests.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code == 200:
+                return server
+        except requests.RequestException:
+            pass
+        assert time.monotonic() < deadline and server.poll() is None, "mlflow server did not start"
+        time.sleep(1)
+
+
+def stop(process: subprocess.Popen) -> None:
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout=30)
+
+
+def test_training_outlives_30_s_without_its_tracking_server(ray_session, synthetic_root, tmp_path):
+    """The MLflow server is killed after the first epoch and back 30 s later on the same port and
+    store: training goes on, every epoch's metrics arrive (MLflow's client retries with backoff:
+    MLFLOW_HTTP_REQUEST_MAX_RETRIES=7, factor 2, ~4 min in all) and the run ends with its checkpoint."""
+    from conftest import write_smoke_yaml
+
+    from pneumo.cli import free_local_port
+
+    port, backend = free_local_port(), f"sqlite:///{tmp_path / 'server.db'}"
+    server = start_mlflow_server(backend, tmp_path / "artifacts", port)
+    yaml = write_smoke_yaml(tmp_path, synthetic_root, "outage")
+    overrides = ["train.epochs=8", f"mlflow.tracking_uri=http://127.0.0.1:{port}", "eval.bootstrap_samples=0"]
+    env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
+    driver = subprocess.Popen([sys.executable, "-m", "pneumo.cli", "run", str(yaml), *overrides], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    client = MlflowClient(backend)  # the store itself, readable while the server is down
+    try:
+        deadline = time.monotonic() + 300
+        while not [run for run in client.search_runs([e.experiment_id for e in client.search_experiments()])
+                   if client.get_metric_history(run.info.run_id, "val_auroc")]:
+            assert time.monotonic() < deadline and driver.poll() is None, "the first epoch never reached MLflow"
+            time.sleep(0.5)
+        stop(server)
+        time.sleep(30)
+        server = start_mlflow_server(backend, tmp_path / "artifacts", port)
+        output, _ = driver.communicate(timeout=600)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+        stop(server)
+    assert driver.returncode == 0, output[-3000:]
+    run = next(r for r in client.search_runs([e.experiment_id for e in client.search_experiments()])
+               if r.data.tags.get("pneumo.kind") == "train")
+    assert run.info.status == "FINISHED" and "test_auroc" in run.data.metrics
+    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "val_auroc")) == list(range(8))
