@@ -50,8 +50,9 @@ QUIET = {"RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_DISABLE_TELEMETRY": "true", "DO
 RUN_SIZES = ("data.image_size=48", "data.synth.n_images=300", "data.synth.image_size=64",
              "train.epochs=2", "train.batch_size=16", "tune.num_samples=2", "tune.grace_period=1")
 BENCH_SIZES = {  # module -> options set (replaced when the README gives them, else appended)
-    "bench.train_bench": {"--model": "test_resnet", "--image-size": "48", "--images": "96", "--epochs": "2"},
-    "bench.data_bench": {"--n": "64", "--film-size": "64", "--image-size": "48", "--passes": "1"},
+    "bench.train_bench": {"--image-size": "48", "--images": "96", "--epochs": "2"},
+    "bench.overhead_bench": {"--repeats": "1", "--epochs": "1"},
+    "bench.data_bench": {"--n": "64", "--full-size-n": "8", "--passes": "2"},
     "bench.serve_bench": {"--duration-s": "1", "--concurrency": "1", "--image-size": "48"},
 }
 README_PORTS = (8000, 8080, 8265, 5000)
@@ -213,6 +214,8 @@ class Scratch:
             outcome = self._run_once(command, line, env)
         self._learn(command, outcome)
         self.outputs[line] = outcome
+        with (self.root.parent / "outcomes.log").open("a") as log:  # read while a long run is still going
+            log.write(f"=== {command.where} exit {outcome.returncode}: {line}\n{outcome.output[-3000:]}\n")
         return outcome
 
     def _run_once(self, command: Command, line: str, env: dict[str, str]) -> Outcome:
@@ -250,7 +253,7 @@ class Scratch:
         self.servers[readme_port] = server
         url = f"http://127.0.0.1:{self.ports[readme_port]}"
         ready_path = "/readyz" if line.startswith("pneumo") else "/"
-        deadline, status = time.monotonic() + 240, None
+        deadline, status = time.monotonic() + 180, None
         while time.monotonic() < deadline and process.poll() is None:
             try:
                 status = requests.get(url + ready_path, timeout=5).status_code

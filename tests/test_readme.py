@@ -205,6 +205,14 @@ def run_python_block(scratch, block: Block) -> subprocess.CompletedProcess:
     )
 
 
+def builds_on_the_quickstart(step: Step) -> bool:
+    """Steps that use the model the first `pneumo run` registers (served, evaluated, loaded, asked over HTTP)."""
+    if step.command is None:
+        return "models:/" in step.block.text
+    return step.command.argv[:2] in (("pneumo", "eval"), ("pneumo", "serve")) or step.command.program == "curl" \
+        and "8265" not in step.command.text
+
+
 def expects_failure(command: Command) -> bool:
     """A console block that shows an error message shows a command that exits non-zero."""
     return any(" error: " in line or line.startswith("error:") for line in command.expected_output)
@@ -214,6 +222,10 @@ def expects_failure(command: Command) -> bool:
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize("step", STEPS, ids=ids(STEPS))
 def test_readme_step_runs(step: Step, scratch):
+    first_run = next((o for o in scratch.outputs.values() if o.command.startswith("pneumo run")), None)
+    if first_run is not None and first_run.returncode and builds_on_the_quickstart(step):
+        pytest.fail(f"{step.where}: needs the model the quickstart registers, and `{first_run.command}` failed "
+                    f"(exit {first_run.returncode}):\n{first_run.output[-1500:]}")
     if step.command is None:
         done = run_python_block(scratch, step.block)
         assert done.returncode == 0, (
