@@ -133,6 +133,7 @@ class SearchWatcher(tune.Callback):
         self.best_step = next_step(self.client, parent_run_id, self.best_key)
         self.counts_step = next_step(self.client, parent_run_id, "trials_started")
         self.counts = {"started": 0, RUNNING: 0, COMPLETED: 0, STOPPED_EARLY: 0, FAILED: 0}
+        self.running: set[str] = set()  # trial ids started and not ended (a trial can fail before it starts)
 
     def __getstate__(self) -> dict:
         """Tune pickles its run config (callbacks included) into the experiment folder; the client and the
@@ -141,7 +142,8 @@ class SearchWatcher(tune.Callback):
 
     def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
         self.progress.trial_started(trial.trial_id, trial.config)
-        self._count(started=1, running=1)
+        self.running.add(trial.trial_id)
+        self._count(trial, started=1)
 
     def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:
         self.progress.epoch_reported(trial.trial_id, result)
@@ -158,13 +160,13 @@ class SearchWatcher(tune.Callback):
         self.progress.trial_ended(trial.trial_id, STOPPED_EARLY if early else COMPLETED,
                                   how if early else "")
         self._end_run(trial, how, failed=False, early=early)
-        self._count(running=-1, **{"stopped_early" if early else "completed": 1})
+        self._count(trial, **{"stopped_early" if early else "completed": 1})
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
         reason = _trial_error(trial)
         self.progress.trial_ended(trial.trial_id, FAILED, reason)
         self._end_run(trial, f"failed: {reason}", failed=True, early=False)
-        self._count(running=-1, failed=1)
+        self._count(trial, failed=1)
 
     def log_best(self, value: float) -> None:
         log_metrics(self.client, self.parent_run_id, {self.best_key: value}, step=self.best_step)
@@ -177,9 +179,12 @@ class SearchWatcher(tune.Callback):
             tags={TAG_TRIAL_ID: trial.trial_id, TAG_SEARCH_PARAMS: str(trial.config)})
         end_trial_run(self.client, run_id, how, failed=failed, stopped_early=early)
 
-    def _count(self, **changes: int) -> None:
+    def _count(self, trial, **changes: int) -> None:
+        if "started" not in changes:
+            self.running.discard(trial.trial_id)
         for key, change in changes.items():
             self.counts[key.replace("_", " ")] += change
+        self.counts[RUNNING] = len(self.running)
         log_search_progress(self.client, self.parent_run_id, self.counts, self.counts_step)
         self.counts_step += 1
 
