@@ -19,9 +19,11 @@ from pneumo.evaluation.metrics import SCORES
 
 META_NAME = "pneumo.json"  # pneumo.checkpoints.META_FILE, read here without importing torch
 
-INTENDED_USE = ("Research and engineering on chest X-ray classification (frontal films, NORMAL vs PNEUMONIA): "
-                "comparing models, testing pipelines, studying errors and explanations. **Not for diagnostic use**: "
-                "not a medical device, never to guide the care of a patient.")
+INTENDED_USE = (
+    "Research and engineering on chest X-ray classification (frontal films, NORMAL vs PNEUMONIA): "
+    "comparing models, testing pipelines, studying errors and explanations. **Not for diagnostic use**: "
+    "not a medical device, never to guide the care of a patient."
+)
 LIMITATIONS = (
     "Two classes only: it cannot name other findings, and a film with another disease is still scored.",
     "Performance holds for data like its test split; other hospitals, scanners, ages, views and "
@@ -43,55 +45,89 @@ def _data_section(cfg: ExperimentConfig, run_metrics: dict[str, float], fingerpr
     for split in SPLITS:
         counts = {name: int(run_metrics.get(f"data.{split}.{name}", 0)) for name in CLASS_NAMES}
         if sum(counts.values()):
-            lines.append(f"- {split}: {sum(counts.values())} films ("
-                         + ", ".join(f"{n} {name}" for name, n in counts.items()) + ")")
+            lines.append(
+                f"- {split}: {sum(counts.values())} films ("
+                + ", ".join(f"{n} {name}" for name, n in counts.items())
+                + ")"
+            )
     if cfg.data.format in ("auto", "folder") and (Path(cfg.data.path) / SYNTHETIC_MARKER).is_file():
-        lines.append(f"- **Trained on synthetic films** (pneumo.data.synthetic, see {SYNTHETIC_MARKER} in the set): "
-                     "not real patients; its figures say nothing about real chest X-rays.")
+        lines.append(
+            f"- **Trained on synthetic films** (pneumo.data.synthetic, see {SYNTHETIC_MARKER} in the set): "
+            "not real patients; its figures say nothing about real chest X-rays."
+        )
     return lines
 
 
 def _metrics_section(run_metrics: dict[str, float]) -> list[str]:
-    rows = [(score, run_metrics[f"test_{score}"], run_metrics.get(f"test_{score}_ci_low"),
-             run_metrics.get(f"test_{score}_ci_high")) for score in SCORES if f"test_{score}" in run_metrics]
+    rows = [
+        (
+            score,
+            run_metrics[f"test_{score}"],
+            run_metrics.get(f"test_{score}_ci_low"),
+            run_metrics.get(f"test_{score}_ci_high"),
+        )
+        for score in SCORES
+        if f"test_{score}" in run_metrics
+    ]
     if not rows:
         return ["## Test metrics", "- not measured"]
     n = sum(int(run_metrics.get(f"test_{cell}", 0)) for cell in ("tp", "fp", "tn", "fn"))
-    lines = ["## Test metrics", f"{n} test films; 95% percentile bootstrap intervals over test films.", "",
-             "| metric | value | 95% interval |", "| --- | --- | --- |"]
-    lines += [f"| {score} | {value:.3f} | " + (f"{low:.3f} - {high:.3f}" if low is not None and high is not None
-                                                else "n/a") + " |" for score, value, low, high in rows]
+    lines = [
+        "## Test metrics",
+        f"{n} test films; 95% percentile bootstrap intervals over test films.",
+        "",
+        "| metric | value | 95% interval |",
+        "| --- | --- | --- |",
+    ]
+    lines += [
+        f"| {score} | {value:.3f} | "
+        + (f"{low:.3f} - {high:.3f}" if low is not None and high is not None else "n/a")
+        + " |"
+        for score, value, low, high in rows
+    ]
     return lines
 
 
-def _decision_section(cfg: ExperimentConfig, meta: Optional[dict[str, Any]], run_metrics: dict[str, float]) -> list[str]:
+def _decision_section(
+    cfg: ExperimentConfig, meta: Optional[dict[str, Any]], run_metrics: dict[str, float]
+) -> list[str]:
     if meta is None:
         return []
     policy = cfg.eval.threshold_policy
-    target = {"sensitivity": f" (sensitivity >= {cfg.eval.target_sensitivity} on val)",
-              "specificity": f" (specificity >= {cfg.eval.target_specificity} on val)",
-              "fixed": ""}.get(policy, " (max sensitivity + specificity on val)")
-    lines = ["## Decision threshold",
-             f"- PNEUMONIA when calibrated P(pneumonia) >= **{meta['decision_threshold']:.4f}**: `{policy}` policy"
-             f"{target}; Serve and the pyfunc model apply it.",
-             "## Calibration",
-             f"- `{cfg.eval.calibration}` fitted on val: P = sigmoid(logit / {meta['temperature']:.4f} "
-             f"{meta['logit_bias']:+.4f})"]
+    target = {
+        "sensitivity": f" (sensitivity >= {cfg.eval.target_sensitivity} on val)",
+        "specificity": f" (specificity >= {cfg.eval.target_specificity} on val)",
+        "fixed": "",
+    }.get(policy, " (max sensitivity + specificity on val)")
+    lines = [
+        "## Decision threshold",
+        f"- PNEUMONIA when calibrated P(pneumonia) >= **{meta['decision_threshold']:.4f}**: `{policy}` policy"
+        f"{target}; Serve and the pyfunc model apply it.",
+        "## Calibration",
+        f"- `{cfg.eval.calibration}` fitted on val: P = sigmoid(logit / {meta['temperature']:.4f} "
+        f"{meta['logit_bias']:+.4f})",
+    ]
     if "test_ece" in run_metrics:
         before = run_metrics.get("test_ece_uncalibrated")
-        lines.append(f"- test expected calibration error {run_metrics['test_ece']:.3f}"
-                     + (f" (uncalibrated {before:.3f})" if before is not None else "")
-                     + f", {cfg.eval.calibration_bins} bins")
+        lines.append(
+            f"- test expected calibration error {run_metrics['test_ece']:.3f}"
+            + (f" (uncalibrated {before:.3f})" if before is not None else "")
+            + f", {cfg.eval.calibration_bins} bins"
+        )
     return lines
 
 
-def model_card(cfg: ExperimentConfig, run_metrics: dict[str, float], meta: Optional[dict[str, Any]],
-               fingerprint: str) -> str:
+def model_card(
+    cfg: ExperimentConfig, run_metrics: dict[str, float], meta: Optional[dict[str, Any]], fingerprint: str
+) -> str:
     """The Markdown card; `run_metrics` are the training run's logged metrics, `meta` its pneumo.json."""
     architecture = (meta or {}).get("model", {}).get("name", cfg.model.name)
     size = (meta or {}).get("preprocessing", {}).get("image_size")
-    lines = [f"**{architecture}**" + (f" at {size} px" if size else "") + f", experiment `{cfg.name}`. "
-             "**Not for diagnostic use.**", ""]
+    lines = [
+        f"**{architecture}**" + (f" at {size} px" if size else "") + f", experiment `{cfg.name}`. "
+        "**Not for diagnostic use.**",
+        "",
+    ]
     lines += _data_section(cfg, run_metrics, fingerprint)
     lines += _metrics_section(run_metrics)
     lines += _decision_section(cfg, meta, run_metrics)

@@ -42,8 +42,9 @@ def test_explain_answers_the_prediction_and_its_map(serve_app, film):
 
 
 def test_explain_as_png_is_the_overlay_with_the_prediction_in_headers(serve_app, film):
-    response = requests.post(f"{serve_app.url}/explain?format=png", data=film,
-                             headers={"Content-Type": "image/jpeg"}, timeout=60)
+    response = requests.post(
+        f"{serve_app.url}/explain?format=png", data=film, headers={"Content-Type": "image/jpeg"}, timeout=60
+    )
     assert response.status_code == 200, response.text
     assert response.headers["content-type"] == "image/png"
     overlay = Image.open(io.BytesIO(response.content))
@@ -56,6 +57,7 @@ def test_explain_as_png_is_the_overlay_with_the_prediction_in_headers(serve_app,
 @pytest.mark.parametrize("case", ["empty", "garbage", "truncated", "content-type", "too large", "two files"])
 def test_explain_refuses_what_predict_refuses_the_same_way(serve_app, film, case):
     """Each bad request gets the identical status, message and field from both routes."""
+
     def send(path: str) -> requests.Response:
         url = f"{serve_app.url}{path}"
         if case == "empty":
@@ -102,7 +104,8 @@ def test_the_page_and_its_assets_are_served_with_nothing_from_elsewhere(serve_ap
 
 
 def test_maps_of_one_film_are_repeatable(serve_app, film):
-    first, second = (requests.post(f"{serve_app.url}/explain", files={"file": ("a.jpeg", film)}, timeout=60).json()
-                     for _ in range(2))
+    first, second = (
+        requests.post(f"{serve_app.url}/explain", files={"file": ("a.jpeg", film)}, timeout=60).json() for _ in range(2)
+    )
     a, b = (np.asarray(decode_png(body["heatmap_png"])) for body in (first, second))
     assert np.array_equal(a, b)

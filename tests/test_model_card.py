@@ -18,13 +18,31 @@ from pneumo.tracking import (
     start_run,
 )
 
-RUN_METRICS = {"test_auroc": 0.972, "test_auroc_ci_low": 0.941, "test_auroc_ci_high": 0.995, "test_sensitivity": 0.952,
-               "test_sensitivity_ci_low": 0.91, "test_sensitivity_ci_high": 0.98, "test_ece": 0.065,
-               "test_ece_uncalibrated": 0.194, "test_tp": 118, "test_fn": 6, "test_tn": 48, "test_fp": 2,
-               "data.train.NORMAL": 268, "data.train.PNEUMONIA": 701, "data.test.NORMAL": 50,
-               "data.test.PNEUMONIA": 124}
-META = {"model": {"name": "resnet10t"}, "preprocessing": {"image_size": 64}, "decision_threshold": 0.2731,
-        "temperature": 1.52, "logit_bias": -0.41}
+RUN_METRICS = {
+    "test_auroc": 0.972,
+    "test_auroc_ci_low": 0.941,
+    "test_auroc_ci_high": 0.995,
+    "test_sensitivity": 0.952,
+    "test_sensitivity_ci_low": 0.91,
+    "test_sensitivity_ci_high": 0.98,
+    "test_ece": 0.065,
+    "test_ece_uncalibrated": 0.194,
+    "test_tp": 118,
+    "test_fn": 6,
+    "test_tn": 48,
+    "test_fp": 2,
+    "data.train.NORMAL": 268,
+    "data.train.PNEUMONIA": 701,
+    "data.test.NORMAL": 50,
+    "data.test.PNEUMONIA": 124,
+}
+META = {
+    "model": {"name": "resnet10t"},
+    "preprocessing": {"image_size": 64},
+    "decision_threshold": 0.2731,
+    "temperature": 1.52,
+    "logit_bias": -0.41,
+}
 
 
 def registered_description(tmp_path, mlflow_uri, synthetic: bool) -> str:
@@ -33,9 +51,11 @@ def registered_description(tmp_path, mlflow_uri, synthetic: bool) -> str:
     if synthetic:
         (data / SYNTHETIC_MARKER).write_text("# Synthetic chest X-rays\n")
     yaml = tmp_path / "exp.yaml"
-    yaml.write_text(f"name: card\ndata: {{path: {data}}}\nmodel: {{name: resnet10t}}\n"
-                    f"eval: {{threshold_policy: sensitivity, target_sensitivity: 0.9}}\n"
-                    f"mlflow: {{tracking_uri: '{mlflow_uri}', registered_model_name: card-model}}\n")
+    yaml.write_text(
+        f"name: card\ndata: {{path: {data}}}\nmodel: {{name: resnet10t}}\n"
+        f"eval: {{threshold_policy: sensitivity, target_sensitivity: 0.9}}\n"
+        f"mlflow: {{tracking_uri: '{mlflow_uri}', registered_model_name: card-model}}\n"
+    )
     cfg = load_config([yaml])
     model_folder = tmp_path / "model" / "artifacts" / "best_model"
     model_folder.mkdir(parents=True)
@@ -57,7 +77,10 @@ def test_the_registered_version_carries_a_model_card(tmp_path, mlflow_uri):
     assert "174 test films" in card and "| auroc | 0.972 | 0.941 - 0.995 |" in card
     assert "| sensitivity | 0.952 | 0.910 - 0.980 |" in card
     assert ">= **0.2731**: `sensitivity` policy (sensitivity >= 0.9 on val)" in card
-    assert "sigmoid(logit / 1.5200 -0.4100)" in card and "test expected calibration error 0.065 (uncalibrated 0.194)" in card
+    assert (
+        "sigmoid(logit / 1.5200 -0.4100)" in card
+        and "test expected calibration error 0.065 (uncalibrated 0.194)" in card
+    )
     assert "## Intended use" in card and "## Limitations" in card
 
 

@@ -11,8 +11,9 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 SCREENSHOT_ENV = "PNEUMO_PAGE_SCREENSHOT"  # set to a path (docs/page.png) to keep the batch test's screenshot
 
 if not Path(CHROMIUM).exists():
-    pytest.skip("browser tests need Chromium: apt-get install -y chromium (.ci/run installs it)",
-                allow_module_level=True)
+    pytest.skip(
+        "browser tests need Chromium: apt-get install -y chromium (.ci/run installs it)", allow_module_level=True
+    )
 sync_api = pytest.importorskip("playwright.sync_api", reason="browser tests need playwright (pip install -e '.[dev]')")
 
 pytestmark = pytest.mark.slow
@@ -34,8 +35,12 @@ def page(browser, serve_app):
     errors: list[str] = []
     opened.on("pageerror", lambda error: errors.append(str(error)))
     offsite: list[str] = []
-    opened.on("request", lambda request: offsite.append(request.url)
-              if not request.url.startswith((serve_app.url, "data:", "blob:")) else None)
+    opened.on(
+        "request",
+        lambda request: (
+            offsite.append(request.url) if not request.url.startswith((serve_app.url, "data:", "blob:")) else None
+        ),
+    )
     opened.goto(f"{serve_app.url}/")
     sync_api.expect(opened.locator("#model")).to_contain_text("version 1", timeout=ANSWER_TIMEOUT_MS)
     yield opened
@@ -46,8 +51,10 @@ def page(browser, serve_app):
 
 @pytest.fixture(scope="module")
 def films(synthetic_root) -> list[Path]:
-    return sorted((synthetic_root / "test" / "PNEUMONIA").glob("*.jpeg"))[:2] + \
-        sorted((synthetic_root / "test" / "NORMAL").glob("*.jpeg"))[:1]
+    return (
+        sorted((synthetic_root / "test" / "PNEUMONIA").glob("*.jpeg"))[:2]
+        + sorted((synthetic_root / "test" / "NORMAL").glob("*.jpeg"))[:1]
+    )
 
 
 def test_upload_a_film_and_see_its_probability(page, films):

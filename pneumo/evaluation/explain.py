@@ -51,13 +51,19 @@ class ExplanationError(ValueError):
     """A model Grad-CAM cannot explain (no spatial feature map); the message says why."""
 
 
-def _feature_outputs(model: torch.nn.Module, sample: torch.Tensor) -> tuple[list[tuple[str, tuple[int, ...]]], torch.Tensor]:
+def _feature_outputs(
+    model: torch.nn.Module, sample: torch.Tensor
+) -> tuple[list[tuple[str, tuple[int, ...]]], torch.Tensor]:
     """(module name, output shape) of every module that ran in forward_features, in the order each
     finished, and the features themselves."""
     finished: list[tuple[str, tuple[int, ...]]] = []
-    hooks = [module.register_forward_hook(
-        lambda _m, _i, out, name=name: finished.append((name, tuple(out.shape))) if torch.is_tensor(out) else None)
-        for name, module in model.named_modules() if name]
+    hooks = [
+        module.register_forward_hook(
+            lambda _m, _i, out, name=name: finished.append((name, tuple(out.shape))) if torch.is_tensor(out) else None
+        )
+        for name, module in model.named_modules()
+        if name
+    ]
     try:
         with torch.no_grad():
             features = model.forward_features(sample)
@@ -82,11 +88,15 @@ def find_target_layer(model: torch.nn.Module, in_chans: int, image_size: int) ->
         raise ExplanationError(
             f"{name}: its features have shape {tuple(features.shape)}, not a spatial (N, C, H, W) map (tokens of a "
             f"vision transformer, or channels-last); Grad-CAM explains CNNs (resnet, densenet, efficientnet, vgg, "
-            f"convnext, ...)")
+            f"convnext, ...)"
+        )
     stage_ends = {info["module"] for info in getattr(model, "feature_info", [])}  # timm's feature stages
     last = [layer for layer, shape in finished if shape == tuple(features.shape)][-1:]  # makes the features
-    candidates = [(layer, shape) for layer, shape in finished if (layer in stage_ends or layer in last)
-                  and len(shape) == 4 and min(shape[2:]) > 1]
+    candidates = [
+        (layer, shape)
+        for layer, shape in finished
+        if (layer in stage_ends or layer in last) and len(shape) == 4 and min(shape[2:]) > 1
+    ]
     if not candidates:
         raise ExplanationError(f"{name} at {image_size} px has no feature map larger than 1x1 to explain")
     large = [layer for layer, shape in candidates if min(shape[2:]) >= MIN_MAP_SIDE]

@@ -45,17 +45,22 @@ class Localization:
 
     def summary(self) -> str:
         """What `pneumo eval` prints."""
-        return (f"grad-cam on {self.n_films} pneumonia films with drawn opacities (random baseline = area fraction "
-                f"{self.area_fraction:.3f}):\n  pointing game {self.pointing_game:.3f}  mass inside {self.mass_inside:.3f}"
-                f"\n  randomized weights: pointing game {self.randomized_pointing_game:.3f}, rank correlation with the "
-                f"trained maps {self.randomized_rank_correlation:.3f}")
+        return (
+            f"grad-cam on {self.n_films} pneumonia films with drawn opacities (random baseline = area fraction "
+            f"{self.area_fraction:.3f}):\n  pointing game {self.pointing_game:.3f}  mass inside {self.mass_inside:.3f}"
+            f"\n  randomized weights: pointing game {self.randomized_pointing_game:.3f}, rank correlation with the "
+            f"trained maps {self.randomized_rank_correlation:.3f}"
+        )
 
     def metrics(self) -> dict[str, float]:
         """The figures as MLflow metric names (prefixed with the split by the caller)."""
-        return {"cam_pointing_game": self.pointing_game, "cam_mass_inside": self.mass_inside,
-                "cam_area_fraction": self.area_fraction,
-                "cam_randomized_rank_correlation": self.randomized_rank_correlation,
-                "cam_randomized_pointing_game": self.randomized_pointing_game}
+        return {
+            "cam_pointing_game": self.pointing_game,
+            "cam_mass_inside": self.mass_inside,
+            "cam_area_fraction": self.area_fraction,
+            "cam_randomized_rank_correlation": self.randomized_rank_correlation,
+            "cam_randomized_pointing_game": self.randomized_pointing_game,
+        }
 
 
 def has_opacity_masks(data_root: str | Path) -> bool:
@@ -108,24 +113,33 @@ def randomized_copy(loaded: LoadedModel, seed: int = RANDOMIZATION_SEED) -> Load
 
 
 def explain_in_batches(explainer: Explainer, images: np.ndarray, batch_size: int) -> np.ndarray:
-    return np.concatenate([explainer.explain(torch.from_numpy(images[start:start + batch_size]))
-                           for start in range(0, len(images), batch_size)])
+    return np.concatenate(
+        [
+            explainer.explain(torch.from_numpy(images[start : start + batch_size]))
+            for start in range(0, len(images), batch_size)
+        ]
+    )
 
 
-def score_localization(loaded: LoadedModel, images: np.ndarray, masks: np.ndarray,
-                       batch_size: int = 32) -> Localization:
+def score_localization(
+    loaded: LoadedModel, images: np.ndarray, masks: np.ndarray, batch_size: int = 32
+) -> Localization:
     """uint8 (N, C, H, W) pneumonia films at the model's input and their bool (N, H, W) opacity masks."""
     maps = explain_in_batches(Explainer(loaded), images, batch_size)
     randomized = explain_in_batches(Explainer(randomized_copy(loaded)), images, batch_size)
     return Localization(
-        n_films=len(images), pointing_game=float(peak_inside(maps, masks).mean()),
-        mass_inside=float(mass_inside(maps, masks).mean()), area_fraction=float(masks.mean()),
+        n_films=len(images),
+        pointing_game=float(peak_inside(maps, masks).mean()),
+        mass_inside=float(mass_inside(maps, masks).mean()),
+        area_fraction=float(masks.mean()),
         randomized_rank_correlation=float(np.median(rank_correlations(maps, randomized))),
-        randomized_pointing_game=float(peak_inside(randomized, masks).mean()))
+        randomized_pointing_game=float(peak_inside(randomized, masks).mean()),
+    )
 
 
-def localize_split(loaded: LoadedModel, data: PreparedData, split: str, data_root: str | Path,
-                   batch_size: int = 32) -> Optional[Localization]:
+def localize_split(
+    loaded: LoadedModel, data: PreparedData, split: str, data_root: str | Path, batch_size: int = 32
+) -> Optional[Localization]:
     """Localization on the films of `split` that have a drawn opacity; None unless data_root is a
     synthetic set with opacity masks (real data has no ground truth here)."""
     if not has_opacity_masks(data_root):

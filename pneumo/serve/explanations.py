@@ -36,8 +36,10 @@ OVERLAY_KEY = "overlay_png"  # carries the overlay from the handler to the route
 
 
 class Explanation(Prediction):
-    heatmap_png: str = Field(description="the Grad-CAM map as a base64 RGBA PNG at the model's input size: colour "
-                                         "and opacity rise with the evidence; stretch it over the film to overlay")
+    heatmap_png: str = Field(
+        description="the Grad-CAM map as a base64 RGBA PNG at the model's input size: colour "
+        "and opacity rise with the evidence; stretch it over the film to overlay"
+    )
     method: str = Field(description=f"{METHOD} (Captum LayerGradCam)")
     explained_class: str = Field(description=f"{EXPLAINED_CLASS}: the map shows evidence for it")
     target_layer: str = Field(description="the model layer the map comes from")
@@ -79,9 +81,14 @@ def explain_image(explainer: Explainer, image: np.ndarray, answer: dict[str, Any
     """The /predict answer plus the map of `image` (uint8 (C, H, W) at the model's input). Blocking:
     run it in a worker thread."""
     cam = explainer.explain(torch.from_numpy(image[None]))[0]
-    explained = {**answer, "heatmap_png": base64.b64encode(heatmap_png(cam)).decode(), "method": METHOD,
-                 "explained_class": EXPLAINED_CLASS, "target_layer": explainer.target_layer,
-                 "film_png": base64.b64encode(film_png(image)).decode()}
+    explained = {
+        **answer,
+        "heatmap_png": base64.b64encode(heatmap_png(cam)).decode(),
+        "method": METHOD,
+        "explained_class": EXPLAINED_CLASS,
+        "target_layer": explainer.target_layer,
+        "film_png": base64.b64encode(film_png(image)).decode(),
+    }
     if fmt == "png":
         explained[OVERLAY_KEY] = base64.b64encode(overlay_png(image[0], cam)).decode()
     return explained
@@ -95,11 +102,24 @@ def as_png(response: JSONResponse) -> Response:
     body: dict[str, Any] = json.loads(response.body)
     if OVERLAY_KEY not in body:
         return response
-    headers = {"X-Probability": f"{body['probability']:.6f}", "X-Label": body["label"],
-               "X-Threshold": f"{body['threshold']:.6f}", "X-Target-Layer": body["target_layer"],
-               **{key: value for key, value in response.headers.items() if key.lower().startswith("x-")}}
+    headers = {
+        "X-Probability": f"{body['probability']:.6f}",
+        "X-Label": body["label"],
+        "X-Threshold": f"{body['threshold']:.6f}",
+        "X-Target-Layer": body["target_layer"],
+        **{key: value for key, value in response.headers.items() if key.lower().startswith("x-")},
+    }
     return Response(base64.b64decode(body[OVERLAY_KEY]), media_type="image/png", headers=headers)
 
 
-EXPLAIN_PNG_DOC = {"content": {"image/png": {"schema": {
-    "type": "string", "format": "binary", "description": "with ?format=png: the film with its map over it"}}}}
+EXPLAIN_PNG_DOC = {
+    "content": {
+        "image/png": {
+            "schema": {
+                "type": "string",
+                "format": "binary",
+                "description": "with ?format=png: the film with its map over it",
+            }
+        }
+    }
+}

@@ -53,34 +53,58 @@ def _caption(label: int, probability: float, threshold: float) -> str:
     return f"true {truth}, said {said}\nP={probability:.2f} (t={threshold:.2f})"
 
 
-def _overlay_figure(explainer: Explainer, evaluation: Evaluation, images: dict[str, np.ndarray],
-                    indices: np.ndarray, path: Path) -> Optional[Path]:
+def _overlay_figure(
+    explainer: Explainer, evaluation: Evaluation, images: dict[str, np.ndarray], indices: np.ndarray, path: Path
+) -> Optional[Path]:
     paths = [evaluation.test.paths[i] for i in indices if evaluation.test.paths[i] in images]
     if not paths:
         return None
     index_of = {evaluation.test.paths[i]: i for i in indices}
     films = [images[p] for p in paths]
     maps = explainer.explain(torch.from_numpy(np.stack(films)))
-    captions = [_caption(int(evaluation.test.labels[index_of[p]]), float(evaluation.test_probabilities[index_of[p]]),
-                         evaluation.threshold) for p in paths]
+    captions = [
+        _caption(
+            int(evaluation.test.labels[index_of[p]]),
+            float(evaluation.test_probabilities[index_of[p]]),
+            evaluation.threshold,
+        )
+        for p in paths
+    ]
     return plot_overlays(films, maps, captions, path)
 
 
 def localization_table(found: Localization) -> str:
-    rows = [["pointing game (peak inside an opacity)", f"{found.pointing_game:.3f}", f"{found.area_fraction:.3f}",
-             f"{found.randomized_pointing_game:.3f}"],
-            ["heatmap mass inside opacities", f"{found.mass_inside:.3f}", f"{found.area_fraction:.3f}", "-"],
-            ["rank correlation with the trained model's maps", "1", "-",
-             f"{found.randomized_rank_correlation:.3f} (median)"]]
-    return (f"<p class='note'>{found.n_films} pneumonia films with a drawn opacity. Random baseline: a point or a "
-            "uniform map lands inside the opacities as often as they cover the film (area fraction). Randomized "
-            "weights: the same architecture with re-drawn weights (Adebayo et al. 2018); its maps should differ "
-            "(low rank correlation) and lose the opacities.</p>"
-            + _table(["", "Grad-CAM", "random baseline", "randomized weights"], rows))
+    rows = [
+        [
+            "pointing game (peak inside an opacity)",
+            f"{found.pointing_game:.3f}",
+            f"{found.area_fraction:.3f}",
+            f"{found.randomized_pointing_game:.3f}",
+        ],
+        ["heatmap mass inside opacities", f"{found.mass_inside:.3f}", f"{found.area_fraction:.3f}", "-"],
+        [
+            "rank correlation with the trained model's maps",
+            "1",
+            "-",
+            f"{found.randomized_rank_correlation:.3f} (median)",
+        ],
+    ]
+    return (
+        f"<p class='note'>{found.n_films} pneumonia films with a drawn opacity. Random baseline: a point or a "
+        "uniform map lands inside the opacities as often as they cover the film (area fraction). Randomized "
+        "weights: the same architecture with re-drawn weights (Adebayo et al. 2018); its maps should differ "
+        "(low rank correlation) and lose the opacities.</p>"
+        + _table(["", "Grad-CAM", "random baseline", "randomized weights"], rows)
+    )
 
 
-def explanation_section(loaded: LoadedModel, evaluation: Evaluation, images: dict[str, np.ndarray],
-                        localization: Optional[Localization], out: Path) -> str:
+def explanation_section(
+    loaded: LoadedModel,
+    evaluation: Evaluation,
+    images: dict[str, np.ndarray],
+    localization: Optional[Localization],
+    out: Path,
+) -> str:
     """The section's HTML (figures inlined); `images` holds the decoded films of the split by path."""
     try:
         explainer = Explainer(loaded)
@@ -89,22 +113,36 @@ def explanation_section(loaded: LoadedModel, evaluation: Evaluation, images: dic
     labels, probabilities, threshold = evaluation.test.labels, evaluation.test_probabilities, evaluation.threshold
     figures = {
         "Most confident mistakes, missed pneumonia first": _overlay_figure(
-            explainer, evaluation, images, confident_mistakes(labels, probabilities, threshold, OVERLAYS_SHOWN),
-            out / "cam_mistakes.png"),
+            explainer,
+            evaluation,
+            images,
+            confident_mistakes(labels, probabilities, threshold, OVERLAYS_SHOWN),
+            out / "cam_mistakes.png",
+        ),
         "Confident correct films": _overlay_figure(
-            explainer, evaluation, images, confident_correct(labels, probabilities, threshold, CORRECT_SHOWN),
-            out / "cam_correct.png"),
+            explainer,
+            evaluation,
+            images,
+            confident_correct(labels, probabilities, threshold, CORRECT_SHOWN),
+            out / "cam_correct.png",
+        ),
     }
     pictures = "".join(_figure(caption, path) for caption, path in figures.items() if path is not None)
     located = localization_table(localization) if localization else ""
-    return ("<h2>Where the model looked</h2><p class='note'>Grad-CAM maps of the PNEUMONIA logit at layer "
-            f"<code>{html.escape(explainer.target_layer)}</code>: brighter is more evidence for pneumonia.</p>"
-            f"<div class='figures'>{pictures}</div>{located}")
+    return (
+        "<h2>Where the model looked</h2><p class='note'>Grad-CAM maps of the PNEUMONIA logit at layer "
+        f"<code>{html.escape(explainer.target_layer)}</code>: brighter is more evidence for pneumonia.</p>"
+        f"<div class='figures'>{pictures}</div>{located}"
+    )
 
 
 def films_to_explain(evaluation: Evaluation) -> list[str]:
     """Paths of the films the section shows, so the caller reads only those from the dataset."""
     labels, probabilities, threshold = evaluation.test.labels, evaluation.test_probabilities, evaluation.threshold
-    indices = np.concatenate([confident_mistakes(labels, probabilities, threshold, OVERLAYS_SHOWN),
-                              confident_correct(labels, probabilities, threshold, CORRECT_SHOWN)])
+    indices = np.concatenate(
+        [
+            confident_mistakes(labels, probabilities, threshold, OVERLAYS_SHOWN),
+            confident_correct(labels, probabilities, threshold, CORRECT_SHOWN),
+        ]
+    )
     return [evaluation.test.paths[i] for i in indices]
