@@ -79,7 +79,8 @@ def synthetic_set(
 
 
 def ood_methods(profile, train: Observations, val: Observations, logits_of) -> dict:
-    """name -> score function over Observations; cut-offs are val's VAL_QUANTILE quantile for each."""
+    """name -> (score function over Observations, cut-off): the shipped gate with its own cut-off (log-normal
+    fit on val), each alternative with val's empirical VAL_QUANTILE quantile (energy scores can be negative)."""
     from pytorch_ood.detector import EnergyBased
 
     def parts(seen):
@@ -87,12 +88,14 @@ def ood_methods(profile, train: Observations, val: Observations, logits_of) -> d
 
     knn = NearestNeighbors(n_neighbors=10).fit(profile.project(train.features)[0])
     methods = {
-        "combined (shipped)": profile.ood_scores,
         **{f"{part} only": (lambda seen, i=i: parts(seen)[:, i]) for i, part in enumerate(OOD_PARTS)},
         "k-NN distance (k=10, PCA features)": lambda seen: knn.kneighbors(profile.project(seen.features)[0])[0][:, -1],
         "energy score (pytorch-ood)": lambda seen: EnergyBased.score(logits_of(seen)).numpy(),
     }
-    return {name: (score, float(np.quantile(score(val), VAL_QUANTILE))) for name, score in methods.items()}
+    return {
+        "combined (shipped)": (profile.ood_scores, profile.gate.cutoff),
+        **{name: (score, float(np.quantile(score(val), VAL_QUANTILE))) for name, score in methods.items()},
+    }
 
 
 def ks_components(reference: np.ndarray, current: np.ndarray) -> bool:

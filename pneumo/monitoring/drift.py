@@ -59,8 +59,9 @@ class ObservationWindow:
         self._lock = threading.Lock()
         self.added = 0  # inputs ever added: a change tells the periodic check to run again
 
-    def add(self, features: np.ndarray, intensities: np.ndarray, probabilities: np.ndarray,
-            out_of_distribution: np.ndarray) -> None:
+    def add(
+        self, features: np.ndarray, intensities: np.ndarray, probabilities: np.ndarray, out_of_distribution: np.ndarray
+    ) -> None:
         now = time.time()
         with self._lock:
             self._rows.extend(zip(features, intensities, probabilities, out_of_distribution, [now] * len(features)))
@@ -70,15 +71,22 @@ class ObservationWindow:
         with self._lock:
             rows = list(self._rows)
         if not rows:
-            return WindowData(np.zeros((0, 0)), np.zeros((0, len(INTENSITY_NAMES))), np.zeros(0), np.zeros(0, bool),
-                              np.zeros(0))
+            return WindowData(
+                np.zeros((0, 0)), np.zeros((0, len(INTENSITY_NAMES))), np.zeros(0), np.zeros(0, bool), np.zeros(0)
+            )
         columns = list(zip(*rows))
-        return WindowData(np.stack(columns[0]), np.stack(columns[1]), np.array(columns[2]),
-                          np.array(columns[3], dtype=bool), np.array(columns[4]))
+        return WindowData(
+            np.stack(columns[0]),
+            np.stack(columns[1]),
+            np.array(columns[2]),
+            np.array(columns[3], dtype=bool),
+            np.array(columns[4]),
+        )
 
 
-def mmd_test(reference: np.ndarray, current: np.ndarray, permutations: int = PERMUTATIONS,
-             seed: int = 0) -> tuple[float, float]:
+def mmd_test(
+    reference: np.ndarray, current: np.ndarray, permutations: int = PERMUTATIONS, seed: int = 0
+) -> tuple[float, float]:
     """(MMD^2 statistic, permutation p-value) of two samples under a Gaussian kernel whose width is the
     median pairwise distance of the pooled sample."""
     pooled = np.concatenate([reference, current]).astype(np.float64)
@@ -101,42 +109,77 @@ def detect_drift(profile: ReferenceProfile, window: WindowData, seed: int = 0) -
     """The three families' statistics and p-values, and whether any is below its Bonferroni level."""
     level = DRIFT_ALPHA / len(FAMILIES)
     rng = np.random.default_rng(seed)
-    reference = profile.features[rng.choice(len(profile.features), min(MMD_REFERENCE, len(profile.features)),
-                                            replace=False)]
+    reference = profile.features[
+        rng.choice(len(profile.features), min(MMD_REFERENCE, len(profile.features)), replace=False)
+    ]
     mmd2, mmd_p = mmd_test(reference, window.features, seed=seed)
     ks_prob, p_prob = _ks(profile.probabilities, window.probabilities)
-    per_statistic = {name: _ks(profile.intensities[:, i], window.intensities[:, i])
-                     for i, name in enumerate(INTENSITY_NAMES)}
+    per_statistic = {
+        name: _ks(profile.intensities[:, i], window.intensities[:, i]) for i, name in enumerate(INTENSITY_NAMES)
+    }
     p_intensities = min(1.0, len(INTENSITY_NAMES) * min(p for _, p in per_statistic.values()))
     families = {
-        "features": {"test": "MMD permutation test on PCA-projected pre-logit features", "statistic": mmd2,
-                     "p_value": mmd_p, "drift": mmd_p < level},
-        "predictions": {"test": "Kolmogorov-Smirnov on P(pneumonia)", "statistic": ks_prob, "p_value": p_prob,
-                        "drift": p_prob < level, "mean_probability": float(window.probabilities.mean()),
-                        "reference_mean_probability": float(profile.probabilities.mean())},
-        "intensities": {"test": f"Kolmogorov-Smirnov per statistic, Bonferroni over {len(INTENSITY_NAMES)}",
-                        "p_value": p_intensities, "drift": p_intensities < level,
-                        "statistics": {name: {"ks": ks, "p_value": p, "mean": float(window.intensities[:, i].mean()),
-                                              "reference_mean": float(profile.intensities[:, i].mean())}
-                                       for i, (name, (ks, p)) in enumerate(per_statistic.items())}},
+        "features": {
+            "test": "MMD permutation test on PCA-projected pre-logit features",
+            "statistic": mmd2,
+            "p_value": mmd_p,
+            "drift": mmd_p < level,
+        },
+        "predictions": {
+            "test": "Kolmogorov-Smirnov on P(pneumonia)",
+            "statistic": ks_prob,
+            "p_value": p_prob,
+            "drift": p_prob < level,
+            "mean_probability": float(window.probabilities.mean()),
+            "reference_mean_probability": float(profile.probabilities.mean()),
+        },
+        "intensities": {
+            "test": f"Kolmogorov-Smirnov per statistic, Bonferroni over {len(INTENSITY_NAMES)}",
+            "p_value": p_intensities,
+            "drift": p_intensities < level,
+            "statistics": {
+                name: {
+                    "ks": ks,
+                    "p_value": p,
+                    "mean": float(window.intensities[:, i].mean()),
+                    "reference_mean": float(profile.intensities[:, i].mean()),
+                }
+                for i, (name, (ks, p)) in enumerate(per_statistic.items())
+            },
+        },
     }
-    return {"drift": any(family["drift"] for family in families.values()), "alpha": DRIFT_ALPHA,
-            "level_per_family": level, **families}
+    return {
+        "drift": any(family["drift"] for family in families.values()),
+        "alpha": DRIFT_ALPHA,
+        "level_per_family": level,
+        **families,
+    }
 
 
-def drift_report(profile: Optional[ReferenceProfile], window: WindowData, capacity: int, min_inputs: int,
-                 reason_off: str = "") -> dict[str, Any]:
+def drift_report(
+    profile: Optional[ReferenceProfile], window: WindowData, capacity: int, min_inputs: int, reason_off: str = ""
+) -> dict[str, Any]:
     """The /monitoring answer (and `pneumo monitor`'s): drift yes/no with its tests, OOD rate and the window."""
-    span = {"size": len(window), "capacity": capacity,
-            "first_input": float(window.times.min()) if len(window) else None,
-            "last_input": float(window.times.max()) if len(window) else None,
-            "span_s": float(window.times.max() - window.times.min()) if len(window) else 0.0}
-    ood = {"rate": float(window.out_of_distribution.mean()) if len(window) else 0.0,
-           "count": int(window.out_of_distribution.sum())}
+    span = {
+        "size": len(window),
+        "capacity": capacity,
+        "first_input": float(window.times.min()) if len(window) else None,
+        "last_input": float(window.times.max()) if len(window) else None,
+        "span_s": float(window.times.max() - window.times.min()) if len(window) else 0.0,
+    }
+    ood = {
+        "rate": float(window.out_of_distribution.mean()) if len(window) else 0.0,
+        "count": int(window.out_of_distribution.sum()),
+    }
     if profile is None:
         return {"status": "off", "drift": None, "reason": reason_off, "window": span}
     ood["cutoff"] = profile.gate.cutoff
     if len(window) < min_inputs:
-        return {"status": "collecting", "drift": None, "window": span, "ood": ood,
-                "reason": f"{len(window)} inputs so far; drift is tested from {min_inputs} on"}
+        return {
+            "status": "collecting",
+            "drift": None,
+            "window": span,
+            "ood": ood,
+            "reason": f"{len(window)} inputs so far; drift is tested from {min_inputs} on",
+        }
     return {"status": "tested", **detect_drift(profile, window), "ood": ood, "window": span}

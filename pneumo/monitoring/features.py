@@ -25,7 +25,9 @@ if TYPE_CHECKING:
 INTENSITY_NAMES = (
     "mean",  # average brightness, 0..1 (exposure, window)
     "std",  # contrast
-    "p05", "p50", "p95",  # dark, median and bright percentiles
+    "p05",
+    "p50",
+    "p95",  # dark, median and bright percentiles
     "dark_fraction",  # share of pixels below 0.05 (air, collimation, black borders)
     "bright_fraction",  # share above 0.95 (burnt-in labels, saturation, bone on hard exposures)
     "gradient",  # mean |gradient| per pixel: sharpness and edges (falls with blur)
@@ -52,8 +54,12 @@ class Observations:
 
     @classmethod
     def concat(cls, parts: list[Observations]) -> Observations:
-        return cls(*(np.concatenate([getattr(p, name) for p in parts]) for name in ("features", "intensities",
-                                                                                    "probabilities")))
+        return cls(
+            *(
+                np.concatenate([getattr(p, name) for p in parts])
+                for name in ("features", "intensities", "probabilities")
+            )
+        )
 
 
 def intensity_statistics(images: np.ndarray) -> np.ndarray:
@@ -63,14 +69,26 @@ def intensity_statistics(images: np.ndarray) -> np.ndarray:
     flat = grey.reshape(n, -1)
     p05, p50, p95 = np.percentile(flat, [5, 50, 95], axis=1)
     gradient = np.abs(np.diff(grey, axis=1)).mean(axis=(1, 2)) + np.abs(np.diff(grey, axis=2)).mean(axis=(1, 2))
-    laplacian = np.abs(grey[:, 1:-1, :-2] + grey[:, 1:-1, 2:] + grey[:, :-2, 1:-1] + grey[:, 2:, 1:-1]
-                       - 4 * grey[:, 1:-1, 1:-1]).mean(axis=(1, 2))  # interior pixels
+    laplacian = np.abs(
+        grey[:, 1:-1, :-2] + grey[:, 1:-1, 2:] + grey[:, :-2, 1:-1] + grey[:, 2:, 1:-1] - 4 * grey[:, 1:-1, 1:-1]
+    ).mean(axis=(1, 2))  # interior pixels
     third_h, third_w = max(height // 3, 1), max(width // 3, 1)
     top, bottom = grey[:, :third_h].mean(axis=(1, 2)), grey[:, -third_h:].mean(axis=(1, 2))
-    centre = grey[:, :, third_w:width - third_w].mean(axis=(1, 2))
+    centre = grey[:, :, third_w : width - third_w].mean(axis=(1, 2))
     sides = np.concatenate([grey[:, :, :third_w], grey[:, :, -third_w:]], axis=2).mean(axis=(1, 2))
-    columns = [flat.mean(1), flat.std(1), p05, p50, p95, (flat < DARK).mean(1), (flat > BRIGHT).mean(1),
-               gradient, laplacian, top - bottom, centre - sides]
+    columns = [
+        flat.mean(1),
+        flat.std(1),
+        p05,
+        p50,
+        p95,
+        (flat < DARK).mean(1),
+        (flat > BRIGHT).mean(1),
+        gradient,
+        laplacian,
+        top - bottom,
+        centre - sides,
+    ]
     return np.stack(columns, axis=1).astype(np.float32)
 
 
@@ -85,14 +103,19 @@ def observe(loaded: LoadedModel, images: torch.Tensor) -> Observations:
     tokens = model.forward_features(normalize(images, loaded.meta.preprocessing_spec))
     features = model.forward_head(tokens, pre_logits=True).float().flatten(1).cpu().numpy()
     logits = model.forward_head(tokens).float().squeeze(1).cpu().numpy()
-    return Observations(features, intensity_statistics(images.cpu().numpy()),
-                        loaded.meta.calibration.probabilities(logits).astype(np.float32))
+    return Observations(
+        features,
+        intensity_statistics(images.cpu().numpy()),
+        loaded.meta.calibration.probabilities(logits).astype(np.float32),
+    )
 
 
 def observe_dataset(loaded: LoadedModel, dataset: ray.data.Dataset, batch_size: int = 64) -> Observations:
     """Observations of every row of a prepared split (column image), in this process."""
-    parts = [observe(loaded, torch.as_tensor(np.ascontiguousarray(batch["image"])))
-             for batch in dataset.iter_batches(batch_size=batch_size, batch_format="numpy")]
+    parts = [
+        observe(loaded, torch.as_tensor(np.ascontiguousarray(batch["image"])))
+        for batch in dataset.iter_batches(batch_size=batch_size, batch_format="numpy")
+    ]
     if not parts:
         raise ValueError("no images to observe")
     return Observations.concat(parts)

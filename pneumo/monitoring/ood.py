@@ -61,8 +61,7 @@ class OodGate:
 
     def part_scores(self, projected: np.ndarray, residual: np.ndarray, intensities: np.ndarray) -> np.ndarray:
         """(N, 3) raw distances, in the order of OOD_PARTS."""
-        return np.stack([self.features.distances(projected), residual, self.intensities.distances(intensities)],
-                        axis=1)
+        return np.stack([self.features.distances(projected), residual, self.intensities.distances(intensities)], axis=1)
 
     def scores(self, projected: np.ndarray, residual: np.ndarray, intensities: np.ndarray) -> np.ndarray:
         """(N,) combined score: the largest part relative to its val scale (> cutoff: refuse)."""
@@ -75,8 +74,9 @@ def tail_quantile(values: np.ndarray, quantile: float = VAL_QUANTILE) -> float:
     return float(np.exp(logs.mean() + norm.ppf(quantile) * logs.std(ddof=1)))
 
 
-def fit_gate(train: tuple[np.ndarray, np.ndarray, np.ndarray],
-             val: tuple[np.ndarray, np.ndarray, np.ndarray]) -> OodGate:
+def fit_gate(
+    train: tuple[np.ndarray, np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray, np.ndarray]
+) -> OodGate:
     """Distances from the training films; scales and cut-off from val. Each argument is
     (projected features, residual norms, intensity statistics)."""
     projected, _, intensities = train

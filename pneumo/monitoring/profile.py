@@ -33,8 +33,10 @@ if TYPE_CHECKING:
 PCA_COMPONENTS = 32  # feature directions kept (timm pre-logits are 512-2048 wide)
 REFERENCE_SAMPLE = 1000  # films kept for the drift tests: bounds the profile's size
 PROFILE_VERSION = 1
-NO_PROFILE = ("the model has no reference profile (it was saved before pneumo stored one with each model): "
-              "train and register it again with `pneumo run` to turn the gate and drift on")
+NO_PROFILE = (
+    "the model has no reference profile (it was saved before pneumo stored one with each model): "
+    "train and register it again with `pneumo run` to turn the gate and drift on"
+)
 
 
 @dataclass
@@ -61,24 +63,49 @@ class ReferenceProfile:
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         gate = self.gate
-        return {"version": np.array(PROFILE_VERSION), "pca_mean": self.pca_mean, "pca_components": self.pca_components,
-                "features": self.features, "intensities": self.intensities, "probabilities": self.probabilities,
-                "intensity_names": np.array(INTENSITY_NAMES),
-                **{f"gate_{part}_{key}": getattr(getattr(gate, part), key)
-                   for part in ("features", "intensities") for key in ("center", "scale", "precision")},
-                "gate_part_scales": gate.part_scales, "gate_cutoff": np.array(gate.cutoff),
-                "n_train": np.array(self.n_train), "n_val": np.array(self.n_val)}
+        return {
+            "version": np.array(PROFILE_VERSION),
+            "pca_mean": self.pca_mean,
+            "pca_components": self.pca_components,
+            "features": self.features,
+            "intensities": self.intensities,
+            "probabilities": self.probabilities,
+            "intensity_names": np.array(INTENSITY_NAMES),
+            **{
+                f"gate_{part}_{key}": getattr(getattr(gate, part), key)
+                for part in ("features", "intensities")
+                for key in ("center", "scale", "precision")
+            },
+            "gate_part_scales": gate.part_scales,
+            "gate_cutoff": np.array(gate.cutoff),
+            "n_train": np.array(self.n_train),
+            "n_val": np.array(self.n_val),
+        }
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray]) -> ReferenceProfile:
         if int(arrays["version"]) != PROFILE_VERSION or tuple(arrays["intensity_names"]) != INTENSITY_NAMES:
-            raise ValueError(f"reference profile version {int(arrays['version'])} is not {PROFILE_VERSION}: "
-                             "recompute it with this pneumo")
-        parts = {part: Mahalanobis(*(arrays[f"gate_{part}_{key}"] for key in ("center", "scale", "precision")))
-                 for part in ("features", "intensities")}
-        gate = OodGate(parts["features"], parts["intensities"], arrays["gate_part_scales"], float(arrays["gate_cutoff"]))
-        return cls(arrays["pca_mean"], arrays["pca_components"], arrays["features"], arrays["intensities"],
-                   arrays["probabilities"], gate, int(arrays["n_train"]), int(arrays["n_val"]))
+            raise ValueError(
+                f"reference profile version {int(arrays['version'])} is not {PROFILE_VERSION}: "
+                "recompute it with this pneumo"
+            )
+        parts = {
+            part: Mahalanobis(*(arrays[f"gate_{part}_{key}"] for key in ("center", "scale", "precision")))
+            for part in ("features", "intensities")
+        }
+        gate = OodGate(
+            parts["features"], parts["intensities"], arrays["gate_part_scales"], float(arrays["gate_cutoff"])
+        )
+        return cls(
+            arrays["pca_mean"],
+            arrays["pca_components"],
+            arrays["features"],
+            arrays["intensities"],
+            arrays["probabilities"],
+            gate,
+            int(arrays["n_train"]),
+            int(arrays["n_val"]),
+        )
 
 
 def build_profile(train: Observations, val: Observations, seed: int = 0) -> ReferenceProfile:
@@ -86,10 +113,19 @@ def build_profile(train: Observations, val: Observations, seed: int = 0) -> Refe
     sample of both (val first: films the network did not learn from)."""
     components = min(PCA_COMPONENTS, train.features.shape[1], len(train) - 1)
     pca = PCA(n_components=components, random_state=seed).fit(train.features)
-    profile = ReferenceProfile(pca.mean_.astype(np.float32), pca.components_.astype(np.float32),
-                               np.zeros(0), np.zeros(0), np.zeros(0), None, len(train), len(val))
-    profile.gate = fit_gate((*profile.project(train.features), train.intensities),
-                            (*profile.project(val.features), val.intensities))
+    profile = ReferenceProfile(
+        pca.mean_.astype(np.float32),
+        pca.components_.astype(np.float32),
+        np.zeros(0),
+        np.zeros(0),
+        np.zeros(0),
+        None,
+        len(train),
+        len(val),
+    )
+    profile.gate = fit_gate(
+        (*profile.project(train.features), train.intensities), (*profile.project(val.features), val.intensities)
+    )
     sample = _reference_sample(train, val, seed)
     profile.features = profile.project(sample.features)[0]
     profile.intensities, profile.probabilities = sample.intensities, sample.probabilities
@@ -101,8 +137,12 @@ def _reference_sample(train: Observations, val: Observations, seed: int) -> Obse
     rng = np.random.default_rng(seed)
     n_val = min(len(val), REFERENCE_SAMPLE)
     n_train = min(len(train), REFERENCE_SAMPLE - n_val)
-    return Observations.concat([val.take(rng.choice(len(val), n_val, replace=False)),
-                                train.take(rng.choice(len(train), n_train, replace=False))])
+    return Observations.concat(
+        [
+            val.take(rng.choice(len(val), n_val, replace=False)),
+            train.take(rng.choice(len(train), n_train, replace=False)),
+        ]
+    )
 
 
 def write_profile(model_dir: str | Path, profile: ReferenceProfile) -> None:
@@ -113,8 +153,10 @@ def profile_checkpoint(model_dir: str | Path, data: PreparedData, batch_size: in
     """Observe the evaluated model (its calibration included) on the train and val splits and store the
     profile next to its pneumo.json, so it is registered with the model (end of `pneumo run`)."""
     loaded = load_checkpoint(model_dir)
-    profile = build_profile(observe_dataset(loaded, data.datasets["train"], batch_size),
-                            observe_dataset(loaded, data.datasets["val"], batch_size))
+    profile = build_profile(
+        observe_dataset(loaded, data.datasets["train"], batch_size),
+        observe_dataset(loaded, data.datasets["val"], batch_size),
+    )
     write_profile(model_dir, profile)
     return profile
 
@@ -126,7 +168,11 @@ def gate_summary(loaded: LoadedModel, dataset: ray.data.Dataset, batch_size: int
     if profile is None:
         return None
     refused = profile.ood_scores(observe_dataset(loaded, dataset, batch_size)) > profile.gate.cutoff
-    return {"ood_refused": float(refused.mean()), "ood_refused_count": int(refused.sum()), "ood_cutoff": profile.gate.cutoff}
+    return {
+        "ood_refused": float(refused.mean()),
+        "ood_refused_count": int(refused.sum()),
+        "ood_cutoff": profile.gate.cutoff,
+    }
 
 
 def profile_of(loaded: LoadedModel) -> Optional[ReferenceProfile]:

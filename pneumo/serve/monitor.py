@@ -57,10 +57,14 @@ class OutOfDistribution(RequestError):
     """422: the gate refuses the image; the body carries the score and the cut-off."""
 
     def __init__(self, upload: Upload, gate: GateResult):
-        super().__init__(422, f"{upload.label}: the image does not look like a frontal chest film this model was "
-                              f"trained on (out-of-distribution score {gate.score:.3g} > cut-off {gate.cutoff:.3g}); "
-                              "it was not scored. Send a frontal (PA/AP) chest radiograph, or ask the operators "
-                              "to set serve.ood_policy=flag", upload.source)
+        super().__init__(
+            422,
+            f"{upload.label}: the image does not look like a frontal chest film this model was "
+            f"trained on (out-of-distribution score {gate.score:.3g} > cut-off {gate.cutoff:.3g}); "
+            "it was not scored. Send a frontal (PA/AP) chest radiograph, or ask the operators "
+            "to set serve.ood_policy=flag",
+            upload.source,
+        )
         self.gate = gate
 
     def to_json(self) -> dict[str, Any]:
@@ -72,12 +76,15 @@ class MonitorMetrics:
 
     def __init__(self) -> None:
         self.out_of_distribution = metrics.Counter(
-            "pneumo_ood_inputs", "inputs beyond the out-of-distribution cut-off, by serve.ood_policy action",
-            tag_keys=("action",))
+            "pneumo_ood_inputs",
+            "inputs beyond the out-of-distribution cut-off, by serve.ood_policy action",
+            tag_keys=("action",),
+        )
         self.ood_rate = metrics.Gauge("pneumo_ood_rate", "share of the drift window beyond the OOD cut-off")
         self.drift = metrics.Gauge("pneumo_drift_detected", "1 when the last drift test of the window found drift")
-        self.drift_p_value = metrics.Gauge("pneumo_drift_p_value", "p-value of the last drift test by family",
-                                           tag_keys=("family",))
+        self.drift_p_value = metrics.Gauge(
+            "pneumo_drift_p_value", "p-value of the last drift test by family", tag_keys=("family",)
+        )
         self.drift_score = metrics.Gauge("pneumo_drift_score", "MMD^2 between window and reference features")
         self.window_size = metrics.Gauge("pneumo_drift_window_inputs", "inputs in the drift window")
         self.ready = metrics.Gauge("pneumo_model_ready", "1 once the replica's model is loaded")
@@ -127,7 +134,11 @@ class ServeMonitor:
             gate["cutoff"] = profile.gate.cutoff
         if not gate_on:
             gate["reason"] = why or "serve.ood_policy is off"
-        drift = {"on": profile is not None, "window": self.settings.drift_window, **({} if profile else {"reason": why})}
+        drift = {
+            "on": profile is not None,
+            "window": self.settings.drift_window,
+            **({} if profile else {"reason": why}),
+        }
         return {"ood_gate": gate, "drift": drift}
 
     def check(self, items: list[tuple[FetchedModel, np.ndarray, bool]]) -> list[GateResult]:
@@ -151,8 +162,13 @@ class ServeMonitor:
         if kept.any():
             self._watch(model)
             self.window.add(projected[kept], seen.intensities[kept], seen.probabilities[kept], beyond[kept])
-        action = "rejected" if self.settings.ood_policy == "reject" else "flagged" if self.settings.ood_policy == "flag" \
+        action = (
+            "rejected"
+            if self.settings.ood_policy == "reject"
+            else "flagged"
+            if self.settings.ood_policy == "flag"
             else "served"
+        )
         for _ in range(int(beyond.sum())):
             self.metrics.out_of_distribution.inc(tags={"action": action})
         return [GateResult(float(s), profile.gate.cutoff, float(p)) for s, p in zip(scores, seen.probabilities)]
@@ -177,19 +193,27 @@ class ServeMonitor:
     @staticmethod
     def refusal(gate: GateResult) -> dict[str, Any]:
         """A refused file's entry in /predict/batch: no probability, and why."""
-        return {"probability": None, "label": None,
-                "error": f"not scored: does not look like a frontal chest film (out-of-distribution score "
-                         f"{gate.score:.3g} > cut-off {gate.cutoff:.3g})"}
+        return {
+            "probability": None,
+            "label": None,
+            "error": f"not scored: does not look like a frontal chest film (out-of-distribution score "
+            f"{gate.score:.3g} > cut-off {gate.cutoff:.3g})",
+        }
 
     def report(self, model: Optional[FetchedModel], replica: str) -> dict[str, Any]:
         """The /monitoring answer for this replica's window (see drift.drift_report)."""
         profile, why = self.profile(model) if model is not None else (None, NOT_LOADED)
-        report = drift_report(profile, self.window.snapshot(), self.settings.drift_window,
-                              self.settings.drift_min_inputs, why)
+        report = drift_report(
+            profile, self.window.snapshot(), self.settings.drift_window, self.settings.drift_min_inputs, why
+        )
         self.metrics.publish(report)
-        return {**report, "replica": replica, "model_uri": self._watched or (model.uri if model else None),
-                "ood_policy": self.settings.ood_policy,
-                "combined": "per replica: this answer is this replica's window; Prometheus has every replica's"}
+        return {
+            **report,
+            "replica": replica,
+            "model_uri": self._watched or (model.uri if model else None),
+            "ood_policy": self.settings.ood_policy,
+            "combined": "per replica: this answer is this replica's window; Prometheus has every replica's",
+        }
 
     def _refresh_periodically(self) -> None:
         """Keep the gauges current without anyone calling /monitoring: retest after new inputs."""

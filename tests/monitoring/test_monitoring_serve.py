@@ -34,8 +34,11 @@ def deploy(serve_app, tmp_path: Path, name: str, model_dir: Path, *overrides: st
 
     from pneumo.serve.builder import ServeArgs, build_app
 
-    serve.run(build_app(ServeArgs(model_uri=str(model_dir), config=[str(serve_app.yaml)], overrides=list(overrides))),
-              name=name, route_prefix=f"/{name}")
+    serve.run(
+        build_app(ServeArgs(model_uri=str(model_dir), config=[str(serve_app.yaml)], overrides=list(overrides))),
+        name=name,
+        route_prefix=f"/{name}",
+    )
     url = f"{serve_app.url}/{name}"
     deadline = time.monotonic() + 90
     while requests.get(f"{url}/readyz", timeout=10).status_code != 200:
@@ -55,8 +58,10 @@ def test_flag_policy_marks_a_ct_slice_and_still_answers(serve_app, synthetic_roo
     cutoff = requests.get(f"{serve_app.url}/model", timeout=10).json()["monitoring"]["ood_gate"]["cutoff"]
     ct = requests.post(f"{serve_app.url}/predict", data=CT, headers={"Content-Type": "application/dicom"}, timeout=30)
     assert ct.status_code == 200 and ct.json()["in_distribution"] is False and ct.json()["ood_score"] > cutoff
-    answers = [requests.post(f"{serve_app.url}/predict", files={"file": film}, timeout=30).json()
-               for film in chest_films(synthetic_root, 5)]
+    answers = [
+        requests.post(f"{serve_app.url}/predict", files={"file": film}, timeout=30).json()
+        for film in chest_films(synthetic_root, 5)
+    ]
     assert sum(answer["in_distribution"] for answer in answers) >= 4, answers
 
 
@@ -67,8 +72,11 @@ def test_reject_policy_refuses_with_422_and_batch_marks_each_file(serve_app, syn
     body = refused.json()
     assert "does not look like a frontal chest film" in body["error"] and body["field"] == "body"
     assert body["ood_score"] > body["ood_cutoff"]
-    film = next(f for f in chest_films(synthetic_root, 5)
-                if requests.post(f"{url}/predict", files={"file": f}, timeout=30).status_code == 200)
+    film = next(
+        f
+        for f in chest_films(synthetic_root, 5)
+        if requests.post(f"{url}/predict", files={"file": f}, timeout=30).status_code == 200
+    )
     batch = requests.post(f"{url}/predict/batch", files=[("files", film), ("files", ("ct.dcm", CT))], timeout=30)
     assert batch.status_code == 200, batch.text
     good, bad = batch.json()["predictions"]
@@ -77,12 +85,19 @@ def test_reject_policy_refuses_with_422_and_batch_marks_each_file(serve_app, syn
 
 
 def test_monitoring_endpoint_tests_the_window(serve_app, synthetic_root, tmp_path):
-    url = deploy(serve_app, tmp_path, "watched", serve_app.checkpoint, "serve.ood_policy=flag",
-                 "serve.drift_min_inputs=20", "serve.drift_window=100")
+    url = deploy(
+        serve_app,
+        tmp_path,
+        "watched",
+        serve_app.checkpoint,
+        "serve.ood_policy=flag",
+        "serve.drift_min_inputs=20",
+        "serve.drift_window=100",
+    )
     assert requests.get(f"{url}/monitoring", timeout=30).json()["status"] == "collecting"
     films = chest_films(synthetic_root, 40)
     for start in range(0, len(films), 4):
-        files = [("files", film) for film in films[start:start + 4]]
+        files = [("files", film) for film in films[start : start + 4]]
         assert requests.post(f"{url}/predict/batch", files=files, timeout=30).status_code == 200
     requests.post(f"{url}/predict", data=CT, headers={"Content-Type": "application/dicom"}, timeout=30)
     report = requests.get(f"{url}/monitoring", timeout=60).json()
@@ -116,8 +131,12 @@ def test_pneumo_monitor_reports_a_dataset_and_finds_an_inverted_one(smoke_run, s
     assert ("Drift detected" if same.report["drift"] else "No drift detected") in Path(same.html_path).read_text()
     inverted_root = tmp_path / "inverted"
     generate_chest_xrays(inverted_root, n_images=200, image_size=64, seed=5, acquisition=Acquisition(inverted=True))
-    other = monitor_dataset(smoke_run.champion_uri, load_config([smoke_run.yaml], [f"data.path={inverted_root}"]),
-                            "all", tmp_path / "inverted-report")
+    other = monitor_dataset(
+        smoke_run.champion_uri,
+        load_config([smoke_run.yaml], [f"data.path={inverted_root}"]),
+        "all",
+        tmp_path / "inverted-report",
+    )
     assert other.report["drift"] is True and other.report["ood"]["rate"] > 0.9
     assert "Drift detected" in Path(other.html_path).read_text()
     run = MlflowClient(smoke_run.cfg.mlflow.tracking_uri).get_run(other.mlflow_run_id)
