@@ -2,6 +2,7 @@
 errors a user sees (fast, no Ray)."""
 
 import importlib.util
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -100,3 +101,21 @@ def test_a_runtime_that_is_not_installed_names_its_package(monkeypatch):
         r"\(pip install openvino\)",
     ):
         require_runtime("openvino")
+
+
+def test_int8_quantization_writes_a_model_every_onnx_runtime_serves(checkpoint, tmp_path):
+    import shutil
+
+    from pneumo.evaluation.runtime_check import quantize_int8
+
+    folder = Path(shutil.copytree(checkpoint.directory, tmp_path / "checkpoint"))
+    assert quantize_int8(folder, iter([films(8, seed=1), films(8, seed=2)])) == folder / INT8_FILE
+    loaded = load_checkpoint(folder)
+    images = films(6, seed=3)
+    fp32 = create_predictor(loaded, "onnxruntime").logits(images)
+    for runtime in ("onnxruntime", "openvino"):
+        int8 = create_predictor(loaded, runtime, int8=True)
+        assert int8.precision == "int8"
+        logits = int8.logits(images)
+        assert logits.shape == (6,) and np.isfinite(logits).all()
+        assert np.corrcoef(logits, fp32)[0, 1] > 0.9  # quantized, not broken

@@ -81,18 +81,15 @@ def _training_films(data: PreparedData, limit: int, batch_size: int) -> Iterator
             return
 
 
-def quantize_int8(model_dir: Path, data: PreparedData, films: int, batch_size: int) -> Path:
+def quantize_int8(model_dir: Path, calibration_films: Iterator[np.ndarray]) -> Path:
     """model.onnx -> model.int8.onnx (QDQ, per-channel int8 weights, uint8 activations) whose
-    activation ranges come from `films` training films."""
+    activation ranges come from the uint8 (N, C, H, W) batches of `calibration_films`."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     class TrainingFilms(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.batches = _training_films(data, films, batch_size)
-
         def get_next(self) -> Optional[dict[str, np.ndarray]]:
-            return next(({"films": images} for images in self.batches), None)
+            return next(({"films": images} for images in calibration_films), None)
 
     prepared = model_dir / "model.int8-prep.onnx"
     quant_pre_process(str(model_dir / ONNX_FILE), str(prepared), skip_symbolic_shape=True)
@@ -106,7 +103,7 @@ def quantize_int8(model_dir: Path, data: PreparedData, films: int, batch_size: i
 
 def _check_int8(loaded: LoadedModel, model_dir: Path, data: PreparedData, cfg: ExperimentConfig,
                 check: RuntimeCheck) -> None:
-    quantize_int8(model_dir, data, cfg.export.int8_calibration_films, cfg.eval.batch_size)
+    quantize_int8(model_dir, _training_films(data, cfg.export.int8_calibration_films, cfg.eval.batch_size))
     int8 = predict_dataset(loaded, data.datasets["val"], cfg.eval.batch_size,
                            create_predictor(loaded, "onnxruntime", int8=True))
     check.int8_val_auroc = _auroc(int8.labels, loaded.meta.calibration.probabilities(int8.logits))
