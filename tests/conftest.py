@@ -19,9 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-for key, value in {"RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true",
-                   "HF_HUB_OFFLINE": "1", "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
-                   "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}.items():
+for key, value in {
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DO_NOT_TRACK": "true",
+    "HF_HUB_OFFLINE": "1",
+    "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+}.items():
     os.environ.setdefault(key, value)
 
 import pytest  # noqa: E402
@@ -33,11 +38,13 @@ QUICKSTART = REPO / "experiments" / "quickstart.yaml"
 
 def pytest_collection_modifyitems(items):
     """A test that starts Ray (through any fixture) must be marked slow, so `-m "not slow"` stays fast."""
-    unmarked = [item.nodeid for item in items
-                if "ray_session" in item.fixturenames and item.get_closest_marker("slow") is None]
+    unmarked = [
+        item.nodeid for item in items if "ray_session" in item.fixturenames and item.get_closest_marker("slow") is None
+    ]
     if unmarked:
-        raise pytest.UsageError("these tests start Ray but are not marked @pytest.mark.slow:\n  "
-                                + "\n  ".join(unmarked))
+        raise pytest.UsageError(
+            "these tests start Ray but are not marked @pytest.mark.slow:\n  " + "\n  ".join(unmarked)
+        )
 
 
 @pytest.fixture(scope="session")
@@ -79,8 +86,9 @@ def mlflow_uri(tmp_path, empty_mlflow_db) -> str:
     return f"sqlite:///{tmp_path / 'mlflow.db'}"
 
 
-def write_smoke_yaml(directory: Path, data_path: Path, name: str = "smoke",
-                     tune_section: str = "tune: {num_samples: 0}\n") -> Path:
+def write_smoke_yaml(
+    directory: Path, data_path: Path, name: str = "smoke", tune_section: str = "tune: {num_samples: 0}\n"
+) -> Path:
     """An experiment diff over quickstart.yaml: tiny model and data, storage under `directory`;
     no search unless `tune_section` asks for one."""
     path = directory / f"{name}.yaml"
@@ -90,7 +98,7 @@ name: {name}
 data:
   path: {data_path}
   image_size: 48
-  cache_dir: {directory / 'cache'}
+  cache_dir: {directory / "cache"}
 model:
   name: test_resnet
 train:
@@ -98,9 +106,9 @@ train:
   batch_size: 16
   lr: 1.0e-2
 scaling:
-  storage_path: {directory / 'results'}
+  storage_path: {directory / "results"}
 mlflow:
-  tracking_uri: sqlite:///{directory / 'mlflow.db'}
+  tracking_uri: sqlite:///{directory / "mlflow.db"}
 {tune_section}""")
     return path
 
@@ -134,8 +142,14 @@ def smoke_run(ray_session, synthetic_root, tmp_path_factory) -> SmokeRun:
 
 SERVED_MODEL_NAME = "serve-test"
 SERVE_LIMITS = {  # tight enough that tests can trip each one
-    "max_batch_size": 8, "batch_wait_timeout_s": 0.02, "max_ongoing_requests": 8, "max_queued_requests": 8,
-    "max_body_bytes": 300_000, "max_image_pixels": 1_000_000, "max_images_per_request": 4, "cpus_per_replica": 0.5,
+    "max_batch_size": 8,
+    "batch_wait_timeout_s": 0.02,
+    "max_ongoing_requests": 8,
+    "max_queued_requests": 8,
+    "max_body_bytes": 300_000,
+    "max_image_pixels": 1_000_000,
+    "max_images_per_request": 4,
+    "cpus_per_replica": 0.5,
     "ood_policy": "flag",  # tests send a CT and odd modes on purpose; the reject policy has its own app
 }
 
@@ -199,7 +213,7 @@ def serve_app(smoke_run, tmp_path_factory) -> ServeApp:
     yaml.write_text(f"""\
 base: {smoke_run.yaml}
 name: serve-test
-mlflow: {{tracking_uri: "sqlite:///{root / 'mlflow.db'}", registered_model_name: {SERVED_MODEL_NAME}}}
+mlflow: {{tracking_uri: "sqlite:///{root / "mlflow.db"}", registered_model_name: {SERVED_MODEL_NAME}}}
 serve:
 {limits}""")
     cfg = load_config([yaml])
@@ -208,9 +222,15 @@ serve:
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(build_app(ServeArgs(config=[str(yaml)])), name="pneumo", route_prefix="/")
     url = f"http://127.0.0.1:{port}"
-    before = {"readyz": wait_for_state(url, "waiting"),
-              "predict": requests.post(f"{url}/predict", data=png_bytes(Image.new("L", (64, 64))),
-                                       headers={"Content-Type": "image/png"}, timeout=30)}
+    before = {
+        "readyz": wait_for_state(url, "waiting"),
+        "predict": requests.post(
+            f"{url}/predict",
+            data=png_bytes(Image.new("L", (64, 64))),
+            headers={"Content-Type": "image/png"},
+            timeout=30,
+        ),
+    }
     checkpoint = Path(smoke_run.outcome.model_dir)
     metrics = {f"test_{key}": value for key, value in smoke_run.outcome.test_metrics.items()}
     version = register_champion(yaml, checkpoint, metrics)
