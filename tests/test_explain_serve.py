@@ -21,6 +21,11 @@ def film(synthetic_root) -> bytes:
     return sorted((synthetic_root / "test" / "PNEUMONIA").glob("*.jpeg"))[0].read_bytes()
 
 
+def same_error(body: dict) -> dict:
+    """The error without object addresses (PIL names its BytesIO object in some messages)."""
+    return {**body, "error": re.sub(r" at 0x[0-9a-f]+", "", body["error"])}
+
+
 def decode_png(encoded: str) -> Image.Image:
     return Image.open(io.BytesIO(base64.b64decode(encoded)))
 
@@ -76,7 +81,7 @@ def test_explain_refuses_what_predict_refuses_the_same_way(serve_app, film, case
     predicted, explained = send("/predict"), send("/explain")
     assert predicted.status_code >= 400
     assert explained.status_code == predicted.status_code
-    assert explained.json() == predicted.json()
+    assert same_error(explained.json()) == same_error(predicted.json())
 
 
 def test_explain_names_a_bad_format(serve_app, film):
