@@ -38,8 +38,11 @@ RESULTS = REPO / "bench" / "results" / "data.json"
 BATCH = 64
 IMAGE_SIZE = 224
 MAX_PIXELS = 40_000_000
-CASES = {"small": "JPEG 256 px (generator)", "jpeg": "JPEG 1,024-2,048 px, q75-95",
-         "dicom": "DICOM 1,024-2,048 px, 12/16-bit"}
+CASES = {
+    "small": "JPEG 256 px (generator)",
+    "jpeg": "JPEG 1,024-2,048 px, q75-95",
+    "dicom": "DICOM 1,024-2,048 px, 12/16-bit",
+}
 
 
 class DecodedFiles(torch.utils.data.Dataset):
@@ -75,8 +78,10 @@ def decode_ab(records, preprocessing, passes: int) -> dict:
     from pneumo.data.transforms import decode_image
 
     files = [Path(r.path).read_bytes() for r in records]
-    decoders = [("reference", lambda data: reference_decode(data, preprocessing)),
-                ("pneumo", lambda data: decode_image(data, preprocessing, MAX_PIXELS))]
+    decoders = [
+        ("reference", lambda data: reference_decode(data, preprocessing)),
+        ("pneumo", lambda data: decode_image(data, preprocessing, MAX_PIXELS)),
+    ]
     cpu_s = {name: [0.0] * passes for name, _ in decoders}
     wall_s = {name: [0.0] * passes for name, _ in decoders}
     for repeat in range(passes):
@@ -88,10 +93,13 @@ def decode_ab(records, preprocessing, passes: int) -> dict:
                 cpu_s[name][repeat] += time.process_time() - cpu_started
     cpu = {name: statistics.median(s) / len(files) for name, s in cpu_s.items()}
     wall = {name: statistics.median(s) / len(files) for name, s in wall_s.items()}
-    return {"reference_cpu_ms": round(cpu["reference"] * 1e3, 1), "cpu_ms": round(cpu["pneumo"] * 1e3, 1),
-            "speedup": round(cpu["reference"] / cpu["pneumo"], 2),
-            "wall_speedup": round(wall["reference"] / wall["pneumo"], 2),
-            "megabytes_per_film": round(sum(map(len, files)) / len(files) / 1e6, 2)}
+    return {
+        "reference_cpu_ms": round(cpu["reference"] * 1e3, 1),
+        "cpu_ms": round(cpu["pneumo"] * 1e3, 1),
+        "speedup": round(cpu["reference"] / cpu["pneumo"], 2),
+        "wall_speedup": round(wall["reference"] / wall["pneumo"], 2),
+        "megabytes_per_film": round(sum(map(len, files)) / len(files) / 1e6, 2),
+    }
 
 
 def one_pass(batches) -> tuple[float, int]:
@@ -105,19 +113,33 @@ def pipelines_ab(records, preprocessing, workers: int, passes: int) -> dict:
     """Steady img/s of DataLoader and Ray Data streaming over the same records, passes interleaved."""
     from pneumo.data.dataset import decode_records
 
-    loader = torch.utils.data.DataLoader(DecodedFiles(records, preprocessing), batch_size=BATCH,
-                                         num_workers=workers, persistent_workers=True,
-                                         multiprocessing_context="forkserver")  # no fork of a Ray driver
-    makers = {"DataLoader": lambda: (images for images, _ in loader),
-              "Ray Data": lambda: (b["image"] for b in decode_records(records, preprocessing, MAX_PIXELS, cpus_per_task=1)
-                                   .iter_batches(batch_size=BATCH, batch_format="numpy"))}
+    loader = torch.utils.data.DataLoader(
+        DecodedFiles(records, preprocessing),
+        batch_size=BATCH,
+        num_workers=workers,
+        persistent_workers=True,
+        multiprocessing_context="forkserver",
+    )  # no fork of a Ray driver
+    makers = {
+        "DataLoader": lambda: (images for images, _ in loader),
+        "Ray Data": lambda: (
+            b["image"]
+            for b in decode_records(records, preprocessing, MAX_PIXELS, cpus_per_task=1).iter_batches(
+                batch_size=BATCH, batch_format="numpy"
+            )
+        ),
+    }
     measured = {name: [] for name in makers}
     for _ in range(passes):
         for name, make in makers.items():
             measured[name].append(one_pass(make()))
-    return {name: {"first_pass_images_per_s": round(runs[0][1] / runs[0][0], 1),
-                   "steady_images_per_s": round(statistics.median(n / s for s, n in runs[1:]), 1)}
-            for name, runs in measured.items()}
+    return {
+        name: {
+            "first_pass_images_per_s": round(runs[0][1] / runs[0][0], 1),
+            "steady_images_per_s": round(statistics.median(n / s for s, n in runs[1:]), 1),
+        }
+        for name, runs in measured.items()
+    }
 
 
 def cache_pass(cfg, records, preprocessing, passes: int) -> dict:
@@ -127,10 +149,16 @@ def cache_pass(cfg, records, preprocessing, passes: int) -> dict:
 
     prepare_data(cfg, preprocessing)  # writes the cache entry
     entry = cache_key(decode_order(records, cfg.split_seed), preprocessing, MAX_PIXELS)
-    runs = [one_pass(b["image"] for b in read_cached(cfg.cache_dir, entry).iter_batches(
-        batch_size=BATCH, batch_format="numpy")) for _ in range(passes)]
-    return {"first_pass_images_per_s": round(runs[0][1] / runs[0][0], 1),
-            "steady_images_per_s": round(statistics.median(n / s for s, n in runs[1:]), 1)}
+    runs = [
+        one_pass(
+            b["image"] for b in read_cached(cfg.cache_dir, entry).iter_batches(batch_size=BATCH, batch_format="numpy")
+        )
+        for _ in range(passes)
+    ]
+    return {
+        "first_pass_images_per_s": round(runs[0][1] / runs[0][0], 1),
+        "steady_images_per_s": round(statistics.median(n / s for s, n in runs[1:]), 1),
+    }
 
 
 def run(cases: list[str], n_small: int, n_full: int, workers: int, passes: int) -> list[dict]:
@@ -148,18 +176,22 @@ def _run_in(work: Path, cases: list[str], n_small: int, n_full: int, workers: in
     preprocessing = Preprocessing(in_chans=1, image_size=IMAGE_SIZE, mean=(0.5,), std=(0.25,))
     prepared = {}
     for case in cases:
-        cfg = DataConfig(path=str(write_films(case, work / case, n_small, n_full)),
-                         cache_dir=str(work / "cache"), resplit_val=False)
+        cfg = DataConfig(
+            path=str(write_films(case, work / case, n_small, n_full)), cache_dir=str(work / "cache"), resplit_val=False
+        )
         prepared[case] = cfg, list_source(cfg).records
-    table = [{"case": CASES[case], "films": len(records), **decode_ab(records, preprocessing, passes)}
-             for case, (cfg, records) in prepared.items()]
+    table = [
+        {"case": CASES[case], "films": len(records), **decode_ab(records, preprocessing, passes)}
+        for case, (cfg, records) in prepared.items()
+    ]
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # loopback only, as `pneumo run` does
     ray.init(num_cpus=workers, include_dashboard=False, logging_level="WARNING")
     for row, (cfg, records) in zip(table, prepared.values()):
         pipelines = pipelines_ab(records, preprocessing, workers, passes)
         row["pipelines"] = {**pipelines, "Ray Data + cache": cache_pass(cfg, records, preprocessing, passes)}
-        row["ray_data_to_dataloader"] = round(pipelines["Ray Data"]["steady_images_per_s"]
-                                              / pipelines["DataLoader"]["steady_images_per_s"], 2)
+        row["ray_data_to_dataloader"] = round(
+            pipelines["Ray Data"]["steady_images_per_s"] / pipelines["DataLoader"]["steady_images_per_s"], 2
+        )
     ray.shutdown()
     return table
 
@@ -170,21 +202,29 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=2000, help="256 px synthetic films")
     parser.add_argument("--full-size-n", type=int, default=192, help="full-size films of each kind")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers = Ray CPUs for map tasks")
-    parser.add_argument("--passes", type=int, default=3, help="interleaved passes; pipelines report the median after the first")
+    parser.add_argument(
+        "--passes", type=int, default=3, help="interleaved passes; pipelines report the median after the first"
+    )
     args = parser.parse_args()
     load_before = os.getloadavg()[0]
     table = run(args.cases, args.n, args.full_size_n, args.workers, args.passes)
-    print(f"\nfilms -> {IMAGE_SIZE} px grey, batches of {BATCH}, {args.workers} processes, "
-          f"load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after")
-    print("| films | MB/film | full-size decode, CPU ms/film | pneumo decode, CPU ms/film | speedup CPU (wall) "
-          "| DataLoader img/s | Ray Data img/s | Ray Data / DataLoader | Ray Data + cache img/s |")
+    print(
+        f"\nfilms -> {IMAGE_SIZE} px grey, batches of {BATCH}, {args.workers} processes, "
+        f"load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after"
+    )
+    print(
+        "| films | MB/film | full-size decode, CPU ms/film | pneumo decode, CPU ms/film | speedup CPU (wall) "
+        "| DataLoader img/s | Ray Data img/s | Ray Data / DataLoader | Ray Data + cache img/s |"
+    )
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for row in table:
         p = row["pipelines"]
-        print(f"| {row['case']} ({row['films']}) | {row['megabytes_per_film']} | {row['reference_cpu_ms']} | "
-              f"{row['cpu_ms']} | {row['speedup']}x ({row['wall_speedup']}x) | {p['DataLoader']['steady_images_per_s']} | "
-              f"{p['Ray Data']['steady_images_per_s']} | {row['ray_data_to_dataloader']} | "
-              f"{p['Ray Data + cache']['steady_images_per_s']} |")
+        print(
+            f"| {row['case']} ({row['films']}) | {row['megabytes_per_film']} | {row['reference_cpu_ms']} | "
+            f"{row['cpu_ms']} | {row['speedup']}x ({row['wall_speedup']}x) | {p['DataLoader']['steady_images_per_s']} | "
+            f"{p['Ray Data']['steady_images_per_s']} | {row['ray_data_to_dataloader']} | "
+            f"{p['Ray Data + cache']['steady_images_per_s']} |"
+        )
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps({"settings": vars(args), "rows": table}, indent=2))
 
