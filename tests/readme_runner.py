@@ -27,6 +27,7 @@ The command line that runs is the README's; the harness changes only what this m
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shlex
@@ -45,10 +46,23 @@ from readme_blocks import Command
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = REPO / ".venv" / "bin"
-QUIET = {"RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true",
-         "HF_HUB_OFFLINE": "1", "RAY_DATA_DISABLE_PROGRESS_BARS": "1", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
-RUN_SIZES = ("data.image_size=48", "data.synth.n_images=300", "data.synth.image_size=64",
-             "train.epochs=2", "train.batch_size=16", "tune.num_samples=2", "tune.grace_period=1")
+QUIET = {
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DO_NOT_TRACK": "true",
+    "HF_HUB_OFFLINE": "1",
+    "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+}
+RUN_SIZES = (
+    "data.image_size=48",
+    "data.synth.n_images=300",
+    "data.synth.image_size=64",
+    "train.epochs=2",
+    "train.batch_size=16",
+    "tune.num_samples=2",
+    "tune.grace_period=1",
+)
 BENCH_SIZES = {  # module -> options set (replaced when the README gives them, else appended)
     "bench.train_bench": {"--image-size": "48", "--images": "96", "--epochs": "2"},
     "bench.overhead_bench": {"--repeats": "1", "--epochs": "1"},
@@ -84,6 +98,7 @@ class Server:
 
 def stop_ray_under(tmpdir: str, timeout_s: float = 20) -> None:
     """Stop the Ray processes whose command line names `tmpdir` (a Ray of our own), and only those."""
+
     def ours() -> list[int]:
         pids = []
         for entry in Path("/proc").iterdir():
@@ -97,10 +112,8 @@ def stop_ray_under(tmpdir: str, timeout_s: float = 20) -> None:
 
     for sig, wait_s in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, 5)):
         for pid in ours():
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
         deadline = time.monotonic() + wait_s
         while ours() and time.monotonic() < deadline:
             time.sleep(0.5)
@@ -108,8 +121,9 @@ def stop_ray_under(tmpdir: str, timeout_s: float = 20) -> None:
 
 def copy_checkout(target: Path) -> None:
     """The working tree as git sees it (tracked and untracked, minus ignored): what a fresh clone has."""
-    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO,
-                            capture_output=True, text=True, check=True).stdout.split("\0")
+    listed = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.split("\0")
     for name in filter(None, listed):
         source = REPO / name
         if source.is_file():
@@ -132,14 +146,21 @@ class Scratch:
     tmpdirs: list[str] = field(default_factory=list)
 
     @classmethod
-    def create(cls, base: Path) -> "Scratch":
+    def create(cls, base: Path) -> Scratch:
         root, home = base / "checkout", base / "home"
         root.mkdir()
         home.mkdir()
         copy_checkout(root)
         env = {**os.environ, **QUIET, "HOME": str(home), "PYTHONPATH": str(root)}
-        for inherited in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "MLFLOW_TRACKING_URI", "PNEUMO_HOME",
-                          "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "VIRTUAL_ENV"):
+        for inherited in (
+            "RAY_ADDRESS",
+            "RAY_API_SERVER_ADDRESS",
+            "MLFLOW_TRACKING_URI",
+            "PNEUMO_HOME",
+            "RAY_AUTH_MODE",
+            "RAY_AUTH_TOKEN",
+            "VIRTUAL_ENV",
+        ):
             env.pop(inherited, None)
         env["PATH"] = os.pathsep.join(p for p in env["PATH"].split(os.pathsep) if Path(p) != VENV_BIN)
         scratch = cls(root, home, env, ports={port: free_port() for port in README_PORTS})
@@ -171,9 +192,15 @@ class Scratch:
             text = re.sub(r"\s--port[ =]\d+", "", text)
             extra += ["--port", str(self.ports[readme_port])]
         if head == ("ray", "start"):
-            extra += ["--node-ip-address=127.0.0.1", f"--port={free_port()}", f"--dashboard-port={self.ports[8265]}",
-                      "--dashboard-host=127.0.0.1", f"--dashboard-agent-listen-port={free_port()}",
-                      f"--metrics-export-port={free_port()}", f"--ray-client-server-port={free_port()}"]
+            extra += [
+                "--node-ip-address=127.0.0.1",
+                f"--port={free_port()}",
+                f"--dashboard-port={self.ports[8265]}",
+                "--dashboard-host=127.0.0.1",
+                f"--dashboard-agent-listen-port={free_port()}",
+                f"--metrics-export-port={free_port()}",
+                f"--ray-client-server-port={free_port()}",
+            ]
         if argv[0] == "curl":
             text = text.replace("curl ", "curl --silent --show-error --fail-with-body ", 1)
         if argv[0] == "python" and len(argv) > 2 and argv[2] in BENCH_SIZES:
@@ -221,8 +248,9 @@ class Scratch:
     def _run_once(self, command: Command, line: str, env: dict[str, str]) -> Outcome:
         timeout = TIMEOUT_S.get(command.program, 120)
         try:
-            done = subprocess.run(["bash", "-c", line], cwd=self.root, env=env, capture_output=True, text=True,
-                                  timeout=timeout)
+            done = subprocess.run(
+                ["bash", "-c", line], cwd=self.root, env=env, capture_output=True, text=True, timeout=timeout
+            )
             return Outcome(line, done.returncode, done.stdout + done.stderr)
         except subprocess.TimeoutExpired as expired:
             return Outcome(line, -1, f"timed out after {timeout} s\n{expired.stdout or ''}{expired.stderr or ''}")
@@ -236,8 +264,9 @@ class Scratch:
 
     def _change_env(self, env: dict[str, str], line: str) -> Outcome:
         """`source`/`export`: the README's later commands see the change, as in the reader's terminal."""
-        done = subprocess.run(["bash", "-c", f"{line} && env -0"], cwd=self.root, env=env, capture_output=True,
-                              text=True, timeout=30)
+        done = subprocess.run(
+            ["bash", "-c", f"{line} && env -0"], cwd=self.root, env=env, capture_output=True, text=True, timeout=30
+        )
         if done.returncode == 0:
             self.env = dict(item.split("=", 1) for item in done.stdout.split("\0") if "=" in item)
             self.env.pop("RAY_TMPDIR")
@@ -247,8 +276,14 @@ class Scratch:
         if readme_port in self.servers:
             self.stop_server(readme_port)
         log = self.root.parent / f"server-{readme_port}-{len(self.outputs)}.log"
-        process = subprocess.Popen(["bash", "-c", f"exec {line}"], cwd=self.root, env=env, stdout=log.open("w"),
-                                   stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            ["bash", "-c", f"exec {line}"],
+            cwd=self.root,
+            env=env,
+            stdout=log.open("w"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         server = Server(readme_port, process, env["RAY_TMPDIR"], log)
         self.servers[readme_port] = server
         url = f"http://127.0.0.1:{self.ports[readme_port]}"
@@ -263,8 +298,12 @@ class Scratch:
                 pass
             time.sleep(1)
         ready = status == 200
-        outcome = Outcome(line, 0 if ready else 1, ("ready\n" if ready else f"not ready (last status {status}, "
-                                                    f"exit {process.poll()})\n") + log.read_text()[-4000:])
+        outcome = Outcome(
+            line,
+            0 if ready else 1,
+            ("ready\n" if ready else f"not ready (last status {status}, exit {process.poll()})\n")
+            + log.read_text()[-4000:],
+        )
         self.outputs[line] = outcome
         return outcome
 
@@ -286,8 +325,13 @@ class Scratch:
             best = re.search(r"^best model:\s+(\S+)", outcome.output, re.M)
             if run and best:
                 relative = os.path.relpath(best.group(1), self.root)
-                self.values.update({"RUN_ID": run.group(1), "results/<run>/best_model": relative,
-                                    "results/quickstart-search-…/best_model": relative})
+                self.values.update(
+                    {
+                        "RUN_ID": run.group(1),
+                        "results/<run>/best_model": relative,
+                        "results/quickstart-search-…/best_model": relative,
+                    }
+                )
         submitted = re.search(r"raysubmit_\w+", outcome.output)
         if command.argv[:3] == ("ray", "job", "submit") and submitted:
             self.values["SUBMISSION_ID"] = submitted.group(0)

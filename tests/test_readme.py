@@ -5,7 +5,8 @@ tool's own parser (tests/readme_cli.py): a command or option that does not exist
 every command that can run on this machine, in README order, in a scratch copy of the checkout
 (tests/readme_runner.py says exactly what the harness changes: sizes, ports, scratch HOME, and `ray stop`
 stopping only its own Ray), and compare the outputs the README shows in shape. Commands that need a
-cloud (CLOUD_ONLY) are parsed only. A block marked `<!-- readme-test: illustrative -->` is skipped.
+cloud (CLOUD_SUBCOMMANDS, CLOUD_MARKS, or a block with one) are parsed only. A block marked
+`<!-- readme-test: illustrative -->` is skipped.
 """
 
 from __future__ import annotations
@@ -209,8 +210,8 @@ def builds_on_the_quickstart(step: Step) -> bool:
     """Steps that use the model the first `pneumo run` registers (served, evaluated, loaded, asked over HTTP)."""
     if step.command is None:
         return "models:/" in step.block.text
-    return step.command.argv[:2] in (("pneumo", "eval"), ("pneumo", "serve")) or step.command.program == "curl" \
-        and "8265" not in step.command.text
+    served = step.command.program == "curl" and "8265" not in step.command.text  # 8265: the Ray dashboard
+    return served or step.command.argv[:2] in (("pneumo", "eval"), ("pneumo", "serve"))
 
 
 def expects_failure(command: Command) -> bool:
@@ -224,8 +225,10 @@ def expects_failure(command: Command) -> bool:
 def test_readme_step_runs(step: Step, scratch):
     first_run = next((o for o in scratch.outputs.values() if o.command.startswith("pneumo run")), None)
     if first_run is not None and first_run.returncode and builds_on_the_quickstart(step):
-        pytest.fail(f"{step.where}: needs the model the quickstart registers, and `{first_run.command}` failed "
-                    f"(exit {first_run.returncode}):\n{first_run.output[-1500:]}")
+        pytest.fail(
+            f"{step.where}: needs the model the quickstart registers, and `{first_run.command}` failed "
+            f"(exit {first_run.returncode}):\n{first_run.output[-1500:]}"
+        )
     if step.command is None:
         done = run_python_block(scratch, step.block)
         assert done.returncode == 0, (
@@ -236,8 +239,10 @@ def test_readme_step_runs(step: Step, scratch):
     outcome = scratch.run(command)
     runs_failed = [o.command for o in scratch.outputs.values() if o.command.startswith("pneumo run") and o.returncode]
     shown = f"{command.where}: `{outcome.command}` exited {outcome.returncode}:\n{outcome.output[-4000:]}" + (
-        f"\n(what it builds on failed earlier: {runs_failed})" if runs_failed and outcome is not scratch.outputs.get(
-            runs_failed[0]) else "")
+        f"\n(what it builds on failed earlier: {runs_failed})"
+        if runs_failed and outcome is not scratch.outputs.get(runs_failed[0])
+        else ""
+    )
     if expects_failure(command):
         assert outcome.returncode not in (0, -1), shown
     else:
@@ -256,20 +261,26 @@ def test_harness_changes_only_sizes_ports_and_placeholders(tmp_path):
     """What runs is the README's line plus the documented mapping (tests/readme_runner.py), nothing else."""
     from readme_runner import RUN_SIZES, Scratch
 
-    scratch = Scratch(tmp_path, tmp_path, {}, ports={8000: 41000, 8080: 41001, 8265: 41002, 5000: 41003},
-                      values={"RUN_ID": "abc123"})
+    scratch = Scratch(
+        tmp_path, tmp_path, {}, ports={8000: 41000, 8080: 41001, 8265: 41002, 5000: 41003}, values={"RUN_ID": "abc123"}
+    )
     block = Block(REPO / "README.md", 1, "bash", "", False)
 
     def mapped(line: str) -> str:
         return scratch.mapped(Command(block, 2, line, tuple(shlex.split(line))))
 
-    assert mapped("pneumo run experiments/quickstart.yaml train.lr=3e-4") == \
-        "pneumo run experiments/quickstart.yaml train.lr=3e-4 " + " ".join(RUN_SIZES)
+    assert mapped(
+        "pneumo run experiments/quickstart.yaml train.lr=3e-4"
+    ) == "pneumo run experiments/quickstart.yaml train.lr=3e-4 " + " ".join(RUN_SIZES)
     assert mapped("pneumo serve runs:/RUN_ID/model --port 8080") == "pneumo serve runs:/abc123/model --port 41001"
     assert mapped("pneumo serve") == "pneumo serve --port 41000"
-    assert mapped('curl -F file=@film.jpeg http://127.0.0.1:8000/predict') == \
-        "curl --silent --show-error --fail-with-body -F file=@film.jpeg http://127.0.0.1:41000/predict"
-    assert mapped("python -m bench.serve_bench --duration-s 20 --concurrency 1 8 32") == \
-        "python -m bench.serve_bench --duration-s 1 --concurrency 1 --image-size 48"
+    assert (
+        mapped("curl -F file=@film.jpeg http://127.0.0.1:8000/predict")
+        == "curl --silent --show-error --fail-with-body -F file=@film.jpeg http://127.0.0.1:41000/predict"
+    )
+    assert (
+        mapped("python -m bench.serve_bench --duration-s 20 --concurrency 1 8 32")
+        == "python -m bench.serve_bench --duration-s 1 --concurrency 1 --image-size 48"
+    )
     assert mapped("pneumo data inspect data/synthetic-chest-xray") == "pneumo data inspect data/synthetic-chest-xray"
     assert mapped("ray job logs SUBMISSION_ID") == "ray job logs SUBMISSION_ID", "unknown until a job was submitted"
