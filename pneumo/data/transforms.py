@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 from typing import Optional
 
 import numpy as np
-from PIL import ExifTags, Image, ImageOps
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from pneumo.config import MAX_IMAGE_PIXELS
 from pneumo.data.dicom import decode_dicom, is_dicom
@@ -87,6 +87,8 @@ def decode_image(data: bytes, preprocessing: Preprocessing, max_pixels: int = MA
             image = _to_mode(ImageOps.exif_transpose(image), preprocessing.in_chans)
     except ImageDecodeError:
         raise
+    except UnidentifiedImageError:  # its message is the repr of our in-memory buffer: say what it means
+        raise ImageDecodeError("not a readable image (not JPEG, PNG, DICOM or another format Pillow reads)") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         raise ImageDecodeError(f"not a readable image ({error})") from None
     return _resize(image, preprocessing, film_box)
