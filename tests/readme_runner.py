@@ -13,7 +13,7 @@ The command line that runs is the README's; the harness changes only what this m
 - isolation: HOME is a scratch folder (so ~/.ray/auth_token and ~/.pneumo are the test's own); every
   `pneumo` command starts its Ray under its own RAY_TMPDIR, `ray` commands of one block share one;
   the README's ports (8000, 8080 for Serve, 8265 for the dashboard, 5000 for MLflow) become free
-  ports; `ray start --head` gets free ports for its other services; `source .venv/bin/activate` is
+  ports and `HOST` 127.0.0.1; a server's `--host 0.0.0.0` is 127.0.0.1 (tests use loopback only); `ray start --head` gets free ports for its other services; `source .venv/bin/activate` is
   the project's virtualenv.
 - `ray stop` stops every Ray on a machine, other people's tests included: here it stops only the
   Ray processes of its block (those whose command line names the block's RAY_TMPDIR).
@@ -173,8 +173,9 @@ class Scratch:
 
     # ---- what a command line becomes here -------------------------------------------------------
     def substitute(self, text: str) -> str:
+        text = text.replace("--host 0.0.0.0", "--host 127.0.0.1")  # tests reach servers on loopback only
         for readme_port, port in self.ports.items():
-            text = re.sub(rf"127\.0\.0\.1:{readme_port}\b", f"127.0.0.1:{port}", text)
+            text = re.sub(rf"(127\.0\.0\.1|HOST):{readme_port}\b", f"127.0.0.1:{port}", text)
         text = text.replace("source .venv/bin/activate", f"source {VENV_BIN / 'activate'}")
         for placeholder, value in self.values.items():
             text = text.replace(placeholder, value)

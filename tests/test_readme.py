@@ -274,6 +274,8 @@ def test_harness_changes_only_sizes_ports_and_placeholders(tmp_path):
     ) == "pneumo run experiments/quickstart.yaml train.lr=3e-4 " + " ".join(RUN_SIZES)
     assert mapped("pneumo serve runs:/RUN_ID/model --port 8080") == "pneumo serve runs:/abc123/model --port 41001"
     assert mapped("pneumo serve") == "pneumo serve --port 41000"
+    assert mapped("pneumo serve --host 0.0.0.0") == "pneumo serve --host 127.0.0.1 --port 41000"
+    assert mapped("curl http://HOST:8000/predict").endswith(" http://127.0.0.1:41000/predict")
     assert (
         mapped("curl -F file=@film.jpeg http://127.0.0.1:8000/predict")
         == "curl --silent --show-error --fail-with-body -F file=@film.jpeg http://127.0.0.1:41000/predict"
