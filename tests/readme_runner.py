@@ -13,7 +13,8 @@ The command line that runs is the README's; the harness changes only what this m
 - isolation: HOME is a scratch folder (so ~/.ray/auth_token and ~/.pneumo are the test's own); every
   `pneumo` command starts its Ray under its own RAY_TMPDIR, `ray` commands of one block share one;
   the README's ports (8000, 8080 for Serve, 8265 for the dashboard, 5000 for MLflow) become free
-  ports and `HOST` 127.0.0.1; a server's `--host 0.0.0.0` is 127.0.0.1 (tests use loopback only); `ray start --head` gets free ports for its other services; `source .venv/bin/activate` is
+  ports and `HOST` 127.0.0.1; a server's `--host 0.0.0.0` is 127.0.0.1 (tests use loopback only);
+  `ray start --head` gets free ports for its other services; `source .venv/bin/activate` is
   the project's virtualenv.
 - `ray stop` stops every Ray on a machine, other people's tests included: here it stops only the
   Ray processes of its block (those whose command line names the block's RAY_TMPDIR).
