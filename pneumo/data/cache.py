@@ -114,9 +114,10 @@ def write_cached(decoded: ray.data.Dataset, cache_dir: str, key: str) -> bool:
         (staging / COMPLETE_MARKER).write_text(json.dumps([Path(row["shard"]).name for row in written]))
     except Exception as error:  # OSError here, or Ray's wrapping of the OSError a shard-writing task raised
         shutil.rmtree(staging, ignore_errors=True)
-        reason = next((line for line in reversed(str(error).splitlines()) if line.strip()), type(error).__name__)
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]  # Ray's wrapping is long
+        reason = next((line for line in reversed(lines) if "[Errno" in line), lines[0] if lines else repr(error))
         logger.warning("data.cache_dir=%s: cannot store the decoded images (%s); this run goes on without "
-                       "caching them and left no partial entry", cache_dir, reason.strip())
+                       "caching them and left no partial entry", cache_dir, reason)
         return False
     try:
         staging.rename(entry)
