@@ -70,7 +70,7 @@ def observe_images(loaded, images: np.ndarray, batch: int = 128) -> Observations
 def synthetic_set(
     work: Path, name: str, n: int, seed: int, image_size: int, acquisition: Acquisition, share: float
 ) -> Path:
-    root = work / name.split(" (")[0].replace(" ", "-")
+    root = work / f"{name.split(' (')[0].replace(' ', '-')}-{n}"
     if not root.exists():
         generate_chest_xrays(
             root, n_images=n, image_size=image_size, seed=seed, acquisition=acquisition, pneumonia_share=share
@@ -138,6 +138,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--work", default="bench/data/monitoring", help="where the generated sets go")
     parser.add_argument("--null-windows", type=int, default=100)
     parser.add_argument("--shift-windows", type=int, default=30)
+    parser.add_argument("--fresh", type=int, default=2000, help="films of the fresh in-distribution set")
+    parser.add_argument("--shifted", type=int, default=600, help="films of each shifted set")
     args = parser.parse_args(argv)
     started = time.time()
     from pneumo.cli import init_ray
@@ -161,7 +163,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     methods = ood_methods(profile, train, val, logits_of)
     work = Path(args.work)
-    fresh = synthetic_set(work, "in-distribution", 2000, 101, cfg.data.synth.image_size, Acquisition(), 0.74)
+    fresh = synthetic_set(work, "in-distribution", args.fresh, 101, cfg.data.synth.image_size, Acquisition(), 0.74)
     fresh_images, fresh_labels = decode_folder(fresh, spec)
     fresh_seen = observe_images(loaded, fresh_images)
     test_films = {f"film-{i}": image[0] for i, image in enumerate(fresh_images[:20])}
@@ -195,7 +197,7 @@ def main(argv: list[str] | None = None) -> dict:
     }
     shifted_ood = {}
     for name, (acquisition, share) in SHIFTS.items():
-        root = synthetic_set(work, name, 600, 202, cfg.data.synth.image_size, acquisition, share)
+        root = synthetic_set(work, name, args.shifted, 202, cfg.data.synth.image_size, acquisition, share)
         images, labels = decode_folder(root, spec)
         seen = observe_images(loaded, images)
         drift[name] = drift_rates(profile, seen, args.shift_windows, rng)

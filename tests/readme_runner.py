@@ -69,6 +69,7 @@ BENCH_SIZES = {  # module -> options set (replaced when the README gives them, e
     "bench.overhead_bench": {"--repeats": "1", "--epochs": "1"},
     "bench.data_bench": {"--n": "64", "--full-size-n": "8", "--passes": "2"},
     "bench.serve_bench": {"--duration-s": "1", "--concurrency": "1", "--image-size": "48"},
+    "bench.monitoring_bench": {"--fresh": "250", "--shifted": "250", "--null-windows": "3", "--shift-windows": "2"},
 }
 README_PORTS = (8000, 8080, 8265, 5000)
 SERVER_PROGRAMS = {("pneumo", "serve"): 8000, ("mlflow", "ui"): 5000}  # long-running command -> README port
