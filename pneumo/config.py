@@ -212,7 +212,7 @@ class TuneConfig:
 @dataclass
 class ExportConfig:
     onnx: bool = True  # export model.onnx at registration, checked on val against PyTorch (serve.runtime uses it)
-    probability_tolerance: float = 1e-3  # largest |P(pneumonia) - PyTorch's| on val, any runtime (bf16 OpenVINO ~1e-4)
+    probability_tolerance: float = 1e-3  # largest |P(pneumonia) - PyTorch's| on val, any runtime (OpenVINO runs f32)
     int8: bool = False  # also write model.int8.onnx (static quantization calibrated on training films)
     int8_calibration_films: int = 256  # training films that set the int8 activation ranges
     max_int8_auroc_drop: float = 0.002  # the int8 model is kept only if val AUROC drops at most this much
