@@ -24,7 +24,7 @@ from pneumo.runtimes import (
 )
 
 IMAGE_SIZE = 32
-TOLERANCE = {"torch": 0.0, "onnxruntime": 1e-5, "openvino": 1e-3}  # |P| difference; OpenVINO may compute in bf16
+TOLERANCE = {"torch": 0.0, "onnxruntime": 1e-5, "openvino": 1e-5}  # |P| difference; every runtime computes fp32
 
 
 @pytest.fixture(scope="module")
