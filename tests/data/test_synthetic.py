@@ -6,7 +6,14 @@ import pytest
 from PIL import Image
 
 from pneumo.data.patients import patient_id_from_filename
-from pneumo.data.synthetic import CLASS_NAMES, SPLITS, SYNTHETIC_MARKER, generate_chest_xrays, plan_dataset
+from pneumo.data.synthetic import (
+    CLASS_NAMES,
+    OPACITY_MASKS_DIR,
+    SPLITS,
+    SYNTHETIC_MARKER,
+    generate_chest_xrays,
+    plan_dataset,
+)
 
 N_IMAGES, SIZE, SEED = 400, 64, 0
 
@@ -18,7 +25,12 @@ def generated(tmp_path_factory: pytest.TempPathFactory):
 
 
 def _files(root: Path) -> list[Path]:
-    return sorted(p for p in root.rglob("*") if p.is_file() and p.name != SYNTHETIC_MARKER)
+    """The films: every file but the provenance note and the opacity masks beside them."""
+    return sorted(
+        p
+        for p in root.rglob("*")
+        if p.is_file() and p.name != SYNTHETIC_MARKER and p.relative_to(root).parts[0] != OPACITY_MASKS_DIR
+    )
 
 
 def _split_and_label(root: Path, file: Path) -> tuple[str, str]:
@@ -28,7 +40,7 @@ def _split_and_label(root: Path, file: Path) -> tuple[str, str]:
 
 def test_layout_is_kaggle_with_grayscale_square_jpegs(generated) -> None:
     root = generated.root
-    assert sorted(p.name for p in root.iterdir()) == sorted([*SPLITS, SYNTHETIC_MARKER])
+    assert sorted(p.name for p in root.iterdir()) == sorted([*SPLITS, SYNTHETIC_MARKER, OPACITY_MASKS_DIR])
     assert "Not real patients" in (root / SYNTHETIC_MARKER).read_text()
     for split in SPLITS:
         assert sorted(p.name for p in (root / split).iterdir()) == sorted(CLASS_NAMES)
