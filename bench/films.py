@@ -26,13 +26,14 @@ JPEG_QUALITY = (75, 95)  # range of JPEG quality
 NOISE = (0.008, 0.03)  # detector noise, fraction of full scale (as synthetic.expose_film draws it)
 
 
-def full_size_film(base: np.ndarray, rng: np.random.Generator, bits: int = 8,
-                   side_px: tuple[int, int] = SIDE_PX) -> np.ndarray:
+def full_size_film(
+    base: np.ndarray, rng: np.random.Generator, bits: int = 8, side_px: tuple[int, int] = SIDE_PX
+) -> np.ndarray:
     """A rendered film -> (H, W), each side drawn from `side_px`, with noise, as uint8 or uint16 of `bits` bits."""
     width, height = (int(side) for side in rng.integers(side_px[0], side_px[1] + 1, size=2))
     film = np.asarray(Image.fromarray(base).resize((width, height), Image.BICUBIC), dtype=np.float32) / 255.0
     film += rng.uniform(*NOISE) * rng.standard_normal(film.shape, dtype=np.float32)
-    top = 2 ** bits - 1
+    top = 2**bits - 1
     return (np.clip(film, 0, 1) * top + 0.5).astype(np.uint8 if bits == 8 else np.uint16)
 
 
@@ -62,14 +63,15 @@ def _encoded(base: np.ndarray, kind: str, rng: np.random.Generator) -> tuple[byt
     with and without a window, MONOCHROME2 and MONOCHROME1 (stored inverted)."""
     if kind == "jpeg":
         buffer = io.BytesIO()
-        Image.fromarray(full_size_film(base, rng)).save(buffer, format="JPEG",
-                                                        quality=int(rng.integers(JPEG_QUALITY[0], JPEG_QUALITY[1] + 1)))
+        Image.fromarray(full_size_film(base, rng)).save(
+            buffer, format="JPEG", quality=int(rng.integers(JPEG_QUALITY[0], JPEG_QUALITY[1] + 1))
+        )
         return buffer.getvalue(), ".jpeg"
     bits = int(rng.choice([12, 16]))
     pixels = full_size_film(base, rng, bits)
-    window = {"WindowCenter": 2 ** (bits - 1), "WindowWidth": 2 ** bits * 0.8} if rng.random() < 0.5 else {}
+    window = {"WindowCenter": 2 ** (bits - 1), "WindowWidth": 2**bits * 0.8} if rng.random() < 0.5 else {}
     if rng.random() < 0.5:
-        return dicom_bytes(2 ** bits - 1 - pixels, bits, "MONOCHROME1", **window), ".dcm"
+        return dicom_bytes(2**bits - 1 - pixels, bits, "MONOCHROME1", **window), ".dcm"
     return dicom_bytes(pixels, bits, **window), ".dcm"
 
 

@@ -52,8 +52,12 @@ def main() -> None:
     parser.add_argument("--torch-threads", type=int, default=torch.get_num_threads(), help="intra-op threads")
     parser.add_argument("--runtime", default="torch", choices=RUNTIMES)
     args = parser.parse_args()
-    uvicorn.run(create_app(args.checkpoint, args.runtime, args.torch_threads), host=args.host, port=args.port,
-                log_level="warning")
+    uvicorn.run(
+        create_app(args.checkpoint, args.runtime, args.torch_threads),
+        host=args.host,
+        port=args.port,
+        log_level="warning",
+    )
 
 
 if __name__ == "__main__":

@@ -95,8 +95,9 @@ def drive(url: str, images: Path, levels: list[int], duration_s: float, route: s
     return rows
 
 
-def bench_plain(checkpoint: Path, images: Path, levels: list[int], duration_s: float, torch_threads: int,
-                runtime: str) -> list[dict]:
+def bench_plain(
+    checkpoint: Path, images: Path, levels: list[int], duration_s: float, torch_threads: int, runtime: str
+) -> list[dict]:
     port = free_local_port()
     server = subprocess.Popen(
         [
@@ -122,8 +123,15 @@ def bench_plain(checkpoint: Path, images: Path, levels: list[int], duration_s: f
         server.wait(timeout=30)
 
 
-def bench_runtimes(checkpoint: Path, images: Path, levels: list[int], duration_s: float, args: ServeArgs,
-                   runtimes: list[str], torch_threads: int) -> dict[str, list[dict]]:
+def bench_runtimes(
+    checkpoint: Path,
+    images: Path,
+    levels: list[int],
+    duration_s: float,
+    args: ServeArgs,
+    runtimes: list[str],
+    torch_threads: int,
+) -> dict[str, list[dict]]:
     """Per runtime: the plain server, then the Serve app (serve.runtime=<runtime>) at each level; then
     /explain (prediction + Grad-CAM map) on the last Serve app at EXPLAIN_LEVELS."""
     import ray
@@ -142,8 +150,9 @@ def bench_runtimes(checkpoint: Path, images: Path, levels: list[int], duration_s
             serve.run(build_app(app_args), name="pneumo", route_prefix="/")
             wait_ready(f"http://127.0.0.1:{port}")
             results[f"serve {runtime}"] = drive(f"http://127.0.0.1:{port}", images, levels, duration_s)
-        results["serve /explain"] = drive(f"http://127.0.0.1:{port}", images, EXPLAIN_LEVELS, duration_s,
-                                          route="/explain")
+        results["serve /explain"] = drive(
+            f"http://127.0.0.1:{port}", images, EXPLAIN_LEVELS, duration_s, route="/explain"
+        )
         return results
     finally:
         serve.shutdown()
@@ -153,19 +162,24 @@ def bench_runtimes(checkpoint: Path, images: Path, levels: list[int], duration_s
 def target_ratios(results: dict[str, list[dict]], fast: str) -> dict[str, float]:
     """The issue's targets: Serve (on `fast`) against plain FastAPI + PyTorch fp32 eager, and against
     plain FastAPI on the same runtime."""
+
     def row(server: str, concurrency: int) -> dict:
         return next(r for r in results[server] if r["concurrency"] == concurrency)
 
     serve, levels = f"serve {fast}", [r["concurrency"] for r in results["plain torch"]]
     low, mid, high = min(levels), sorted(levels)[len(levels) // 2], max(levels)
-    return {f"p50 at {low} client, serve {fast} / plain torch (target <= 1.3)":
-            row(serve, low)["p50_ms"] / row("plain torch", low)["p50_ms"],
-            f"req/s at {high} clients, serve {fast} / plain torch (target >= 2)":
-            row(serve, high)["rps"] / row("plain torch", high)["rps"],
-            f"p99 at {high} / p99 at {mid} clients, serve {fast} (target <= 2)":
-            row(serve, high)["p99_ms"] / row(serve, mid)["p99_ms"],
-            f"p50 at {low} client, serve {fast} / plain {fast}": row(serve, low)["p50_ms"] / row(f"plain {fast}", low)["p50_ms"],
-            f"req/s at {high} clients, serve {fast} / plain {fast}": row(serve, high)["rps"] / row(f"plain {fast}", high)["rps"]}
+    return {
+        f"p50 at {low} client, serve {fast} / plain torch (target <= 1.3)": row(serve, low)["p50_ms"]
+        / row("plain torch", low)["p50_ms"],
+        f"req/s at {high} clients, serve {fast} / plain torch (target >= 2)": row(serve, high)["rps"]
+        / row("plain torch", high)["rps"],
+        f"p99 at {high} / p99 at {mid} clients, serve {fast} (target <= 2)": row(serve, high)["p99_ms"]
+        / row(serve, mid)["p99_ms"],
+        f"p50 at {low} client, serve {fast} / plain {fast}": row(serve, low)["p50_ms"]
+        / row(f"plain {fast}", low)["p50_ms"],
+        f"req/s at {high} clients, serve {fast} / plain {fast}": row(serve, high)["rps"]
+        / row(f"plain {fast}", high)["rps"],
+    }
 
 
 def format_table(results: dict[str, list[dict]]) -> str:
@@ -188,8 +202,9 @@ def run(args: argparse.Namespace) -> dict:
         images = write_images(work / "images", n_images=60, image_size=128)
         serve_args = ServeArgs(model_uri=str(checkpoint), config=[str(QUICKSTART)], overrides=args.serve_override)
         torch_threads = load_serving_config(serve_args)[0].torch_threads  # the plain server gets the same
-        results = bench_runtimes(checkpoint, images, args.concurrency, args.duration_s, serve_args, args.runtimes,
-                                 torch_threads)
+        results = bench_runtimes(
+            checkpoint, images, args.concurrency, args.duration_s, serve_args, args.runtimes, torch_threads
+        )
     return {
         "checkpoint": str(args.checkpoint or f"untrained {args.model}"),
         "image_size": args.image_size,
@@ -211,9 +226,13 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=64, help="model input side, px")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--duration-s", type=float, default=10.0, help="measured seconds per level")
-    parser.add_argument("--runtimes", nargs="+", default=["torch", "onnxruntime", "openvino"],
-                        help="serve.runtime values, each benched on both servers; the last is the fast one "
-                             "the targets are computed for")
+    parser.add_argument(
+        "--runtimes",
+        nargs="+",
+        default=["torch", "onnxruntime", "openvino"],
+        help="serve.runtime values, each benched on both servers; the last is the fast one "
+        "the targets are computed for",
+    )
     parser.add_argument(
         "--serve-override",
         nargs="*",

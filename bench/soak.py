@@ -59,8 +59,10 @@ def bad_bodies(jpeg: bytes) -> dict[str, tuple[bytes, dict[str, str]]]:
     bomb = io.BytesIO()
     Image.new("L", (8000, 8000)).save(bomb, format="PNG")  # 64 Mpx in ~60 kB: over serve.max_image_pixels
     boundary = "soakboundary"
-    no_file = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"x.jpeg\"\r\n\r\n"
-               f"123\r\n--{boundary}--\r\n").encode()
+    no_file = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="x.jpeg"\r\n\r\n'
+        f"123\r\n--{boundary}--\r\n"
+    ).encode()
     return {
         "not_an_image": (os.urandom(2048), {"Content-Type": "image/jpeg"}),
         "empty": (b"", {"Content-Type": "image/png"}),
@@ -85,8 +87,17 @@ class Soak:
     memory: list[tuple[float, int]] = field(default_factory=list)  # (s since start, replica RSS bytes)
 
 
-async def _client(session: aiohttp.ClientSession, url: str, good: list[bytes], bad: list[tuple[bytes, dict]],
-                  bad_share: float, start: float, stop: float, rng: random.Random, soak: Soak) -> None:
+async def _client(
+    session: aiohttp.ClientSession,
+    url: str,
+    good: list[bytes],
+    bad: list[tuple[bytes, dict]],
+    bad_share: float,
+    start: float,
+    stop: float,
+    rng: random.Random,
+    soak: Soak,
+) -> None:
     while (now := time.perf_counter()) < stop:
         is_bad = rng.random() < bad_share
         body, headers = rng.choice(bad) if is_bad else (rng.choice(good), {"Content-Type": "image/jpeg"})
@@ -121,16 +132,29 @@ def replica_rss(server_pid: int) -> int:
     return 0
 
 
-async def drive(url: str, good: list[bytes], bad: list[tuple[bytes, dict]], clients: int, bad_share: float,
-                duration_s: float, server_pid: int, timeout_s: float = CLIENT_TIMEOUT_S, seed: int = 0) -> Soak:
+async def drive(
+    url: str,
+    good: list[bytes],
+    bad: list[tuple[bytes, dict]],
+    clients: int,
+    bad_share: float,
+    duration_s: float,
+    server_pid: int,
+    timeout_s: float = CLIENT_TIMEOUT_S,
+    seed: int = 0,
+) -> Soak:
     soak = Soak()
     connector = aiohttp.TCPConnector(limit=clients)
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=timeout_s)) as session:
         start = time.perf_counter()
         stop = start + duration_s
-        await asyncio.gather(_sample_memory(server_pid, start, stop, soak),
-                             *(_client(session, url, good, bad, bad_share, start, stop, random.Random(seed + i), soak)
-                               for i in range(clients)))
+        await asyncio.gather(
+            _sample_memory(server_pid, start, stop, soak),
+            *(
+                _client(session, url, good, bad, bad_share, start, stop, random.Random(seed + i), soak)
+                for i in range(clients)
+            ),
+        )
     return soak
 
 
@@ -141,10 +165,15 @@ def summarize(soak: Soak, duration_s: float, bucket_s: float = BUCKET_S, timeout
     for index in range(max(1, int(np.ceil(duration_s / bucket_s)))):
         inside = [r for r in soak.records if index * bucket_s <= r.sent_s < (index + 1) * bucket_s]
         good_ms = np.array([r.latency_s for r in inside if not r.bad and r.status == 200]) * 1000
-        minutes.append({"minute": index + 1, "requests": len(inside),
-                        "statuses": dict(Counter(str(r.status) for r in inside)),
-                        "p50_ms": round(float(np.percentile(good_ms, 50)), 1) if len(good_ms) else None,
-                        "p99_ms": round(float(np.percentile(good_ms, 99)), 1) if len(good_ms) else None})
+        minutes.append(
+            {
+                "minute": index + 1,
+                "requests": len(inside),
+                "statuses": dict(Counter(str(r.status) for r in inside)),
+                "p50_ms": round(float(np.percentile(good_ms, 50)), 1) if len(good_ms) else None,
+                "p99_ms": round(float(np.percentile(good_ms, 99)), 1) if len(good_ms) else None,
+            }
+        )
     warm = [rss for s, rss in soak.memory if s >= min(bucket_s, duration_s / 2)]
     after_warmup, at_end = (warm[0], warm[-1]) if warm else (0, 0)
     growth = (at_end - after_warmup) / after_warmup if after_warmup else None
@@ -152,13 +181,20 @@ def summarize(soak: Soak, duration_s: float, bucket_s: float = BUCKET_S, timeout
     bad_answers = Counter(str(r.status) for r in soak.records if r.bad)
     second, last = (minutes[1]["p99_ms"], minutes[-1]["p99_ms"]) if len(minutes) > 2 else (None, None)
     return {
-        "requests": len(soak.records), "statuses": dict(statuses), "bad_body_statuses": dict(bad_answers),
+        "requests": len(soak.records),
+        "statuses": dict(statuses),
+        "bad_body_statuses": dict(bad_answers),
         "longest_s": round(max((r.latency_s for r in soak.records), default=0), 2),
-        "unanswered": {"refused_or_reset": sum(r.status == 0 and r.latency_s < timeout_s for r in soak.records),
-                       "timed_out": sum(r.status == 0 and r.latency_s >= timeout_s for r in soak.records)},
+        "unanswered": {
+            "refused_or_reset": sum(r.status == 0 and r.latency_s < timeout_s for r in soak.records),
+            "timed_out": sum(r.status == 0 and r.latency_s >= timeout_s for r in soak.records),
+        },
         "minutes": minutes,
-        "replica_rss_mb": {"after_warmup": round(after_warmup / 2**20, 1), "end": round(at_end / 2**20, 1),
-                           "growth": round(growth, 4) if growth is not None else None},
+        "replica_rss_mb": {
+            "after_warmup": round(after_warmup / 2**20, 1),
+            "end": round(at_end / 2**20, 1),
+            "growth": round(growth, 4) if growth is not None else None,
+        },
         "holds": {
             "no_5xx_but_503": not server_errors,
             "every_request_answered": "0" not in statuses,
@@ -186,9 +222,14 @@ def start_server(checkpoint: Path, port: int, workdir: Path) -> tuple[subprocess
     """`pneumo serve` in its own session and Ray (own RAY_TMPDIR), so stopping it stops only its processes."""
     env = {**os.environ, "RAY_TMPDIR": tempfile.mkdtemp(prefix="soakray", dir="/tmp")}
     env.pop("RAY_ADDRESS", None)
-    server = subprocess.Popen([sys.executable, "-m", "pneumo.cli", "serve", str(checkpoint), "--port", str(port)],
-                              cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              start_new_session=True)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "pneumo.cli", "serve", str(checkpoint), "--port", str(port)],
+        cwd=workdir,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     return server, env["RAY_TMPDIR"]
 
 
@@ -217,8 +258,14 @@ def run(duration_s: float, clients: int, bad_share: float, model: str, image_siz
             soak = asyncio.run(drive(f"{url}/predict", good, bad, clients, bad_share, duration_s, server.pid))
         finally:
             stop_server(server, ray_tmpdir)
-    return {"duration_s": duration_s, "clients": clients, "bad_share": bad_share, "model": model,
-            "image_size": image_size, **summarize(soak, duration_s)}
+    return {
+        "duration_s": duration_s,
+        "clients": clients,
+        "bad_share": bad_share,
+        "model": model,
+        "image_size": image_size,
+        **summarize(soak, duration_s),
+    }
 
 
 def main() -> None:

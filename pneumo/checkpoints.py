@@ -66,8 +66,9 @@ class LoadedModel:
     profile_arrays: dict[str, np.ndarray] | None = None  # PROFILE_FILE's arrays; None for older models
 
 
-def save_checkpoint(directory: str | Path, model: torch.nn.Module, meta: CheckpointMeta,
-                    train_state: dict[str, Any] | None = None) -> Path:
+def save_checkpoint(
+    directory: str | Path, model: torch.nn.Module, meta: CheckpointMeta, train_state: dict[str, Any] | None = None
+) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in unwrap(model).state_dict().items()}
@@ -115,8 +116,9 @@ def load_checkpoint(directory: str | Path) -> LoadedModel:
         model.load_state_dict(load_file(weights))
     except (SafetensorError, RuntimeError, OSError) as error:  # truncated, not safetensors, wrong tensors
         raise CheckpointError(f"{weights} is corrupted: {error}") from None
-    return LoadedModel(model=model.eval(), meta=meta, directory=Path(directory),
-                       profile_arrays=read_profile_arrays(directory))
+    return LoadedModel(
+        model=model.eval(), meta=meta, directory=Path(directory), profile_arrays=read_profile_arrays(directory)
+    )
 
 
 def write_profile_arrays(directory: str | Path, arrays: dict[str, np.ndarray]) -> None:

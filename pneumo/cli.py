@@ -87,8 +87,13 @@ def init_ray() -> Optional[str]:
     import ray
 
     extra = {"dashboard_host": "127.0.0.1", "dashboard_port": dashboard_port} if dashboard_port else {}
-    context = ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=True, logging_level=logging.WARNING,
-                       runtime_env=runtime_env, **extra)
+    context = ray.init(
+        address=os.environ.get("RAY_ADDRESS"),
+        log_to_driver=True,
+        logging_level=logging.WARNING,
+        runtime_env=runtime_env,
+        **extra,
+    )
     data_context = ray.data.DataContext.get_current()
     data_context.execution_options.preserve_order = True  # same seed, same batches
     data_context.enable_progress_bars = sys.stderr.isatty()
@@ -122,19 +127,25 @@ def cmd_run(args: argparse.Namespace) -> None:
         progress.note(describe_storage(cfg))
         dashboard = init_ray()
         if dashboard:
-            progress.note(f"dashboard:    {dashboard}  (training runs, workers, logs; login token: `ray get-auth-token`)")
+            progress.note(
+                f"dashboard:    {dashboard}  (training runs, workers, logs; login token: `ray get-auth-token`)"
+            )
         from pneumo.experiment import run_experiment
         from pneumo.tracking import resolve_tracking_uri
 
         outcome = run_experiment(cfg, resume=args.resume, progress=progress)
         uri = resolve_tracking_uri(cfg.mlflow)
-        progress.note(f"\nresults:      {outcome.results_path}\nbest model:   {outcome.model_dir}\n"
-                      f"mlflow run:   {outcome.mlflow_run_id}  (mlflow ui --backend-store-uri {uri})")
+        progress.note(
+            f"\nresults:      {outcome.results_path}\nbest model:   {outcome.model_dir}\n"
+            f"mlflow run:   {outcome.mlflow_run_id}  (mlflow ui --backend-store-uri {uri})"
+        )
         if outcome.model_version is not None:
             name = cfg.mlflow.registered_model_name
-            progress.note(f"registered:   models:/{name}/{outcome.model_version.version} "
-                          f"aliases {list(outcome.model_version.aliases)}\n"
-                          f"serve it:     pneumo serve models:/{name}@champion")
+            progress.note(
+                f"registered:   models:/{name}/{outcome.model_version.version} "
+                f"aliases {list(outcome.model_version.aliases)}\n"
+                f"serve it:     pneumo serve models:/{name}@champion"
+            )
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
@@ -151,12 +162,15 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from pneumo.evaluation.metrics import format_metrics_table
     from pneumo.evaluation.run import evaluate_model
 
-    outcome = evaluate_model(args.model, cfg, args.split, durable_path(args.out) if args.out else None,
-                             args.runtime, args.int8)
+    outcome = evaluate_model(
+        args.model, cfg, args.split, durable_path(args.out) if args.out else None, args.runtime, args.int8
+    )
     print(format_metrics_table(outcome.evaluation.metrics, outcome.evaluation.intervals, title=args.split))
     if outcome.ood is not None:
-        print(f"out of distribution: {outcome.ood['ood_refused_count']} {args.split} films ({outcome.ood['ood_refused']:.1%}) "
-              f"beyond the gate's cut-off {outcome.ood['ood_cutoff']:.3g} (serve.ood_policy reject would refuse them)")
+        print(
+            f"out of distribution: {outcome.ood['ood_refused_count']} {args.split} films ({outcome.ood['ood_refused']:.1%}) "
+            f"beyond the gate's cut-off {outcome.ood['ood_cutoff']:.3g} (serve.ood_policy reject would refuse them)"
+        )
     if outcome.localization is not None:
         print(outcome.localization.summary())
     print(f"\nmlflow run:   {outcome.mlflow_run_id}\nreport:       {outcome.report_path}")
@@ -187,11 +201,23 @@ def cmd_config_show(args: argparse.Namespace) -> None:
 def cmd_data_synth(args: argparse.Namespace) -> None:
     from pneumo.data.synthetic import Acquisition, generate_chest_xrays
 
-    acquisition = Acquisition(exposure=args.exposure, noise=args.noise, blur_px=args.blur, resolution=args.resolution,
-                              portable=args.portable, inverted=args.inverted)
-    summary = generate_chest_xrays(args.out, n_images=args.n, image_size=args.size, seed=args.seed,
-                                   label_noise=args.label_noise, acquisition=acquisition,
-                                   pneumonia_share=args.prevalence)
+    acquisition = Acquisition(
+        exposure=args.exposure,
+        noise=args.noise,
+        blur_px=args.blur,
+        resolution=args.resolution,
+        portable=args.portable,
+        inverted=args.inverted,
+    )
+    summary = generate_chest_xrays(
+        args.out,
+        n_images=args.n,
+        image_size=args.size,
+        seed=args.seed,
+        label_noise=args.label_noise,
+        acquisition=acquisition,
+        pneumonia_share=args.prevalence,
+    )
     for split, per_class in summary.counts.items():
         print(f"{split:<6} " + "  ".join(f"{name} {n}" for name, n in per_class.items()))
     print(f"{summary.n_patients} patients, label noise {summary.label_noise:.1%}, written to {summary.root}")
@@ -243,8 +269,10 @@ def cmd_serve(args: argparse.Namespace) -> None:
     init_ray()
     serve.start(http_options={"host": host, "port": port})
     url = f"http://{host}:{port}"
-    print(f"serving {model_uri} at {url} (docs {url}/docs, ready once {url}/readyz answers 200)\n"
-          f"  curl -F file=@film.jpeg {url}/predict")
+    print(
+        f"serving {model_uri} at {url} (docs {url}/docs, ready once {url}/readyz answers 200)\n"
+        f"  curl -F file=@film.jpeg {url}/predict"
+    )
     serve_until_signalled(app, "pneumo", serve_cfg.drain_timeout_s)  # SIGTERM or Ctrl-C: drain, then return
     if not os.environ.get("RAY_ADDRESS"):  # the Ray started here goes with it; a cluster's stays up
         serve.shutdown()
@@ -259,30 +287,49 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="train (or search), evaluate and register one experiment")
     run.add_argument("config", nargs="+", help="experiment YAML(s), then key=value overrides")
     run.add_argument("--resume", action="store_true", help="continue the last unfinished run of this experiment")
-    run.add_argument("--verbose", action="store_true", help="show Ray's own output here instead of only in the "
-                                                            "run's log file")
+    run.add_argument(
+        "--verbose", action="store_true", help="show Ray's own output here instead of only in the run's log file"
+    )
     run.set_defaults(handler=cmd_run)
-    evaluate = commands.add_parser("eval", help="score a model on a dataset: metrics with intervals, pictures, "
-                                                "report.html, an MLflow run")
-    evaluate.add_argument("model", help="checkpoint folder, models:/NAME@alias, models:/NAME/VERSION or runs:/RUN_ID/model")
+    evaluate = commands.add_parser(
+        "eval", help="score a model on a dataset: metrics with intervals, pictures, report.html, an MLflow run"
+    )
+    evaluate.add_argument(
+        "model", help="checkpoint folder, models:/NAME@alias, models:/NAME/VERSION or runs:/RUN_ID/model"
+    )
     evaluate.add_argument("data", help="dataset path (data.path), e.g. a Kaggle-layout chest_xray folder")
     evaluate.add_argument("--split", default="test", choices=("train", "val", "test"), help="split to score")
-    evaluate.add_argument("--config", nargs="+", default=[],
-                          help="experiment YAML(s) for the data/eval/mlflow settings, then key=value overrides")
+    evaluate.add_argument(
+        "--config",
+        nargs="+",
+        default=[],
+        help="experiment YAML(s) for the data/eval/mlflow settings, then key=value overrides",
+    )
     evaluate.add_argument("--out", help="report folder (default reports/<model>-<version>-<split>-<time>)")
-    evaluate.add_argument("--runtime", default="torch", choices=("torch", "onnxruntime", "openvino", "auto"),
-                          help="score with this runtime, as serve.runtime would serve it (default torch)")
+    evaluate.add_argument(
+        "--runtime",
+        default="torch",
+        choices=("torch", "onnxruntime", "openvino", "auto"),
+        help="score with this runtime, as serve.runtime would serve it (default torch)",
+    )
     evaluate.add_argument("--int8", action="store_true", help="score the model's int8 export (export.int8)")
     evaluate.set_defaults(handler=cmd_eval)
-    monitor = commands.add_parser("monitor", help="compare a dataset with a model's reference profile: drift, "
-                                                  "out-of-distribution films, report.html, an MLflow run")
-    monitor.add_argument("model", help="checkpoint folder, models:/NAME@alias, models:/NAME/VERSION or runs:/RUN_ID/model")
+    monitor = commands.add_parser(
+        "monitor",
+        help="compare a dataset with a model's reference profile: drift, "
+        "out-of-distribution films, report.html, an MLflow run",
+    )
+    monitor.add_argument(
+        "model", help="checkpoint folder, models:/NAME@alias, models:/NAME/VERSION or runs:/RUN_ID/model"
+    )
     monitor.add_argument("data", help="dataset path (data.path): a new hospital's folder, a manifest, an .npz")
     monitor.add_argument("--split", default="all", choices=("all", "train", "val", "test"), help="films to compare")
     monitor.add_argument("--config", nargs="+", default=[], help="experiment YAML(s), then key=value overrides")
     monitor.add_argument("--out", help="report folder (default reports/monitor-<model>-<version>-<time>)")
     monitor.set_defaults(handler=cmd_monitor)
-    config = commands.add_parser("config", help="inspect experiment configs").add_subparsers(dest="action", required=True)
+    config = commands.add_parser("config", help="inspect experiment configs").add_subparsers(
+        dest="action", required=True
+    )
     show = config.add_parser("show", help="print the resolved config")
     show.add_argument("config", nargs="+")
     show.set_defaults(handler=cmd_config_show)
@@ -292,27 +339,34 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--n", type=int, default=SynthConfig.n_images, help="number of images")
     synth.add_argument("--size", type=int, default=SynthConfig.image_size, help="image side, px")
     synth.add_argument("--seed", type=int, default=SynthConfig.seed)
-    synth.add_argument("--label-noise", type=float, default=SynthConfig.label_noise,
-                       help="fraction of flipped folder labels")
+    synth.add_argument(
+        "--label-noise", type=float, default=SynthConfig.label_noise, help="fraction of flipped folder labels"
+    )
     shift = synth.add_argument_group("another hospital (monitoring tests; defaults: the usual set)")
     shift.add_argument("--exposure", type=float, default=0.0, help="brightness offset on the 0..1 scale, e.g. -0.2")
     shift.add_argument("--noise", type=float, default=0.0, help="extra noise standard deviation, e.g. 0.08")
     shift.add_argument("--blur", type=float, default=0.0, help="extra blur sigma in px of a 128 px film, e.g. 2")
     shift.add_argument("--resolution", type=float, default=1.0, help="detector resolution share, e.g. 0.25")
-    shift.add_argument("--portable", action="store_true", help="AP portable look (large heart, shallow breath, "
-                                                               "collimated edges)")
+    shift.add_argument(
+        "--portable", action="store_true", help="AP portable look (large heart, shallow breath, collimated edges)"
+    )
     shift.add_argument("--inverted", action="store_true", help="inverted polarity")
     shift.add_argument("--prevalence", type=float, default=0.74, help="share of pneumonia films (0.05-0.95)")
     synth.set_defaults(handler=cmd_data_synth)
-    inspect = data.add_parser("inspect", help="counts, sizes, unreadable files and leakage between splits "
-                                              "(exit status 1 on leakage)")
+    inspect = data.add_parser(
+        "inspect", help="counts, sizes, unreadable files and leakage between splits (exit status 1 on leakage)"
+    )
     inspect.add_argument("path", help="Kaggle-layout folder, MedMNIST .npz or CSV/Parquet manifest")
     inspect.add_argument("--format", default="auto", choices=("auto", "folder", "npz", "manifest"))
     inspect.set_defaults(handler=cmd_data_inspect)
     serve_cmd = commands.add_parser("serve", help="serve a model over HTTP with Ray Serve (POST /predict)")
-    serve_cmd.add_argument("model", nargs="?", help="checkpoint folder, models:/NAME@alias, models:/NAME/VERSION or "
-                                                    "runs:/RUN_ID/model (default: $PNEUMO_MODEL_URI, serve.model_uri, "
-                                                    "models:/<registered_model_name>@champion)")
+    serve_cmd.add_argument(
+        "model",
+        nargs="?",
+        help="checkpoint folder, models:/NAME@alias, models:/NAME/VERSION or "
+        "runs:/RUN_ID/model (default: $PNEUMO_MODEL_URI, serve.model_uri, "
+        "models:/<registered_model_name>@champion)",
+    )
     serve_cmd.add_argument("--config", nargs="+", default=[], help="experiment YAML(s), then key=value overrides")
     serve_cmd.add_argument("--host", help="bind address (default serve.host: 127.0.0.1, this machine only)")
     serve_cmd.add_argument("--port", type=int, help="HTTP port (default serve.port: 8000)")
@@ -331,8 +385,14 @@ def user_errors() -> dict[type[Exception], str]:
     from pneumo.data.folder import DatasetLayoutError
     from pneumo.data.transforms import ImageDecodeError
 
-    return {ConfigError: "config error", DatasetLayoutError: "data error", BadImageError: "data error",
-            ImageDecodeError: "image error", CheckpointError: "model error", MlflowException: "MLflow error"}
+    return {
+        ConfigError: "config error",
+        DatasetLayoutError: "data error",
+        BadImageError: "data error",
+        ImageDecodeError: "image error",
+        CheckpointError: "model error",
+        MlflowException: "MLflow error",
+    }
 
 
 def main(argv: Optional[list[str]] = None) -> None:

@@ -35,8 +35,10 @@ def alive_nodes() -> list[dict]:
 def nodes_missing(path: str) -> list[str]:
     """Addresses of the alive nodes on which `path` does not exist."""
     nodes = alive_nodes()
-    probes = [_exists.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False))
-              .remote(path) for node in nodes]
+    probes = [
+        _exists.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)).remote(path)
+        for node in nodes
+    ]
     return [node["NodeManagerAddress"] for node, seen in zip(nodes, ray.get(probes)) if not seen]
 
 
@@ -55,8 +57,10 @@ def check_shared_paths(cfg: ExperimentConfig) -> None:
         finally:
             marker.unlink(missing_ok=True)
         if missing:
-            raise ConfigError(f"scaling.storage_path={storage} is node-local disk: nodes {', '.join(missing)} "
-                              f"cannot see it, and checkpoints must be readable from any node; {SHARED_STORAGE_HINT}")
+            raise ConfigError(
+                f"scaling.storage_path={storage} is node-local disk: nodes {', '.join(missing)} "
+                f"cannot see it, and checkpoints must be readable from any node; {SHARED_STORAGE_HINT}"
+            )
     data = cfg.data.path
     if not is_uri(data):
         missing = nodes_missing(str(Path(data).resolve()))
@@ -66,5 +70,7 @@ def check_shared_paths(cfg: ExperimentConfig) -> None:
     if tracking.startswith("sqlite:///"):  # the Train controller and Tune trials log from any node
         missing = nodes_missing(tracking.removeprefix("sqlite:///"))
         if missing:
-            raise ConfigError(f"mlflow.tracking_uri={tracking} is a file nodes {', '.join(missing)} cannot reach; "
-                              "run `mlflow server` on the head and set mlflow.tracking_uri=http://<head-ip>:5000")
+            raise ConfigError(
+                f"mlflow.tracking_uri={tracking} is a file nodes {', '.join(missing)} cannot reach; "
+                "run `mlflow server` on the head and set mlflow.tracking_uri=http://<head-ip>:5000"
+            )

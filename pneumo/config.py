@@ -70,7 +70,9 @@ class DataConfig:
     resplit_val: bool = True  # rebuild val from train+val by patient (Kaggle's val has 16 images)
     val_fraction: float = 0.1  # share of train+val patients moved to val when resplit_val
     split_seed: int = 0  # seed of the patient-grouped split
-    split_fractions: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])  # train/val/test, manifests without split
+    split_fractions: list[float] = field(
+        default_factory=lambda: [0.8, 0.1, 0.1]
+    )  # train/val/test, manifests without split
     cache_dir: Optional[str] = None  # decoded images kept here across runs, keyed by files and preprocessing
     on_bad_file: str = "skip"  # skip: drop and count unreadable images; error: stop the run
     image_size: Optional[int] = None  # input side in px; None takes the model's default
@@ -79,8 +81,10 @@ class DataConfig:
     def __post_init__(self) -> None:
         _check_choice("data.format", self.format, ("auto", "folder", "npz", "manifest"))
         if len(self.split_fractions) != 3 or min(self.split_fractions) < 0 or abs(sum(self.split_fractions) - 1) > 1e-6:
-            raise ConfigError(f"data.split_fractions={list(self.split_fractions)} must be three shares "
-                              "(train, val, test) that sum to 1")
+            raise ConfigError(
+                f"data.split_fractions={list(self.split_fractions)} must be three shares "
+                "(train, val, test) that sum to 1"
+            )
         _check_choice("data.on_bad_file", self.on_bad_file, ("skip", "error"))
         _check_range("data.val_fraction", self.val_fraction, 0.01, 0.9)
 
@@ -106,7 +110,9 @@ class TrainConfig:
     grad_clip_norm: float = 1.0  # max global gradient norm; 0 disables clipping
     class_weighting: str = "balanced"  # balanced: weight positives by negatives/positives; none
     seed: int = 0  # seeds weights, augmentation and batch order
-    precision: str = "auto"  # fp32 | bf16 | fp16 (with loss scaling) | auto (bf16 autocast where the GPU/CPU has native bf16)
+    precision: str = (
+        "auto"  # fp32 | bf16 | fp16 (with loss scaling) | auto (bf16 autocast where the GPU/CPU has native bf16)
+    )
     channels_last: bool = True  # NHWC activations: faster convolutions on CPUs (oneDNN) and GPUs
     compile: bool = False  # torch.compile the model: ~1 min of compiling; slower on the 2-core CPUs measured
     checkpoints_to_keep: int = 2  # best checkpoints kept by tune.metric (val_auroc by default)
@@ -135,13 +141,16 @@ class ResourcesConfig:
     storage_path: str = "results"  # checkpoints and Ray results; shared storage (s3://…) on clusters
     max_failures: int = 0  # restarts from the latest checkpoint after a worker or node dies; -1: unlimited
     placement_strategy: str = "PACK"  # PACK: fill a node first | SPREAD: workers on different nodes
-    worker_env: dict[str, str] = field(default_factory=lambda: {"GLIBC_TUNABLES": TRAINING_MALLOC})  # training workers' env
+    worker_env: dict[str, str] = field(
+        default_factory=lambda: {"GLIBC_TUNABLES": TRAINING_MALLOC}
+    )  # training workers' env
 
     def __post_init__(self) -> None:
         if self.num_workers < 1:
             raise ConfigError("scaling.num_workers must be >= 1")
-        _check_choice("scaling.placement_strategy", self.placement_strategy,
-                      ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"))
+        _check_choice(
+            "scaling.placement_strategy", self.placement_strategy, ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
+        )
         if self.cpus_per_worker <= 0:
             raise ConfigError("scaling.cpus_per_worker must be > 0 (fractions such as 0.45 are fine)")
 
@@ -180,7 +189,9 @@ class MlflowConfig:
     champion_metric: str = "test_auroc"  # a new version takes `champion` only if it beats this
     champion_mode: str = "max"  # max: a higher champion_metric is better | min (for a loss)
     register: bool = True  # register the evaluated best checkpoint in the model registry
-    system_metrics_interval_s: float = 10.0  # seconds between samples of CPU/memory/GPU use (system/*) per training run; 0: off
+    system_metrics_interval_s: float = (
+        10.0  # seconds between samples of CPU/memory/GPU use (system/*) per training run; 0: off
+    )
 
     def __post_init__(self) -> None:
         _check_choice("mlflow.champion_mode", self.champion_mode, MODES)
@@ -267,8 +278,9 @@ class ServeConfig:
             raise ConfigError("serve.traffic and serve.shadow need serve.challenger (a registry alias)")
         _check_choice("serve.ood_policy", self.ood_policy, ("reject", "flag", "off"))
         if not 10 <= self.drift_min_inputs <= self.drift_window or self.drift_interval_s <= 0:
-            raise ConfigError("serve.drift_min_inputs must be between 10 and serve.drift_window, "
-                              "serve.drift_interval_s > 0")
+            raise ConfigError(
+                "serve.drift_min_inputs must be between 10 and serve.drift_window, serve.drift_interval_s > 0"
+            )
 
 
 @dataclass

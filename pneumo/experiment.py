@@ -51,8 +51,15 @@ class ExperimentOutcome:
     report_path: Optional[str] = None  # report.html, when eval.report
 
 
-def finalize(cfg: ExperimentConfig, data: PreparedData, client: MlflowClient, run_id: str,
-             checkpoint_dir: str, results_path: str, progress: RunProgress) -> ExperimentOutcome:
+def finalize(
+    cfg: ExperimentConfig,
+    data: PreparedData,
+    client: MlflowClient,
+    run_id: str,
+    checkpoint_dir: str,
+    results_path: str,
+    progress: RunProgress,
+) -> ExperimentOutcome:
     """Evaluate the best checkpoint, log test metrics, register the model, write the report, print the summary."""
     model_dir = Path(results_path) / "best_model"
     if data.assigned_split:
@@ -63,27 +70,42 @@ def finalize(cfg: ExperimentConfig, data: PreparedData, client: MlflowClient, ru
     test_metrics = evaluation.metrics
     explained = load_checkpoint(model_dir)  # Grad-CAM maps in the report; localization on a synthetic set
     localization = localize_split(explained, data, "test", cfg.data.path)
-    log_metrics(client, run_id, {**evaluation.logged_metrics(), **(localization.metrics() if localization else {})},
-                prefix="test_")
+    log_metrics(
+        client,
+        run_id,
+        {**evaluation.logged_metrics(), **(localization.metrics() if localization else {})},
+        prefix="test_",
+    )
     client.log_artifacts(run_id, str(model_dir), "best_checkpoint")
     version = None
     if cfg.mlflow.register:
-        version = register_checkpoint(client, cfg, run_id, model_dir, {f"test_{k}": v for k, v in test_metrics.items()},
-                                      data.fingerprint)
+        version = register_checkpoint(
+            client, cfg, run_id, model_dir, {f"test_{k}": v for k, v in test_metrics.items()}, data.fingerprint
+        )
     report = None
     if cfg.eval.report:
         history = metric_history(client, training_run_for(client, run_id))
-        report = write_evaluation_report(evaluation, cfg, data, "test",
-                                         training_model_rows(cfg, run_id, model_dir, evaluation, version), history,
-                                         Path(results_path) / "report", explain=explained, localization=localization)
+        report = write_evaluation_report(
+            evaluation,
+            cfg,
+            data,
+            "test",
+            training_model_rows(cfg, run_id, model_dir, evaluation, version),
+            history,
+            Path(results_path) / "report",
+            explain=explained,
+            localization=localization,
+        )
         client.log_artifacts(run_id, str(report.parent), "report")
     progress.note(format_metrics_table(test_metrics, evaluation.intervals))
-    return ExperimentOutcome(run_id, str(model_dir), test_metrics, results_path, version,
-                             str(report) if report else None)
+    return ExperimentOutcome(
+        run_id, str(model_dir), test_metrics, results_path, version, str(report) if report else None
+    )
 
 
-def run_experiment(cfg: ExperimentConfig, resume: bool = False, progress: Optional[RunProgress] = None
-                   ) -> ExperimentOutcome:
+def run_experiment(
+    cfg: ExperimentConfig, resume: bool = False, progress: Optional[RunProgress] = None
+) -> ExperimentOutcome:
     """Train once, or search when tune.num_samples > 0; then evaluate and register the best model.
     `progress` shows the run (default: plain lines on stdout)."""
     progress = progress or RunProgress.plain(cfg.tune.metric, cfg.tune.mode, cfg.train.epochs)

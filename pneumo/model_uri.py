@@ -30,22 +30,29 @@ MLFLOW_SCHEMES = ("models:/", "runs:/")
 NOT_METRIC_TAGS = {TAG_CONFIG, TAG_DATA_FINGERPRINT, TAG_EXPERIMENT}  # registry tags that are not metrics
 
 
-def resolve_model_uri(explicit: Optional[str], serve_cfg: ServeConfig, mlflow_cfg: MlflowConfig,
-                      environ: Mapping[str, str] = os.environ) -> str:
+def resolve_model_uri(
+    explicit: Optional[str], serve_cfg: ServeConfig, mlflow_cfg: MlflowConfig, environ: Mapping[str, str] = os.environ
+) -> str:
     """explicit > $PNEUMO_MODEL_URI > serve.model_uri > models:/<mlflow.registered_model_name>@champion.
 
     `models:/…` and `runs:/…` stay URIs; anything else is a checkpoint folder, returned absolute.
     """
-    uri = (explicit or environ.get(MODEL_URI_ENV) or serve_cfg.model_uri
-           or f"models:/{mlflow_cfg.registered_model_name}@{CHAMPION}")
+    uri = (
+        explicit
+        or environ.get(MODEL_URI_ENV)
+        or serve_cfg.model_uri
+        or f"models:/{mlflow_cfg.registered_model_name}@{CHAMPION}"
+    )
     if uri.startswith(MLFLOW_SCHEMES):
         return uri
     if is_uri(uri):
         raise ConfigError(f"model {uri!r}: only models:/…, runs:/… or a local checkpoint folder can be served")
     folder = Path(uri).expanduser().resolve()
     if not folder.is_dir():
-        raise ConfigError(f"model {uri!r}: no such checkpoint folder (give a folder with pneumo.json and "
-                          f"model.safetensors, models:/NAME@alias, models:/NAME/VERSION or runs:/RUN_ID/model)")
+        raise ConfigError(
+            f"model {uri!r}: no such checkpoint folder (give a folder with pneumo.json and "
+            f"model.safetensors, models:/NAME@alias, models:/NAME/VERSION or runs:/RUN_ID/model)"
+        )
     return str(folder)
 
 
@@ -59,9 +66,17 @@ class FetchedModel:
 
     def describe(self) -> dict[str, Any]:
         meta = self.loaded.meta
-        return {"name": self.name, "version": self.version, "uri": self.uri, "architecture": meta.model["name"],
-                "metrics": self.metrics, "preprocessing": meta.preprocessing_spec.to_dict(),
-                "decision_threshold": meta.decision_threshold, "temperature": meta.temperature, "logit_bias": meta.logit_bias}
+        return {
+            "name": self.name,
+            "version": self.version,
+            "uri": self.uri,
+            "architecture": meta.model["name"],
+            "metrics": self.metrics,
+            "preprocessing": meta.preprocessing_spec.to_dict(),
+            "decision_threshold": meta.decision_threshold,
+            "temperature": meta.temperature,
+            "logit_bias": meta.logit_bias,
+        }
 
 
 def _numeric_tags(tags: dict[str, str]) -> dict[str, float]:
@@ -85,8 +100,9 @@ def _registry_version(client: MlflowClient, uri: str):
     name, alias = reference.split("@", 1)
     aliases = client.get_registered_model(name).aliases
     if alias not in aliases:  # MLflow calls this an invalid parameter; here it means "not promoted yet"
-        raise MlflowException(f"registered model {name!r} has no @{alias} version yet",
-                              error_code=RESOURCE_DOES_NOT_EXIST)
+        raise MlflowException(
+            f"registered model {name!r} has no @{alias} version yet", error_code=RESOURCE_DOES_NOT_EXIST
+        )
     return client.get_model_version(name, aliases[alias])
 
 

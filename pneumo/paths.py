@@ -25,8 +25,10 @@ HOME_ENV = "PNEUMO_HOME"  # durable root for relative paths when the working dir
 DEFAULT_HOME = "~/.pneumo"
 DEFAULT_DB = "mlflow.db"  # the sqlite store when neither mlflow.tracking_uri nor $MLFLOW_TRACKING_URI is set
 SQLITE = "sqlite:///"
-SET_THESE = ("mlflow.tracking_uri=<sqlite:////abs/path/mlflow.db or http://mlflow-host:5000> and "
-             "scaling.storage_path=<absolute path or s3://bucket/prefix>")
+SET_THESE = (
+    "mlflow.tracking_uri=<sqlite:////abs/path/mlflow.db or http://mlflow-host:5000> and "
+    "scaling.storage_path=<absolute path or s3://bucket/prefix>"
+)
 
 # Path parts that mark a folder some runtime deletes on its own: Ray's unpacked runtime-env packages
 # (working_dir, py_modules) and its per-session folders.
@@ -73,10 +75,14 @@ def pneumo_home() -> Path:
     try:
         home.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise ConfigError(f"{HOME_ENV}={home} cannot be created ({error.strerror}); the working directory "
-                          f"{temporary_reason()}: point {HOME_ENV} at a writable folder or set {SET_THESE}") from None
+        raise ConfigError(
+            f"{HOME_ENV}={home} cannot be created ({error.strerror}); the working directory "
+            f"{temporary_reason()}: point {HOME_ENV} at a writable folder or set {SET_THESE}"
+        ) from None
     if not os.access(home, os.W_OK):
-        raise ConfigError(f"{HOME_ENV}={home} is not writable; point {HOME_ENV} at a writable folder or set {SET_THESE}")
+        raise ConfigError(
+            f"{HOME_ENV}={home} is not writable; point {HOME_ENV} at a writable folder or set {SET_THESE}"
+        )
     return home
 
 
@@ -113,8 +119,11 @@ def durable_data_path(location: str, synthesize: bool) -> str:
 def anchor_paths(cfg: ExperimentConfig) -> ExperimentConfig:
     """A copy of `cfg` whose storage paths are absolute and durable, so every Ray process (whatever its
     working directory) writes to the same lasting place."""
-    data = dataclasses.replace(cfg.data, path=durable_data_path(cfg.data.path, cfg.data.synthesize_if_missing),
-                               cache_dir=durable_path(cfg.data.cache_dir) if cfg.data.cache_dir else None)
+    data = dataclasses.replace(
+        cfg.data,
+        path=durable_data_path(cfg.data.path, cfg.data.synthesize_if_missing),
+        cache_dir=durable_path(cfg.data.cache_dir) if cfg.data.cache_dir else None,
+    )
     scaling = dataclasses.replace(cfg.scaling, storage_path=durable_path(cfg.scaling.storage_path))
     tracking_uri = cfg.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     mlflow_cfg = dataclasses.replace(cfg.mlflow, tracking_uri=durable_tracking_uri(tracking_uri))
@@ -125,8 +134,11 @@ def describe_storage(cfg: ExperimentConfig) -> str:
     """Lines that say where a run writes (printed before it starts), with why, when relocated."""
     reason = temporary_reason()
     lines = [f"working directory {reason}: relative paths go under {HOME_ENV}={pneumo_home()}"] if reason else []
-    lines += [f"mlflow store: {cfg.mlflow.tracking_uri}", f"results:      {cfg.scaling.storage_path}",
-              f"data:         {cfg.data.path}"]
+    lines += [
+        f"mlflow store: {cfg.mlflow.tracking_uri}",
+        f"results:      {cfg.scaling.storage_path}",
+        f"data:         {cfg.data.path}",
+    ]
     if cfg.data.cache_dir:
         lines.append(f"data cache:   {cfg.data.cache_dir}")
     return "\n".join(lines)

@@ -78,9 +78,16 @@ def export_onnx(loaded: LoadedModel, folder: str | Path) -> Path:
     example = torch.zeros((2, spec.in_chans, spec.image_size, spec.image_size), dtype=torch.uint8)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)  # mean/std become constants, as intended
-        torch.onnx.export(_FilmsToLogit(loaded.model, spec).eval(), (example,), str(path), dynamo=False,
-                          opset_version=ONNX_OPSET, input_names=["films"], output_names=["logits"],
-                          dynamic_axes={"films": {0: "batch"}, "logits": {0: "batch"}})
+        torch.onnx.export(
+            _FilmsToLogit(loaded.model, spec).eval(),
+            (example,),
+            str(path),
+            dynamo=False,
+            opset_version=ONNX_OPSET,
+            input_names=["films"],
+            output_names=["logits"],
+            dynamic_axes={"films": {0: "batch"}, "logits": {0: "batch"}},
+        )
     return path
 
 
@@ -90,11 +97,16 @@ def onnx_path(loaded: LoadedModel, int8: bool = False) -> Path:
         raise ValueError("this model was not loaded from a checkpoint folder, so it has no ONNX export")
     path = Path(loaded.directory) / (INT8_FILE if int8 else ONNX_FILE)
     if int8 and not path.is_file():
-        raise ConfigError(f"{loaded.directory} has no {INT8_FILE}: it was registered without export.int8 "
-                          f"(or the int8 model lost too much val AUROC and was not kept)")
+        raise ConfigError(
+            f"{loaded.directory} has no {INT8_FILE}: it was registered without export.int8 "
+            f"(or the int8 model lost too much val AUROC and was not kept)"
+        )
     if not path.is_file():
-        logger.warning("%s has no %s (registered before exports): exporting it now, unchecked against val",
-                       loaded.directory, ONNX_FILE)
+        logger.warning(
+            "%s has no %s (registered before exports): exporting it now, unchecked against val",
+            loaded.directory,
+            ONNX_FILE,
+        )
         export_onnx(loaded, loaded.directory)
     return path
 
@@ -136,9 +148,11 @@ class OpenVinoPredictor:
     def __init__(self, path: Path, threads: int, precision: str):
         import openvino
 
-        compiled = openvino.Core().compile_model(str(path), "CPU", {"INFERENCE_NUM_THREADS": threads,
-                                                                     "PERFORMANCE_HINT": "LATENCY",
-                                                                     "INFERENCE_PRECISION_HINT": "f32"})
+        compiled = openvino.Core().compile_model(
+            str(path),
+            "CPU",
+            {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"},
+        )
         self.request, self.lock = compiled.create_infer_request(), threading.Lock()  # one request, one caller
         self.precision = precision
 
@@ -171,8 +185,9 @@ def time_per_call_ms(predictor: Predictor, images: np.ndarray, trials: int = AUT
     return float(np.median(times))
 
 
-def choose_runtime(requested: str, loaded: LoadedModel, threads: int = 1, max_batch_size: int = 16,
-                   int8: bool = False) -> Predictor:
+def choose_runtime(
+    requested: str, loaded: LoadedModel, threads: int = 1, max_batch_size: int = 16, int8: bool = False
+) -> Predictor:
     """`requested`'s predictor; for auto, the installed runtime with the least time for one film plus
     one full batch, measured here (median of AUTO_TRIALS calls each), since the winner depends on
     the CPU, the model and the batch size."""
@@ -184,11 +199,16 @@ def choose_runtime(requested: str, loaded: LoadedModel, threads: int = 1, max_ba
     best: Optional[Predictor] = None
     for runtime in candidates:
         predictor = create_predictor(loaded, runtime, threads, int8)
-        timings[runtime] = sum(time_per_call_ms(predictor, np.zeros((n, spec.in_chans, spec.image_size,
-                                                                      spec.image_size), np.uint8))
-                               for n in (1, max_batch_size))
+        timings[runtime] = sum(
+            time_per_call_ms(predictor, np.zeros((n, spec.in_chans, spec.image_size, spec.image_size), np.uint8))
+            for n in (1, max_batch_size)
+        )
         if best is None or timings[runtime] < timings[best.runtime]:
             best = predictor
-    logger.info("serve.runtime auto: %s (ms for batch 1 + batch %d: %s)", best.runtime, max_batch_size,
-                ", ".join(f"{name} {ms:.1f}" for name, ms in timings.items()))
+    logger.info(
+        "serve.runtime auto: %s (ms for batch 1 + batch %d: %s)",
+        best.runtime,
+        max_batch_size,
+        ", ".join(f"{name} {ms:.1f}" for name, ms in timings.items()),
+    )
     return best

@@ -69,16 +69,23 @@ def ensure_experiment(client: MlflowClient, name: str) -> str:
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
         root = _artifact_root(client.tracking_uri)
-        return client.create_experiment(name, artifact_location=f"{root}/{name}" if root else None,
-                                        tags={TAG_EXPERIMENT_KIND: MODEL_TRAINING_KIND})
+        return client.create_experiment(
+            name, artifact_location=f"{root}/{name}" if root else None, tags={TAG_EXPERIMENT_KIND: MODEL_TRAINING_KIND}
+        )
     if TAG_EXPERIMENT_KIND not in experiment.tags:
         client.set_experiment_tag(experiment.experiment_id, TAG_EXPERIMENT_KIND, MODEL_TRAINING_KIND)
     return experiment.experiment_id
 
 
-def start_run(client: MlflowClient, cfg: ExperimentConfig, kind: str, run_name: str,
-              parent_run_id: Optional[str] = None, tags: Optional[dict[str, str]] = None,
-              params: Optional[dict[str, Any]] = None) -> str:
+def start_run(
+    client: MlflowClient,
+    cfg: ExperimentConfig,
+    kind: str,
+    run_name: str,
+    parent_run_id: Optional[str] = None,
+    tags: Optional[dict[str, str]] = None,
+    params: Optional[dict[str, Any]] = None,
+) -> str:
     """Create a run (nested under `parent_run_id` if given); returns its id.
 
     It carries the whole resolved config, or only `params` when given (an `eval` run logs the data and
@@ -99,7 +106,7 @@ def log_params(client: MlflowClient, run_id: str, params: dict[str, Any]) -> Non
     """Values as strings cut to MLflow's limit, in batches of 100 (its batch limit)."""
     batch = [Param(key, str(value)[:MAX_PARAM_CHARS]) for key, value in params.items()]
     for start in range(0, len(batch), 100):
-        client.log_batch(run_id, params=batch[start:start + 100])
+        client.log_batch(run_id, params=batch[start : start + 100])
 
 
 def log_config(client: MlflowClient, run_id: str, cfg: ExperimentConfig) -> None:
@@ -111,16 +118,23 @@ def log_config(client: MlflowClient, run_id: str, cfg: ExperimentConfig) -> None
 def log_metrics(client: MlflowClient, run_id: str, metrics: dict[str, Any], step: int = 0, prefix: str = "") -> None:
     """Numeric values only; NaN/inf are skipped (MLflow rejects them on some backends)."""
     now = int(1000 * time.time())
-    batch = [Metric(f"{prefix}{k}", float(v), now, step) for k, v in metrics.items()
-             if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)]
+    batch = [
+        Metric(f"{prefix}{k}", float(v), now, step)
+        for k, v in metrics.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    ]
     if batch:
         client.log_batch(run_id, metrics=batch)
 
 
 def log_epoch_metrics(tracking_uri: str, run_id: str, metrics: dict[str, Any]) -> None:
     """Per-epoch metrics at step = epoch (called from the Ray Train controller)."""
-    log_metrics(MlflowClient(tracking_uri), run_id, {k: v for k, v in metrics.items() if k != "epoch"},
-                step=int(metrics["epoch"]))
+    log_metrics(
+        MlflowClient(tracking_uri),
+        run_id,
+        {k: v for k, v in metrics.items() if k != "epoch"},
+        step=int(metrics["epoch"]),
+    )
 
 
 def record_worker_failure(tracking_uri: str, run_id: str, count: int, summary: str) -> None:
@@ -158,8 +172,9 @@ def start_system_metrics(tracking_uri: str, run_id: str, interval_s: float, node
     itself once the run is no longer RUNNING; call `.finish()` to stop it at once and flush."""
     from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
-    monitor = SystemMetricsMonitor(run_id, sampling_interval=interval_s, resume_logging=True, node_id=node_id,
-                                   tracking_uri=tracking_uri)
+    monitor = SystemMetricsMonitor(
+        run_id, sampling_interval=interval_s, resume_logging=True, node_id=node_id, tracking_uri=tracking_uri
+    )
     monitor.start()
     return monitor
 
@@ -172,8 +187,10 @@ def find_unfinished_run(client: MlflowClient, cfg: ExperimentConfig, kind: str):
     runs = client.search_runs(
         [experiment.experiment_id],
         filter_string=f"tags.`{TAG_EXPERIMENT}` = '{cfg.name}' and tags.`{TAG_KIND}` = '{kind}' "
-                      f"and attributes.status != 'FINISHED'",
-        order_by=["attributes.start_time DESC"], max_results=1)
+        f"and attributes.status != 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
     return runs[0] if runs else None
 
 
@@ -199,8 +216,11 @@ def client_for(cfg: ExperimentConfig) -> MlflowClient:
 def find_trial_run(client: MlflowClient, cfg: ExperimentConfig, parent_run_id: str, trial_id: str):
     """The MLflow child run of Tune trial `trial_id` under the search run `parent_run_id`, or None."""
     experiment = client.get_experiment_by_name(cfg.mlflow.experiment_name)
-    found = client.search_runs([experiment.experiment_id], filter_string=(
-        f"tags.`{TAG_TRIAL_ID}` = '{trial_id}' and tags.`mlflow.parentRunId` = '{parent_run_id}'"), max_results=1)
+    found = client.search_runs(
+        [experiment.experiment_id],
+        filter_string=(f"tags.`{TAG_TRIAL_ID}` = '{trial_id}' and tags.`mlflow.parentRunId` = '{parent_run_id}'"),
+        max_results=1,
+    )
     return found[0] if found else None
 
 
@@ -208,16 +228,30 @@ def log_data_summary(client: MlflowClient, run_id: str, data: PreparedData) -> N
     """Fingerprint, per-split counts, refused files and the assigned split of the data a run used."""
     client.set_tag(run_id, TAG_DATA_FINGERPRINT, data.fingerprint)
     counts = {f"data.{split}.{name}": n for split, per in data.counts.items() for name, n in per.items()}
-    log_metrics(client, run_id, {**counts, "data.n_images": data.n_images, "data.skipped_files": len(data.skipped_files),
-                                 "data.ignored_files": data.ignored_files})
+    log_metrics(
+        client,
+        run_id,
+        {
+            **counts,
+            "data.n_images": data.n_images,
+            "data.skipped_files": len(data.skipped_files),
+            "data.ignored_files": data.ignored_files,
+        },
+    )
     if data.skipped_files:
         client.log_dict(run_id, data.skipped_files, "data/skipped_files.json")
     if data.assigned_split:  # a valid manifest: point data.path at it to train on the same split again
         client.log_text(run_id, split_csv(data.assigned_split), "data/split.csv")
 
 
-def register_model(client: MlflowClient, cfg: ExperimentConfig, run_id: str, model_folder: str | Path,
-                   metrics: dict[str, float], fingerprint: str) -> ModelVersion:
+def register_model(
+    client: MlflowClient,
+    cfg: ExperimentConfig,
+    run_id: str,
+    model_folder: str | Path,
+    metrics: dict[str, float],
+    fingerprint: str,
+) -> ModelVersion:
     """Log a saved MLflow model folder into `run_id`, register it and set its alias.
 
     The version takes `champion` only when it beats the current champion on mlflow.champion_metric
@@ -231,8 +265,12 @@ def register_model(client: MlflowClient, cfg: ExperimentConfig, run_id: str, mod
         if error.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
     source = f"{client.get_run(run_id).info.artifact_uri}/{MODEL_ARTIFACT}"
-    tags = {TAG_DATA_FINGERPRINT: fingerprint, TAG_EXPERIMENT: cfg.name, TAG_CONFIG: to_yaml(cfg)[:MAX_TAG_CHARS],
-            **{key: f"{value:.6g}" for key, value in metrics.items() if isinstance(value, (int, float))}}
+    tags = {
+        TAG_DATA_FINGERPRINT: fingerprint,
+        TAG_EXPERIMENT: cfg.name,
+        TAG_CONFIG: to_yaml(cfg)[:MAX_TAG_CHARS],
+        **{key: f"{value:.6g}" for key, value in metrics.items() if isinstance(value, (int, float))},
+    }
     card = model_card(cfg, client.get_run(run_id).data.metrics, checkpoint_meta(model_folder), fingerprint)
     version = client.create_model_version(name, source, run_id=run_id, tags=tags, description=card)
     alias = CHAMPION if beats_champion(client, name, cfg.mlflow, metrics) else CHALLENGER
@@ -275,8 +313,7 @@ def training_run_for(client: MlflowClient, run_id: str) -> str:
     if run.data.tags.get(TAG_KIND) != "search" or not checkpoint_dir:
         return run_id
     trial_folder = checkpoint_dir.rstrip("/").rpartition("/")[0]  # strings: storage may be s3://…
-    children = client.search_runs([run.info.experiment_id],
-                                  filter_string=f"tags.`mlflow.parentRunId` = '{run_id}'")
+    children = client.search_runs([run.info.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{run_id}'")
     for child in children:
         if child.data.tags.get(TAG_TRAIN_FOLDER, "").rstrip("/") == trial_folder:
             return child.info.run_id
@@ -286,8 +323,9 @@ def training_run_for(client: MlflowClient, run_id: str) -> str:
 TRAINING_CURVES = ("train_loss", "val_loss", "val_auroc", "lr")  # per-epoch metrics a report draws
 
 
-def metric_history(client: MlflowClient, run_id: str, keys: tuple[str, ...] = TRAINING_CURVES
-                   ) -> dict[str, list[tuple[int, float]]]:
+def metric_history(
+    client: MlflowClient, run_id: str, keys: tuple[str, ...] = TRAINING_CURVES
+) -> dict[str, list[tuple[int, float]]]:
     """key -> [(step, value)] for the keys the run has."""
     history = {key: [(m.step, m.value) for m in client.get_metric_history(run_id, key)] for key in keys}
     return {key: points for key, points in history.items() if points}

@@ -41,6 +41,7 @@ from pneumo.tracking import log_epoch_metrics, record_worker_failure, start_syst
 
 # ---------------------------------------------------------------- per-worker pieces
 
+
 def seed_everything(seed: int) -> None:
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -112,9 +113,13 @@ def train_one_epoch(ctx: WorkerContext, shard, optimizer, scheduler, generator: 
     """One pass over this worker's train shard; returns mean loss and throughput."""
     ctx.model.train()
     total_loss, n_images, start = 0.0, 0, time.perf_counter()
-    batches = shard.iter_torch_batches(batch_size=ctx.cfg.train.batch_size, device=ctx.device,
-                                       local_shuffle_buffer_size=max(256, 4 * ctx.cfg.train.batch_size),
-                                       local_shuffle_seed=ctx.cfg.train.seed + epoch, prefetch_batches=2)
+    batches = shard.iter_torch_batches(
+        batch_size=ctx.cfg.train.batch_size,
+        device=ctx.device,
+        local_shuffle_buffer_size=max(256, 4 * ctx.cfg.train.batch_size),
+        local_shuffle_seed=ctx.cfg.train.seed + epoch,
+        prefetch_batches=2,
+    )
     for batch in batches:
         images = augment(batch["image"].float().div_(255.0), ctx.cfg.data.augment, generator)
         logits = _forward(ctx, normalize(images, ctx.preprocessing))
@@ -179,14 +184,20 @@ def _report(ctx: WorkerContext, metrics: dict, optimizer, scheduler, epoch: int)
     if ray.train.get_context().get_world_rank() != 0:
         ray.train.report(metrics)
         return
-    meta = CheckpointMeta(model=to_dict(ctx.cfg)["model"], preprocessing=ctx.preprocessing.to_dict(),
-                          epoch=epoch, metrics=metrics)
-    state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "epoch": epoch,
-             "scaler": ctx.scaler.state_dict()}
+    meta = CheckpointMeta(
+        model=to_dict(ctx.cfg)["model"], preprocessing=ctx.preprocessing.to_dict(), epoch=epoch, metrics=metrics
+    )
+    state = {
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "epoch": epoch,
+        "scaler": ctx.scaler.state_dict(),
+    }
     with tempfile.TemporaryDirectory() as directory:
         save_checkpoint(directory, ctx.model, meta, state)
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory),
-                         checkpoint_dir_name=f"epoch_{epoch:03d}")
+        ray.train.report(
+            metrics, checkpoint=ray.train.Checkpoint.from_directory(directory), checkpoint_dir_name=f"epoch_{epoch:03d}"
+        )
 
 
 def _quiet_report_log() -> None:
@@ -206,8 +217,12 @@ def _start_system_metrics(loop_config: dict[str, Any]):
     if not target or context.get_local_rank() != 0:
         return None
     several_nodes = context.get_world_size() > context.get_local_world_size()
-    return start_system_metrics(target["tracking_uri"], target["run_id"], target["interval_s"],
-                                node_id=f"node{context.get_node_rank()}" if several_nodes else None)
+    return start_system_metrics(
+        target["tracking_uri"],
+        target["run_id"],
+        target["interval_s"],
+        node_id=f"node{context.get_node_rank()}" if several_nodes else None,
+    )
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
@@ -232,10 +247,17 @@ def _train_epochs(loop_config: dict[str, Any]) -> None:
     model = ray.train.torch.prepare_model(model)  # [1] DDP (NCCL on GPUs, gloo on CPUs) + device placement
     pos_weight = torch.tensor(loop_config["positive_weight"] if cfg.train.class_weighting == "balanced" else 1.0)
     amp_dtype = autocast_dtype(cfg.train.precision, device)
-    ctx = WorkerContext(cfg, Preprocessing.from_dict(loop_config["preprocessing"]), model, device, amp_dtype,
-                        torch.nn.BCEWithLogitsLoss(pos_weight=pos_weight.to(device)),
-                        torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16), channels_last,
-                        torch.compile(model) if cfg.train.compile else None)
+    ctx = WorkerContext(
+        cfg,
+        Preprocessing.from_dict(loop_config["preprocessing"]),
+        model,
+        device,
+        amp_dtype,
+        torch.nn.BCEWithLogitsLoss(pos_weight=pos_weight.to(device)),
+        torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16),
+        channels_last,
+        torch.compile(model) if cfg.train.compile else None,
+    )
     optimizer = build_optimizer(model, cfg.train)
     scheduler = build_lr_schedule(optimizer, cfg.train, loop_config["steps_per_epoch"])
     start_epoch = _restore(ctx, optimizer, scheduler)  # [2] resume from the latest checkpoint
@@ -246,12 +268,17 @@ def _train_epochs(loop_config: dict[str, Any]) -> None:
         generator.manual_seed(cfg.train.seed * 100_003 + epoch * 1000 + rank)
         started_at = time.time()  # unix seconds: when each epoch ran, for dashboards and bench/overhead_bench.py
         metrics = {"epoch": epoch, **train_one_epoch(ctx, train_shard, optimizer, scheduler, generator, epoch)}
-        metrics.update(validate(ctx, val_shard), lr=optimizer.param_groups[0]["lr"], epoch_started_at=started_at,
-                       epoch_finished_at=time.time())
+        metrics.update(
+            validate(ctx, val_shard),
+            lr=optimizer.param_groups[0]["lr"],
+            epoch_started_at=started_at,
+            epoch_finished_at=time.time(),
+        )
         _report(ctx, metrics, optimizer, scheduler, epoch)  # [4] metrics + checkpoint to Ray Train
 
 
 # ---------------------------------------------------------------- driver side
+
 
 class EpochLogger(UserCallback):
     """Runs in the Ray Train controller: logs rank 0's metrics of each epoch to one MLflow run, prints
@@ -274,8 +301,10 @@ class EpochLogger(UserCallback):
         """A worker died or raised: record it in MLflow; Ray Train restarts the worker group from the
         latest checkpoint while scaling.max_failures allows."""
         self.failures += 1
-        summary = "; ".join(f"rank {rank}: {type(error).__name__}: {str(error)[:300]}"
-                            for rank, error in sorted(worker_exceptions.items()))
+        summary = "; ".join(
+            f"rank {rank}: {type(error).__name__}: {str(error)[:300]}"
+            for rank, error in sorted(worker_exceptions.items())
+        )
         record_worker_failure(self.tracking_uri, self.run_id, self.failures, summary)
         line = f"{self.label}worker failure {self.failures}: {summary.splitlines()[0][:200]}"
         if self.events is not None:
@@ -287,9 +316,11 @@ class EpochLogger(UserCallback):
         epoch_s = now - self.last_report_s if self.last_report_s is not None else None
         self.last_report_s = now
         left = f", ~{epoch_s * (self.epochs - m['epoch'] - 1):.0f} s left" if epoch_s else ""
-        return (f"{self.label}epoch {m['epoch'] + 1}/{self.epochs}  train_loss {m['train_loss']:.4f}  "
-                f"val_loss {m['val_loss']:.4f}  val_auroc {m['val_auroc']:.4f}  "
-                f"{m['train_images_per_s']:.0f} img/s/worker{left}")
+        return (
+            f"{self.label}epoch {m['epoch'] + 1}/{self.epochs}  train_loss {m['train_loss']:.4f}  "
+            f"val_loss {m['val_loss']:.4f}  val_auroc {m['val_auroc']:.4f}  "
+            f"{m['train_images_per_s']:.0f} img/s/worker{left}"
+        )
 
 
 @dataclass
@@ -317,9 +348,15 @@ def build_loop_config(cfg: ExperimentConfig, data: PreparedData, preprocessing: 
     }
 
 
-def build_trainer(cfg: ExperimentConfig, data: PreparedData, preprocessing: Preprocessing, run_name: str,
-                  callbacks: list[UserCallback], storage: Optional[str] = None,
-                  mlflow_run: Optional[tuple[str, str]] = None) -> TorchTrainer:
+def build_trainer(
+    cfg: ExperimentConfig,
+    data: PreparedData,
+    preprocessing: Preprocessing,
+    run_name: str,
+    callbacks: list[UserCallback],
+    storage: Optional[str] = None,
+    mlflow_run: Optional[tuple[str, str]] = None,
+) -> TorchTrainer:
     """The TorchTrainer for one training run; the same `run_name` (and storage) resumes its checkpoints.
     `mlflow_run` (tracking URI, run id) receives the workers' system metrics (mlflow.system_metrics_interval_s)."""
     # Ray Train's controller moves between states (workers up, running, finished) once per poll, 2 s by
@@ -328,22 +365,30 @@ def build_trainer(cfg: ExperimentConfig, data: PreparedData, preprocessing: Prep
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
     loop_config = build_loop_config(cfg, data, preprocessing)
     if mlflow_run and cfg.mlflow.system_metrics_interval_s > 0:
-        loop_config["system_metrics"] = {"tracking_uri": mlflow_run[0], "run_id": mlflow_run[1],
-                                         "interval_s": cfg.mlflow.system_metrics_interval_s}
+        loop_config["system_metrics"] = {
+            "tracking_uri": mlflow_run[0],
+            "run_id": mlflow_run[1],
+            "interval_s": cfg.mlflow.system_metrics_interval_s,
+        }
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
-        scaling_config=ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
-                                     resources_per_worker={"CPU": cfg.scaling.cpus_per_worker},
-                                     placement_strategy=cfg.scaling.placement_strategy),
+        scaling_config=ScalingConfig(
+            num_workers=cfg.scaling.num_workers,
+            use_gpu=cfg.scaling.use_gpu,
+            resources_per_worker={"CPU": cfg.scaling.cpus_per_worker},
+            placement_strategy=cfg.scaling.placement_strategy,
+        ),
         run_config=RunConfig(
             name=run_name,
             storage_path=storage or storage_path(cfg),
-            checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.checkpoints_to_keep,
-                                               # kept by what picks the best one (tune.metric, val_auroc
-                                               # by default), so the best is never among those deleted
-                                               checkpoint_score_attribute=cfg.tune.metric,
-                                               checkpoint_score_order=cfg.tune.mode),
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=cfg.train.checkpoints_to_keep,
+                # kept by what picks the best one (tune.metric, val_auroc
+                # by default), so the best is never among those deleted
+                checkpoint_score_attribute=cfg.tune.metric,
+                checkpoint_score_order=cfg.tune.mode,
+            ),
             failure_config=FailureConfig(max_failures=cfg.scaling.max_failures),
             callbacks=callbacks,
             logging_config=LoggingConfig(log_level="WARNING"),  # progress comes from EpochLogger
@@ -386,14 +431,26 @@ def _forward_epochs(events: Queue, progress: RunProgress, row: str) -> Iterator[
         events.shutdown()
 
 
-def fit(cfg: ExperimentConfig, data: PreparedData, preprocessing: Preprocessing, run_name: str,
-        tracking_uri: str, mlflow_run_id: str, progress: Optional[RunProgress] = None) -> TrainOutcome:
+def fit(
+    cfg: ExperimentConfig,
+    data: PreparedData,
+    preprocessing: Preprocessing,
+    run_name: str,
+    tracking_uri: str,
+    mlflow_run_id: str,
+    progress: Optional[RunProgress] = None,
+) -> TrainOutcome:
     """Train once (or resume `run_name`) and return where the best checkpoint is."""
     progress = progress or RunProgress.plain(cfg.tune.metric, cfg.tune.mode, cfg.train.epochs)
     events = Queue(actor_options={"num_cpus": 0})  # epochs from the Train controller to this driver's table
-    trainer = build_trainer(cfg, data, preprocessing, run_name,
-                            [EpochLogger(tracking_uri, mlflow_run_id, cfg.train.epochs, events=events)],
-                            mlflow_run=(tracking_uri, mlflow_run_id))
+    trainer = build_trainer(
+        cfg,
+        data,
+        preprocessing,
+        run_name,
+        [EpochLogger(tracking_uri, mlflow_run_id, cfg.train.epochs, events=events)],
+        mlflow_run=(tracking_uri, mlflow_run_id),
+    )
     progress.trial_started("train")
     with _forward_epochs(events, progress, "train"):
         try:

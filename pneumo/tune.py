@@ -68,8 +68,9 @@ def build_search_space(space: dict[str, Any]) -> dict[str, Any]:
     built = {}
     for key, spec in space.items():
         if not (isinstance(spec, dict) and len(spec) == 1 and next(iter(spec)) in DISTRIBUTIONS):
-            raise ConfigError(f"tune.search_space.{key}: expected one of {{{', '.join(DISTRIBUTIONS)}}}: "
-                              f"[values], got {spec!r}")
+            raise ConfigError(
+                f"tune.search_space.{key}: expected one of {{{', '.join(DISTRIBUTIONS)}}}: [values], got {spec!r}"
+            )
         kind, args = next(iter(spec.items()))
         built[key] = DISTRIBUTIONS[kind](args)
     return built
@@ -90,30 +91,47 @@ def _example_value(cfg: ExperimentConfig, key: str) -> Any:
     return value
 
 
-def _trial_run_id(client: MlflowClient, cfg: ExperimentConfig, parent_run_id: str, trial_id: str,
-                  trial_name: str, params: dict) -> str:
+def _trial_run_id(
+    client: MlflowClient, cfg: ExperimentConfig, parent_run_id: str, trial_id: str, trial_name: str, params: dict
+) -> str:
     """The trial's MLflow child run: found again by trial id on a restart, else created."""
     found = find_trial_run(client, cfg, parent_run_id, trial_id)
     if found is not None:
         client.update_run(found.info.run_id, "RUNNING")
         return found.info.run_id
-    return start_run(client, cfg, "trial", trial_name, parent_run_id,
-                     tags={TAG_TRIAL_ID: trial_id, TAG_SEARCH_PARAMS: str(params)})
+    return start_run(
+        client, cfg, "trial", trial_name, parent_run_id, tags={TAG_TRIAL_ID: trial_id, TAG_SEARCH_PARAMS: str(params)}
+    )
 
 
-def run_trial(params: dict[str, Any], base_config: dict, data: PreparedData, preprocessing: Preprocessing,
-              tracking_uri: str, parent_run_id: str, train_storage: str) -> None:
+def run_trial(
+    params: dict[str, Any],
+    base_config: dict,
+    data: PreparedData,
+    preprocessing: Preprocessing,
+    tracking_uri: str,
+    parent_run_id: str,
+    train_storage: str,
+) -> None:
     """One Tune trial: a TorchTrainer whose epochs report to Tune and to the trial's MLflow run."""
     cfg = with_updates(from_dict(base_config), params, source="tune.search_space")
     context = tune.get_context()
     client = MlflowClient(tracking_uri)
     run_id = _trial_run_id(client, cfg, parent_run_id, context.get_trial_id(), context.get_trial_name(), params)
     client.set_tag(run_id, TAG_TRAIN_FOLDER, f"{train_storage}/{context.get_trial_id()}")
-    trainer = build_trainer(cfg, data, preprocessing, run_name=context.get_trial_id(),
-                            # MLflow first: once Tune sees an epoch, ASHA may stop the trial at once
-                            callbacks=[EpochLogger(tracking_uri, run_id, cfg.train.epochs, f"[{context.get_trial_name()}] "),
-                                       TuneReportCallback()],
-                            storage=train_storage, mlflow_run=(tracking_uri, run_id))
+    trainer = build_trainer(
+        cfg,
+        data,
+        preprocessing,
+        run_name=context.get_trial_id(),
+        # MLflow first: once Tune sees an epoch, ASHA may stop the trial at once
+        callbacks=[
+            EpochLogger(tracking_uri, run_id, cfg.train.epochs, f"[{context.get_trial_name()}] "),
+            TuneReportCallback(),
+        ],
+        storage=train_storage,
+        mlflow_run=(tracking_uri, run_id),
+    )
     trainer.fit()
     # ASHA stops a trial at a report and never returns here: SearchWatcher closes the run in the driver.
 
@@ -157,8 +175,7 @@ class SearchWatcher(tune.Callback):
         epochs_run = int((trial.last_result or {}).get("training_iteration", 0))
         early = epochs_run < self.cfg.train.epochs
         how = f"stopped by {self.cfg.tune.scheduler.upper()} at epoch {epochs_run}" if early else COMPLETED
-        self.progress.trial_ended(trial.trial_id, STOPPED_EARLY if early else COMPLETED,
-                                  how if early else "")
+        self.progress.trial_ended(trial.trial_id, STOPPED_EARLY if early else COMPLETED, how if early else "")
         self._end_run(trial, how, failed=False, early=early)
         self._count(trial, **{"stopped_early" if early else "completed": 1})
 
@@ -174,9 +191,18 @@ class SearchWatcher(tune.Callback):
 
     def _end_run(self, trial, how: str, failed: bool, early: bool) -> None:
         found = find_trial_run(self.client, self.cfg, self.parent_run_id, trial.trial_id)
-        run_id = found.info.run_id if found else start_run(  # a trial that failed before it opened its run
-            self.client, self.cfg, "trial", str(trial), self.parent_run_id,
-            tags={TAG_TRIAL_ID: trial.trial_id, TAG_SEARCH_PARAMS: str(trial.config)})
+        run_id = (
+            found.info.run_id
+            if found
+            else start_run(  # a trial that failed before it opened its run
+                self.client,
+                self.cfg,
+                "trial",
+                str(trial),
+                self.parent_run_id,
+                tags={TAG_TRIAL_ID: trial.trial_id, TAG_SEARCH_PARAMS: str(trial.config)},
+            )
+        )
         end_trial_run(self.client, run_id, how, failed=failed, stopped_early=early)
 
     def _count(self, trial, **changes: int) -> None:
@@ -216,9 +242,13 @@ class SearchOutcome:
 
 def _build_tuner(cfg: ExperimentConfig, trainable, search_name: str, watcher: SearchWatcher) -> tune.Tuner:
     epochs = cfg.train.epochs
-    scheduler = (ASHAScheduler(max_t=epochs, grace_period=min(cfg.tune.grace_period, epochs),
-                               reduction_factor=cfg.tune.reduction_factor)
-                 if cfg.tune.scheduler == "asha" else FIFOScheduler())
+    scheduler = (
+        ASHAScheduler(
+            max_t=epochs, grace_period=min(cfg.tune.grace_period, epochs), reduction_factor=cfg.tune.reduction_factor
+        )
+        if cfg.tune.scheduler == "asha"
+        else FIFOScheduler()
+    )
     search_alg = None
     if cfg.tune.searcher == "optuna":
         from ray.tune.search.optuna import OptunaSearch
@@ -227,10 +257,15 @@ def _build_tuner(cfg: ExperimentConfig, trainable, search_name: str, watcher: Se
     return tune.Tuner(
         trainable,
         param_space=build_search_space(cfg.tune.search_space),
-        tune_config=tune.TuneConfig(metric=cfg.tune.metric, mode=cfg.tune.mode, scheduler=scheduler,
-                                    search_alg=search_alg, num_samples=cfg.tune.num_samples,
-                                    max_concurrent_trials=cfg.tune.max_concurrent_trials,
-                                    time_budget_s=cfg.tune.time_budget_s),
+        tune_config=tune.TuneConfig(
+            metric=cfg.tune.metric,
+            mode=cfg.tune.mode,
+            scheduler=scheduler,
+            search_alg=search_alg,
+            num_samples=cfg.tune.num_samples,
+            max_concurrent_trials=cfg.tune.max_concurrent_trials,
+            time_budget_s=cfg.tune.time_budget_s,
+        ),
         # Tune's status tables and trial boxes go to the run's log (progress.watch_run); the table is ours
         run_config=tune.RunConfig(name=search_name, storage_path=storage_path(cfg), callbacks=[watcher]),
     )
@@ -247,8 +282,10 @@ def _best_trial(results, cfg: ExperimentConfig) -> tuple[str, dict, float]:
 
 def _count_stopped_early(results, cfg: ExperimentConfig) -> int:
     """Trials of the whole search (resumed ones included) that ended without error before train.epochs."""
-    return sum(result.error is None and int((result.metrics or {}).get("training_iteration", 0)) < cfg.train.epochs
-               for result in results)
+    return sum(
+        result.error is None and int((result.metrics or {}).get("training_iteration", 0)) < cfg.train.epochs
+        for result in results
+    )
 
 
 def _fit_or_raise_if_interrupted(tuner: tune.Tuner):
@@ -276,22 +313,34 @@ def _fit_or_raise_if_interrupted(tuner: tune.Tuner):
     return results
 
 
-def search(cfg: ExperimentConfig, data: PreparedData, preprocessing: Preprocessing, client: MlflowClient,
-           resume: bool = False, progress: Optional[RunProgress] = None) -> tuple[str, SearchOutcome]:
+def search(
+    cfg: ExperimentConfig,
+    data: PreparedData,
+    preprocessing: Preprocessing,
+    client: MlflowClient,
+    resume: bool = False,
+    progress: Optional[RunProgress] = None,
+) -> tuple[str, SearchOutcome]:
     """Run (or resume) the search; returns the parent run id and where the best checkpoint is."""
     check_search_space(cfg)
     parent_run_id, search_name = open_run(client, cfg, "search", resume)
     progress = progress or RunProgress.plain(cfg.tune.metric, cfg.tune.mode, cfg.train.epochs)
     watcher = SearchWatcher(cfg, client.tracking_uri, parent_run_id, progress)
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, base_config=to_dict(cfg), data=data, preprocessing=preprocessing,
-                             tracking_uri=client.tracking_uri, parent_run_id=parent_run_id,
-                             train_storage=f"{storage_path(cfg)}/{search_name}/trials"),
-        {"cpu": TRIAL_CPUS})
+        tune.with_parameters(
+            run_trial,
+            base_config=to_dict(cfg),
+            data=data,
+            preprocessing=preprocessing,
+            tracking_uri=client.tracking_uri,
+            parent_run_id=parent_run_id,
+            train_storage=f"{storage_path(cfg)}/{search_name}/trials",
+        ),
+        {"cpu": TRIAL_CPUS},
+    )
     experiment_path = f"{storage_path(cfg)}/{search_name}"
     if resume and tune.Tuner.can_restore(experiment_path):
-        tuner = tune.Tuner.restore(experiment_path, trainable=trainable, resume_unfinished=True,
-                                   restart_errored=True)
+        tuner = tune.Tuner.restore(experiment_path, trainable=trainable, resume_unfinished=True, restart_errored=True)
         # the restored run config holds the pickled watcher of the interrupted search: watch with this one
         tuner._local_tuner.get_run_config().callbacks = [watcher]
     else:

@@ -34,19 +34,25 @@ def corrupt(checkpoint: Path, part: str) -> Path:
 
 
 @pytest.mark.parametrize("part", [WEIGHTS_FILE, META_FILE])
-def test_a_corrupted_registered_model_is_named_by_readyz_eval_and_serve(ray_session, serve_app, synthetic_root,
-                                                                       tmp_path, part):
+def test_a_corrupted_registered_model_is_named_by_readyz_eval_and_serve(
+    ray_session, serve_app, synthetic_root, tmp_path, part
+):
     """Registered intact, then corrupted in the artifact store: every way of loading it names the file."""
     from ray import serve
 
     from pneumo.serve.builder import ServeArgs, build_app
 
     yaml = tmp_path / "corrupt.yaml"
-    yaml.write_text(f'base: {serve_app.yaml}\nmlflow: {{tracking_uri: "sqlite:///{tmp_path / "mlflow.db"}", '
-                    f"registered_model_name: corrupt}}\n")
+    yaml.write_text(
+        f'base: {serve_app.yaml}\nmlflow: {{tracking_uri: "sqlite:///{tmp_path / "mlflow.db"}", '
+        f"registered_model_name: corrupt}}\n"
+    )
     register_champion(yaml, untrained_checkpoint(tmp_path / "checkpoint", "test_resnet", 32), {"test_auroc": 0.5})
-    stored = Path(MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_model_version_download_uri("corrupt", "1")
-                  .removeprefix("file://"))
+    stored = Path(
+        MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+        .get_model_version_download_uri("corrupt", "1")
+        .removeprefix("file://")
+    )
     corrupt(next(stored.rglob(WEIGHTS_FILE)).parent, part)
     uri = "models:/corrupt/1"
 
@@ -57,10 +63,20 @@ def test_a_corrupted_registered_model_is_named_by_readyz_eval_and_serve(ray_sess
     serve.delete("corrupt")
 
     env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}  # join, do not start one
-    served = subprocess.run([sys.executable, "-m", "pneumo.cli", "serve", uri, "--config", str(yaml)],
-                            env=env, capture_output=True, text=True, timeout=120)
-    evaluated = subprocess.run([sys.executable, "-m", "pneumo.cli", "eval", uri, str(synthetic_root),
-                                "--config", str(yaml)], env=env, capture_output=True, text=True, timeout=300)
+    served = subprocess.run(
+        [sys.executable, "-m", "pneumo.cli", "serve", uri, "--config", str(yaml)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    evaluated = subprocess.run(
+        [sys.executable, "-m", "pneumo.cli", "eval", uri, str(synthetic_root), "--config", str(yaml)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     for finished in (served, evaluated):
         last = finished.stderr.strip().splitlines()[-1]
         assert finished.returncode == 1 and "Traceback" not in finished.stderr, finished.stderr[-2000:]
@@ -70,8 +86,9 @@ def test_a_corrupted_registered_model_is_named_by_readyz_eval_and_serve(ray_sess
 def replica_pid() -> int:
     from ray.util.state import list_actors
 
-    replicas = list_actors(filters=[("class_name", "=", "ServeReplica:pneumo:PneumoniaService"),
-                                    ("state", "=", "ALIVE")], detail=True)
+    replicas = list_actors(
+        filters=[("class_name", "=", "ServeReplica:pneumo:PneumoniaService"), ("state", "=", "ALIVE")], detail=True
+    )
     return replicas[0].pid if replicas else 0
 
 
@@ -88,6 +105,7 @@ def test_a_replica_killed_under_load_is_replaced_and_no_client_hangs(ray_session
         async def kill_after(seconds: float) -> None:
             await asyncio.sleep(seconds)
             os.kill(killed, signal.SIGKILL)
+
         return (await asyncio.gather(drive(f"{serve_app.url}/predict", good, [], 8, 0.0, 40, 0), kill_after(5)))[0]
 
     soak = asyncio.run(load_and_kill())
@@ -104,16 +122,16 @@ def small_disk(tmp_path):
     """A 256 kB tmpfs: fills up long before a decoded dataset fits."""
     mount_point = tmp_path / "small-disk"
     mount_point.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount_point)],
-                             capture_output=True, text=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount_point)], capture_output=True, text=True
+    )
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
     yield mount_point
     subprocess.run(["umount", str(mount_point)], check=True)
 
 
-def test_a_full_disk_leaves_no_partial_cache_entry_and_the_run_goes_on(ray_session, synthetic_root, small_disk,
-                                                                       caplog):
+def test_a_full_disk_leaves_no_partial_cache_entry_and_the_run_goes_on(ray_session, synthetic_root, small_disk, caplog):
     from pneumo.config import DataConfig
     from pneumo.data.dataset import prepare_data
     from pneumo.data.transforms import Preprocessing
@@ -129,10 +147,25 @@ def test_a_full_disk_leaves_no_partial_cache_entry_and_the_run_goes_on(ray_sessi
 
 
 def start_mlflow_server(backend: str, artifacts: Path, port: int) -> subprocess.Popen:
-    server = subprocess.Popen([Path(sys.executable).parent / "mlflow", "server", "--host", "127.0.0.1",
-                               "--port", str(port), "--backend-store-uri", backend,
-                               "--artifacts-destination", str(artifacts), "--workers", "1"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    server = subprocess.Popen(
+        [
+            Path(sys.executable).parent / "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--backend-store-uri",
+            backend,
+            "--artifacts-destination",
+            str(artifacts),
+            "--workers",
+            "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 120
     while True:
         try:
@@ -162,13 +195,21 @@ def test_training_outlives_30_s_without_its_tracking_server(ray_session, synthet
     yaml = write_smoke_yaml(tmp_path, synthetic_root, "outage")
     overrides = ["train.epochs=8", f"mlflow.tracking_uri=http://127.0.0.1:{port}", "eval.bootstrap_samples=0"]
     env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
-    driver = subprocess.Popen([sys.executable, "-m", "pneumo.cli", "run", str(yaml), *overrides], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "pneumo.cli", "run", str(yaml), *overrides],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     client = MlflowClient(backend)  # the store itself, readable while the server is down
     try:
         deadline = time.monotonic() + 300
-        while not [run for run in client.search_runs([e.experiment_id for e in client.search_experiments()])
-                   if client.get_metric_history(run.info.run_id, "val_auroc")]:
+        while not [
+            run
+            for run in client.search_runs([e.experiment_id for e in client.search_experiments()])
+            if client.get_metric_history(run.info.run_id, "val_auroc")
+        ]:
             assert time.monotonic() < deadline and driver.poll() is None, "the first epoch never reached MLflow"
             time.sleep(0.5)
         stop(server)
@@ -180,7 +221,10 @@ def test_training_outlives_30_s_without_its_tracking_server(ray_session, synthet
             driver.kill()
         stop(server)
     assert driver.returncode == 0, output[-3000:]
-    run = next(r for r in client.search_runs([e.experiment_id for e in client.search_experiments()])
-               if r.data.tags.get("pneumo.kind") == "train")
+    run = next(
+        r
+        for r in client.search_runs([e.experiment_id for e in client.search_experiments()])
+        if r.data.tags.get("pneumo.kind") == "train"
+    )
     assert run.info.status == "FINISHED" and "test_auroc" in run.data.metrics
     assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "val_auroc")) == list(range(8))

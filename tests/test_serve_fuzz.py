@@ -16,12 +16,16 @@ from hypothesis import HealthCheck, settings
 pytestmark = pytest.mark.slow
 
 IMAGE_FIELD = re.compile(r"^(body|file|files\[\d+\])$")  # where an unusable image is reported
-CONFIG = schemathesis.Config.from_dict({"checks": {
-    # 400 for a schema-valid body is judged by refused_only_for_its_pixels
-    "positive_data_acceptance": {"expected-statuses": ["2XX", 400, 401, 404, 503]},
-    # 413: more than serve.max_images_per_request images, the schema's maxItems
-    "negative_data_rejection": {"expected-statuses": [400, 401, 404, 413, 415, 422]},
-}})
+CONFIG = schemathesis.Config.from_dict(
+    {
+        "checks": {
+            # 400 for a schema-valid body is judged by refused_only_for_its_pixels
+            "positive_data_acceptance": {"expected-statuses": ["2XX", 400, 401, 404, 503]},
+            # 413: more than serve.max_images_per_request images, the schema's maxItems
+            "negative_data_rejection": {"expected-statuses": [400, 401, 404, 413, 415, 422]},
+        }
+    }
+)
 
 
 @schemathesis.check

@@ -23,8 +23,10 @@ def versions(tmp_path_factory) -> dict[str, ServedModel]:
     folder = save_checkpoint(tmp_path_factory.mktemp("routing"), model, CheckpointMeta(cfg.__dict__, spec.to_dict()))
     loaded = load_checkpoint(folder)
     predictor = TorchPredictor(loaded, threads=torch.get_num_threads())
-    return {role: ServedModel(FetchedModel(loaded, f"models:/m/{version}", "m", version, {}), predictor, 0.0)
-            for role, version in ((CHAMPION, "3"), (CHALLENGER, "4"))}
+    return {
+        role: ServedModel(FetchedModel(loaded, f"models:/m/{version}", "m", version, {}), predictor, 0.0)
+        for role, version in ((CHAMPION, "3"), (CHALLENGER, "4"))
+    }
 
 
 @pytest.mark.parametrize("traffic", [0.0, 0.1, 0.5, 1.0])
@@ -38,8 +40,9 @@ def test_without_a_loaded_challenger_the_champion_answers_everything(versions):
     assert {route(None, {CHAMPION: versions[CHAMPION]}, 1.0, draw) for draw in (0.0, 0.5, 0.99)} == {CHAMPION}
 
 
-@pytest.mark.parametrize("asked, role", [("champion", CHAMPION), ("challenger", CHALLENGER), ("3", CHAMPION),
-                                         ("4", CHALLENGER)])
+@pytest.mark.parametrize(
+    "asked, role", [("champion", CHAMPION), ("challenger", CHALLENGER), ("3", CHAMPION), ("4", CHALLENGER)]
+)
 def test_a_request_picks_a_version_by_role_or_number_whatever_the_traffic(versions, asked, role):
     assert route(asked, versions, traffic=0.0 if role == CHALLENGER else 1.0, draw=0.5) == role
 
@@ -48,7 +51,9 @@ def test_an_unknown_version_is_a_404_that_names_the_served_versions(versions):
     with pytest.raises(RequestError) as error:
         route("7", versions, 0.0, 0.5)
     assert error.value.status == 404
-    assert "'7' is not served" in str(error.value) and "champion (version 3), challenger (version 4)" in str(error.value)
+    assert "'7' is not served" in str(error.value) and "champion (version 3), challenger (version 4)" in str(
+        error.value
+    )
 
 
 def test_challenger_uri_follows_the_registered_name_and_only_aliases_have_one():

@@ -95,8 +95,11 @@ def test_served_app_with_a_token_and_an_audit_log(serve_app, synthetic_root, tmp
     from pneumo.serve.builder import ServeArgs, build_app
 
     monkeypatch.setenv("PNEUMO_SERVE_TOKEN", TOKEN)
-    args = ServeArgs(model_uri=str(serve_app.checkpoint), config=[str(serve_app.yaml)],
-                     overrides=[f"serve.audit_dir={tmp_path / 'audit'}"])
+    args = ServeArgs(
+        model_uri=str(serve_app.checkpoint),
+        config=[str(serve_app.yaml)],
+        overrides=[f"serve.audit_dir={tmp_path / 'audit'}"],
+    )
     serve.run(build_app(args), name="secure", route_prefix="/secure")
     url = f"{serve_app.url}/secure"
     try:
@@ -105,20 +108,43 @@ def test_served_app_with_a_token_and_an_audit_log(serve_app, synthetic_root, tmp
         refused = requests.post(f"{url}/predict", data=film, headers={"Content-Type": "image/jpeg"}, timeout=30)
         assert refused.status_code == 401 and refused.headers["WWW-Authenticate"].startswith("Bearer")
         assert requests.get(f"{url}/model", timeout=10).status_code == 401
-        answered = requests.post(f"{url}/predict", data=film, timeout=30,
-                                 headers={"Content-Type": "image/jpeg", "Authorization": f"Bearer {TOKEN}"})
+        answered = requests.post(
+            f"{url}/predict",
+            data=film,
+            timeout=30,
+            headers={"Content-Type": "image/jpeg", "Authorization": f"Bearer {TOKEN}"},
+        )
         assert answered.status_code == 200, answered.text
         schema = requests.get(f"{url}/openapi.json", timeout=10).json()
         assert schema["paths"]["/predict"]["post"]["security"] == [{"bearer": []}]
         assert "security" not in schema["paths"]["/readyz"]["get"]
     finally:
         serve.delete("secure")
-    lines = [json.loads(line) for path in (tmp_path / "audit").glob("audit-*.jsonl") for line in path.read_text().splitlines()]
+    lines = [
+        json.loads(line)
+        for path in (tmp_path / "audit").glob("audit-*.jsonl")
+        for line in path.read_text().splitlines()
+    ]
     assert len(lines) == 1, "one line per answered image; refusals are not predictions"
     line = lines[0]
     assert line["input_sha256"] == hashlib.sha256(film).hexdigest()
     assert line["request_id"] == answered.headers["x-request-id"] and line["client"] == "127.0.0.1"
     assert (line["probability"], line["decision"], line["model_version"]) == (
-        answered.json()["probability"], answered.json()["label"], answered.json()["model_version"])
-    assert set(line) <= {"time", "request_id", "client", "endpoint", "model_name", "model_version", "input_sha256",
-                         "probability", "decision", "in_distribution", "ood_score", "out_of_distribution"}
+        answered.json()["probability"],
+        answered.json()["label"],
+        answered.json()["model_version"],
+    )
+    assert set(line) <= {
+        "time",
+        "request_id",
+        "client",
+        "endpoint",
+        "model_name",
+        "model_version",
+        "input_sha256",
+        "probability",
+        "decision",
+        "in_distribution",
+        "ood_score",
+        "out_of_distribution",
+    }

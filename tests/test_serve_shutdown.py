@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 import requests
-
 from conftest import png_bytes
 from PIL import Image
 
@@ -51,19 +50,30 @@ def test_serve_drains_requests_in_flight_and_exits_0(tmp_path, signum):
     checkpoint = untrained_checkpoint(tmp_path / "checkpoint", "test_resnet", 32)
     film = png_bytes(Image.linear_gradient("L"))
     yaml = tmp_path / "serve.yaml"
-    yaml.write_text(f"name: stop-test\ndata: {{path: {tmp_path}}}\n"
-                    f"serve: {{batch_wait_timeout_s: {IN_FLIGHT_S}, runtime: torch, drain_timeout_s: 30}}\n")
+    yaml.write_text(
+        f"name: stop-test\ndata: {{path: {tmp_path}}}\n"
+        f"serve: {{batch_wait_timeout_s: {IN_FLIGHT_S}, runtime: torch, drain_timeout_s: 30}}\n"
+    )
     port = free_local_port()
-    server = subprocess.Popen([BIN / "pneumo", "serve", str(checkpoint), "--config", str(yaml), "--port", str(port)],
-                              env=own_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              start_new_session=True,  # its own process group, SIGINT not ignored as in `cmd &`
-                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    server = subprocess.Popen(
+        [BIN / "pneumo", "serve", str(checkpoint), "--config", str(yaml), "--port", str(port)],
+        env=own_env(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # its own process group, SIGINT not ignored as in `cmd &`
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(url, server)
         with ThreadPoolExecutor(3) as pool:
-            in_flight = [pool.submit(requests.post, f"{url}/predict", data=film,
-                                     headers={"Content-Type": "image/png"}, timeout=60) for _ in range(3)]
+            in_flight = [
+                pool.submit(
+                    requests.post, f"{url}/predict", data=film, headers={"Content-Type": "image/png"}, timeout=60
+                )
+                for _ in range(3)
+            ]
             time.sleep(1.0)  # the requests now wait in the replica's batcher
             server.send_signal(signum)
             answers = [future.result() for future in in_flight]

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import requests
-
 from conftest import register_champion
 
 PREFIX = "/versions-test"
@@ -33,7 +32,7 @@ def versions_app(serve_app, smoke_run, tmp_path_factory):
     yaml.write_text(f"""\
 base: {smoke_run.yaml}
 name: versions-test
-mlflow: {{tracking_uri: "sqlite:///{root / 'mlflow.db'}", registered_model_name: versions-test}}
+mlflow: {{tracking_uri: "sqlite:///{root / "mlflow.db"}", registered_model_name: versions-test}}
 serve: {{traffic: {TRAFFIC}, shadow: true, poll_interval_s: {POLL_INTERVAL_S}}}
 """)
     checkpoint = Path(smoke_run.outcome.model_dir)
@@ -57,8 +56,13 @@ def _films(smoke_run):
 
 
 def predict(url: str, film: bytes, **kwargs) -> requests.Response:
-    return requests.post(f"{url}/predict", data=film, headers={"Content-Type": "image/jpeg",
-                                                               **kwargs.pop("headers", {})}, timeout=30, **kwargs)
+    return requests.post(
+        f"{url}/predict",
+        data=film,
+        headers={"Content-Type": "image/jpeg", **kwargs.pop("headers", {})},
+        timeout=30,
+        **kwargs,
+    )
 
 
 @pytest.mark.slow
@@ -84,14 +88,14 @@ def test_a_request_picks_its_version(versions_app, how):
 def test_an_unknown_version_is_a_404_naming_the_served_ones(versions_app):
     answer = predict(versions_app["url"], versions_app["film"], headers={"X-Model-Version": "9"})
     assert answer.status_code == 404
-    assert answer.json()["error"] == ("model version '9' is not served here; served: champion (version 1), "
-                                      "challenger (version 2)")
+    assert answer.json()["error"] == (
+        "model version '9' is not served here; served: champion (version 1), challenger (version 2)"
+    )
 
 
 @pytest.mark.slow
 def test_shadow_agreement_and_per_version_series_reach_prometheus(versions_app):
     import ray
-
     from test_serve import metric_total
 
     for _ in range(10):
@@ -100,13 +104,16 @@ def test_shadow_agreement_and_per_version_series_reach_prometheus(versions_app):
     deadline = time.monotonic() + 60
     while True:  # replicas push metrics every few seconds
         text = requests.get(url, timeout=10).text
-        if (metric_total(text, "pneumo_shadow_comparisons_total", agree="true") >= 10  # same weights: agree
-                and metric_total(text, "pneumo_version_answers_total", role="challenger", version="2")
-                and metric_total(text, "pneumo_version_latency_ms_count", role="champion", version="1")
-                and metric_total(text, "pneumo_version_probability_count", role="shadow", version="2")):
+        if (
+            metric_total(text, "pneumo_shadow_comparisons_total", agree="true") >= 10  # same weights: agree
+            and metric_total(text, "pneumo_version_answers_total", role="challenger", version="2")
+            and metric_total(text, "pneumo_version_latency_ms_count", role="champion", version="1")
+            and metric_total(text, "pneumo_version_probability_count", role="shadow", version="2")
+        ):
             break
-        assert time.monotonic() < deadline, "\n".join(line for line in text.splitlines() if "pneumo_v" in line
-                                                      or "pneumo_shadow" in line)
+        assert time.monotonic() < deadline, "\n".join(
+            line for line in text.splitlines() if "pneumo_v" in line or "pneumo_shadow" in line
+        )
         time.sleep(1)
     assert metric_total(text, "pneumo_shadow_comparisons_total", agree="false") == 0
 
@@ -121,7 +128,8 @@ def test_moving_the_champion_alias_under_load_fails_no_request(versions_app):
             try:
                 answer = predict(url, versions_app["film"], headers={"X-Model-Version": "champion"})
                 (answers if answer.status_code == 200 else failures).append(
-                    (time.monotonic(), answer.json().get("model_version", answer.text)))
+                    (time.monotonic(), answer.json().get("model_version", answer.text))
+                )
             except requests.RequestException as error:
                 failures.append((time.monotonic(), repr(error)))
 

@@ -65,8 +65,12 @@ def _stats(locations: set[str]) -> dict[str, tuple[int, int]]:
 def cache_key(records: list[ImageRecord], preprocessing: Preprocessing, max_pixels: int) -> str:
     """SHA-256 over the records, their files' size and mtime, and the decoding settings."""
     stats = _stats({_file_of(r.path) for r in records})
-    digest = hashlib.sha256(json.dumps({"version": CACHE_VERSION, "preprocessing": preprocessing.to_dict(),
-                                        "max_pixels": max_pixels}, sort_keys=True).encode())
+    digest = hashlib.sha256(
+        json.dumps(
+            {"version": CACHE_VERSION, "preprocessing": preprocessing.to_dict(), "max_pixels": max_pixels},
+            sort_keys=True,
+        ).encode()
+    )
     for r in records:  # in their order: the cached rows keep it
         digest.update(f"{r.path}\t{r.label}\t{r.split}\t{r.patient_id}\t{stats[_file_of(r.path)]}\n".encode())
     return digest.hexdigest()
@@ -75,8 +79,13 @@ def cache_key(records: list[ImageRecord], preprocessing: Preprocessing, max_pixe
 def _save_shard(batch: dict[str, np.ndarray], directory: str) -> dict[str, list[str]]:
     """Ray Data UDF: one batch of decoded rows -> one .npz shard; returns its path."""
     path = Path(directory) / f"{uuid.uuid4().hex}.npz"
-    np.savez(path, **{column: np.asarray(values) if np.asarray(values).dtype != object
-                      else np.asarray(values).astype(str) for column, values in batch.items()})
+    np.savez(
+        path,
+        **{
+            column: np.asarray(values) if np.asarray(values).dtype != object else np.asarray(values).astype(str)
+            for column, values in batch.items()
+        },
+    )
     return {"shard": [str(path)]}
 
 
@@ -95,8 +104,9 @@ def read_cached(cache_dir: str, key: str) -> Optional[ray.data.Dataset]:
     if not (entry / COMPLETE_MARKER).is_file():
         return None
     shards = [str(entry / name) for name in json.loads((entry / COMPLETE_MARKER).read_text())]
-    return (ray.data.from_items([{"shard": shard} for shard in shards], override_num_blocks=len(shards))
-            .map_batches(_load_shards, batch_size=1, num_cpus=0.5))
+    return ray.data.from_items([{"shard": shard} for shard in shards], override_num_blocks=len(shards)).map_batches(
+        _load_shards, batch_size=1, num_cpus=0.5
+    )
 
 
 def write_cached(decoded: ray.data.Dataset, cache_dir: str, key: str) -> bool:
@@ -109,15 +119,20 @@ def write_cached(decoded: ray.data.Dataset, cache_dir: str, key: str) -> bool:
         staging.mkdir(parents=True)
         # one shard per block: read back, the dataset has the same blocks, so a cache hit trains on exactly
         # the batches and worker shards a fresh decode gives (same seed, same results)
-        written = decoded.map_batches(_save_shard, fn_kwargs={"directory": str(staging)}, batch_size=None,
-                                      num_cpus=0.5).take_all()
+        written = decoded.map_batches(
+            _save_shard, fn_kwargs={"directory": str(staging)}, batch_size=None, num_cpus=0.5
+        ).take_all()
         (staging / COMPLETE_MARKER).write_text(json.dumps([Path(row["shard"]).name for row in written]))
     except Exception as error:  # OSError here, or Ray's wrapping of the OSError a shard-writing task raised
         shutil.rmtree(staging, ignore_errors=True)
         lines = [line.strip() for line in str(error).splitlines() if line.strip()]  # Ray's wrapping is long
         reason = next((line for line in reversed(lines) if "[Errno" in line), lines[0] if lines else repr(error))
-        logger.warning("data.cache_dir=%s: cannot store the decoded images (%s); this run goes on without "
-                       "caching them and left no partial entry", cache_dir, reason)
+        logger.warning(
+            "data.cache_dir=%s: cannot store the decoded images (%s); this run goes on without "
+            "caching them and left no partial entry",
+            cache_dir,
+            reason,
+        )
         return False
     try:
         staging.rename(entry)

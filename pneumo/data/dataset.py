@@ -81,8 +81,13 @@ def ensure_dataset(cfg: DataConfig) -> None:
         from pneumo.data.synthetic import generate_chest_xrays
 
         logger.info("data.path %s is empty: generating %d synthetic chest X-rays", cfg.path, cfg.synth.n_images)
-        generate_chest_xrays(cfg.path, n_images=cfg.synth.n_images, image_size=cfg.synth.image_size,
-                             seed=cfg.synth.seed, label_noise=cfg.synth.label_noise)
+        generate_chest_xrays(
+            cfg.path,
+            n_images=cfg.synth.n_images,
+            image_size=cfg.synth.image_size,
+            seed=cfg.synth.seed,
+            label_noise=cfg.synth.label_noise,
+        )
 
 
 def _fingerprint(rows: list[dict]) -> str:
@@ -97,27 +102,33 @@ def _handle_bad_files(rows: list[dict], refused: dict[str, str], on_bad_file: st
     bad = {**refused, **{row["path"]: row["error"] for row in rows if row["error"]}}
     if bad and on_bad_file == "error":
         listing = "\n".join(f"  {path}: {why}" for path, why in list(bad.items())[:20])
-        raise BadImageError(f"{len(bad)} unusable image(s) or manifest row(s) (set data.on_bad_file=skip to drop "
-                            f"them):\n{listing}")
+        raise BadImageError(
+            f"{len(bad)} unusable image(s) or manifest row(s) (set data.on_bad_file=skip to drop them):\n{listing}"
+        )
     for path, why in bad.items():
         logger.warning("skipping %s: %s", path, why)
     return bad
 
 
-def decode_records(records: list[ImageRecord], preprocessing: Preprocessing, max_pixels: int,
-                   cpus_per_task: float = 0.5) -> ray.data.Dataset:
+def decode_records(
+    records: list[ImageRecord], preprocessing: Preprocessing, max_pixels: int, cpus_per_task: float = 0.5
+) -> ray.data.Dataset:
     """The lazy Ray Data pipeline: records -> rows with image, sha1 and error (streamed when iterated)."""
     # blocks of ~DECODE_ROWS records: Ray Data's default (200 blocks) makes tasks of a few files each;
     # but MIN_DECODE_BLOCKS at least, so a few hundred full-size films still keep every CPU busy. The
     # count depends on the records only: a cache hit keeps a fresh decode's blocks on any cluster
     n_blocks = max(1, min(len(records), max(-(-len(records) // DECODE_ROWS), MIN_DECODE_BLOCKS)))
-    return (ray.data.from_items([asdict(r) for r in records], override_num_blocks=n_blocks)
-            .map_batches(_decode_batch, fn_kwargs={"preprocessing": preprocessing, "max_pixels": max_pixels},
-                         batch_size=64, num_cpus=cpus_per_task))
+    return ray.data.from_items([asdict(r) for r in records], override_num_blocks=n_blocks).map_batches(
+        _decode_batch,
+        fn_kwargs={"preprocessing": preprocessing, "max_pixels": max_pixels},
+        batch_size=64,
+        num_cpus=cpus_per_task,
+    )
 
 
-def _decoded_records(cfg: DataConfig, records: list[ImageRecord], preprocessing: Preprocessing,
-                     max_pixels: int) -> ray.data.Dataset:
+def _decoded_records(
+    cfg: DataConfig, records: list[ImageRecord], preprocessing: Preprocessing, max_pixels: int
+) -> ray.data.Dataset:
     """Every record decoded (materialized in Ray's object store): from data.cache_dir when it holds
     this exact set and preprocessing, else decoded now (and stored there when a cache is set)."""
     key = cache_key(records, preprocessing, max_pixels) if cfg.cache_dir else ""
@@ -148,13 +159,25 @@ def prepare_data(cfg: DataConfig, preprocessing: Preprocessing, max_pixels: int 
     rows = decoded.select_columns(["path", "label", "patient_id", "split", "sha1", "error"]).take_all()
     skipped = _handle_bad_files(rows, listing.refused, cfg.on_bad_file)
     usable = [r for r in rows if not r["error"]]
-    counts = {split: {name: sum(1 for r in usable if r["split"] == split and r["label"] == label)
-                      for label, name in enumerate(CLASS_NAMES)} for split in SPLITS}
-    datasets = {split: decoded.filter(expr=(col("split") == split) & (col("error") == ""))
-                .select_columns(["image", "label", "path"]).materialize() for split in SPLITS}
+    counts = {
+        split: {
+            name: sum(1 for r in usable if r["split"] == split and r["label"] == label)
+            for label, name in enumerate(CLASS_NAMES)
+        }
+        for split in SPLITS
+    }
+    datasets = {
+        split: decoded.filter(expr=(col("split") == split) & (col("error") == ""))
+        .select_columns(["image", "label", "path"])
+        .materialize()
+        for split in SPLITS
+    }
     # Materialized without a pending operator, so streaming them to trainers starts no Ray Data task:
     # on a small machine a task that needs a whole CPU could wait forever behind the training workers.
     training = {split: datasets[split].select_columns(["image", "label"]).materialize() for split in ("train", "val")}
-    split_table = ([{k: r[k] for k in ("path", "label", "patient_id", "split")} for r in usable]
-                   if listing.split_assigned else None)
+    split_table = (
+        [{k: r[k] for k in ("path", "label", "patient_id", "split")} for r in usable]
+        if listing.split_assigned
+        else None
+    )
     return PreparedData(datasets, training, counts, _fingerprint(usable), skipped, listing.ignored_files, split_table)

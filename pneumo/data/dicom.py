@@ -27,7 +27,7 @@ class DicomError(ValueError):
 
 def is_dicom(data: bytes) -> bool:
     """True for DICOM Part 10 files (b"DICM" after the 128-byte preamble)."""
-    return data[DICM_OFFSET:DICM_OFFSET + len(DICM_MAGIC)] == DICM_MAGIC
+    return data[DICM_OFFSET : DICM_OFFSET + len(DICM_MAGIC)] == DICM_MAGIC
 
 
 def _display_range(dataset: pydicom.Dataset, values: np.ndarray) -> tuple[float, float]:
@@ -50,8 +50,10 @@ def _read(data: bytes, max_pixels: Optional[int]) -> tuple[pydicom.Dataset, np.n
     if frames > 1:
         raise DicomError(f"multi-frame DICOM ({frames} frames) is not supported: send one frame per file")
     if int(dataset.get("SamplesPerPixel") or 1) != 1:
-        raise DicomError(f"colour DICOM ({dataset.get('PhotometricInterpretation')}) is not supported: "
-                         "send a MONOCHROME1/MONOCHROME2 film")
+        raise DicomError(
+            f"colour DICOM ({dataset.get('PhotometricInterpretation')}) is not supported: "
+            "send a MONOCHROME1/MONOCHROME2 film"
+        )
     if max_pixels is not None and rows * columns > max_pixels:
         raise DicomError(f"{columns}x{rows} pixels exceeds the limit of {max_pixels}")
     try:

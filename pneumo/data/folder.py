@@ -50,7 +50,9 @@ def _list_split(split_dir: Path, split: str, listing: FolderListing) -> None:
         label = _label_for(class_dir)
         for file in sorted(class_dir.iterdir()):
             if file.is_file() and file.suffix.lower() in IMAGE_SUFFIXES and not file.name.startswith("._"):
-                listing.records.append(ImageRecord(str(file.resolve()), label, patient_id_from_filename(file.name), split))
+                listing.records.append(
+                    ImageRecord(str(file.resolve()), label, patient_id_from_filename(file.name), split)
+                )
             elif file.is_file():
                 listing.ignored_files.append(str(file))
 

@@ -52,7 +52,7 @@ class Inspection:
 
 
 def _size_and_mode(stored: bytes | np.ndarray) -> tuple[str, str]:
-    """"WxH" and mode of an image that decodes, read from its header."""
+    """ "WxH" and mode of an image that decodes, read from its header."""
     if isinstance(stored, np.ndarray):
         return f"{stored.shape[1]}x{stored.shape[0]}", "L" if stored.ndim == 2 else "RGB"
     if is_dicom(stored):
@@ -84,8 +84,9 @@ def inspect_dataset(cfg: DataConfig, max_pixels: int = MAX_IMAGE_PIXELS, threads
     counts = {s: {name: 0 for name in CLASS_NAMES} for s in SPLITS}
     patients: dict[str, set] = defaultdict(set)
     by_hash: dict[str, list[ImageRecord]] = defaultdict(list)
-    inspection = Inspection(counts, {}, Counter(), Counter(), refused=listing.refused,
-                            ignored_files=listing.ignored_files)
+    inspection = Inspection(
+        counts, {}, Counter(), Counter(), refused=listing.refused, ignored_files=listing.ignored_files
+    )
     for record, fact in zip(records, facts):
         counts[record.split][CLASS_NAMES[record.label]] += 1
         patients[record.split].add(record.patient_id)
@@ -98,9 +99,11 @@ def inspect_dataset(cfg: DataConfig, max_pixels: int = MAX_IMAGE_PIXELS, threads
             inspection.modes[fact.mode] += 1
     inspection.patients = {s: len(patients[s]) for s in SPLITS}
     inspection.duplicate_bytes_across_splits = [
-        [f"{r.split}: {r.path}" for r in group] for group in by_hash.values() if len({r.split for r in group}) > 1]
-    inspection.patients_across_splits = {pid: sorted(splits) for pid, splits in
-                                         patients_in_several_splits(records).items()}
+        [f"{r.split}: {r.path}" for r in group] for group in by_hash.values() if len({r.split for r in group}) > 1
+    ]
+    inspection.patients_across_splits = {
+        pid: sorted(splits) for pid, splits in patients_in_several_splits(records).items()
+    }
     return inspection
 
 
@@ -109,8 +112,11 @@ def format_inspection(inspection: Inspection, limit: int = 10) -> str:
     lines = [f"{'split':<6} " + "  ".join(f"{name:>9}" for name in CLASS_NAMES) + "   patients"]
     for split in SPLITS:
         per_class = inspection.counts[split]
-        lines.append(f"{split:<6} " + "  ".join(f"{per_class[name]:>9}" for name in CLASS_NAMES)
-                     + f"   {inspection.patients[split]:>8}")
+        lines.append(
+            f"{split:<6} "
+            + "  ".join(f"{per_class[name]:>9}" for name in CLASS_NAMES)
+            + f"   {inspection.patients[split]:>8}"
+        )
     lines.append("sizes: " + ", ".join(f"{size} ({n})" for size, n in inspection.sizes.most_common(limit)))
     lines.append("modes: " + ", ".join(f"{mode} ({n})" for mode, n in inspection.modes.most_common()))
     if inspection.ignored_files:
@@ -125,6 +131,9 @@ def format_inspection(inspection: Inspection, limit: int = 10) -> str:
     shared = inspection.patients_across_splits
     lines.append(f"patients in more than one split: {len(shared)}")
     lines += [f"  {pid}: {', '.join(splits)}" for pid, splits in list(shared.items())[:limit]]
-    lines.append("LEAKAGE between splits: fix it before trusting test metrics" if inspection.leaks
-                 else "no leakage between splits")
+    lines.append(
+        "LEAKAGE between splits: fix it before trusting test metrics"
+        if inspection.leaks
+        else "no leakage between splits"
+    )
     return "\n".join(lines)

@@ -54,8 +54,10 @@ def _read_table(manifest: str) -> pd.DataFrame:
     table.columns = [str(c).strip().lower() for c in table.columns]
     missing = [c for c in REQUIRED_COLUMNS if c not in table.columns]
     if missing:
-        raise DatasetLayoutError(f"manifest {manifest} has no {' or '.join(missing)} column "
-                                 f"(columns: {', '.join(table.columns)}); it needs path and label")
+        raise DatasetLayoutError(
+            f"manifest {manifest} has no {' or '.join(missing)} column "
+            f"(columns: {', '.join(table.columns)}); it needs path and label"
+        )
     return table.astype(str)
 
 

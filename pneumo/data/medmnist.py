@@ -52,12 +52,15 @@ def list_npz(path: str | Path) -> tuple[list[ImageRecord], dict[str, str]]:
             if f"{split}_images" not in arrays or f"{split}_labels" not in arrays:
                 if split == "val":
                     continue
-                raise DatasetLayoutError(f"{path} has no {split}_images/{split}_labels arrays "
-                                         f"(found: {', '.join(sorted(arrays.files))})")
+                raise DatasetLayoutError(
+                    f"{path} has no {split}_images/{split}_labels arrays (found: {', '.join(sorted(arrays.files))})"
+                )
             images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"].reshape(-1)
             if len(images) != len(labels) or images.ndim not in (3, 4):
-                raise DatasetLayoutError(f"{path}: {split}_images {images.shape} and {split}_labels "
-                                         f"{arrays[f'{split}_labels'].shape} do not describe one label per image")
+                raise DatasetLayoutError(
+                    f"{path}: {split}_images {images.shape} and {split}_labels "
+                    f"{arrays[f'{split}_labels'].shape} do not describe one label per image"
+                )
             for index, label in enumerate(labels.tolist()):
                 location = npz_location(str(path), split, index)
                 if label not in (0, 1):

@@ -416,7 +416,9 @@ def expose_film(rng: np.random.Generator, density: np.ndarray) -> np.ndarray:
 def portable_anatomy(anatomy: Anatomy) -> Anatomy:
     """AP portable film: the heart sits further from the detector and looks ~20% larger."""
     rx, ry = anatomy.heart_radii
-    return replace(anatomy, heart_radii=(1.2 * rx, 1.15 * ry), mediastinum_half_width=1.25 * anatomy.mediastinum_half_width)
+    return replace(
+        anatomy, heart_radii=(1.2 * rx, 1.15 * ry), mediastinum_half_width=1.25 * anatomy.mediastinum_half_width
+    )
 
 
 def acquire(rng: np.random.Generator, film: np.ndarray, acquisition: Acquisition) -> np.ndarray:
@@ -425,8 +427,9 @@ def acquire(rng: np.random.Generator, film: np.ndarray, acquisition: Acquisition
     pixels = film.astype(np.float32) / 255.0
     if acquisition.resolution < 1.0:
         small = max(8, round(size * acquisition.resolution))
-        pixels = np.asarray(Image.fromarray(pixels).resize((small, small), Image.BILINEAR)
-                            .resize((size, size), Image.BILINEAR))
+        pixels = np.asarray(
+            Image.fromarray(pixels).resize((small, small), Image.BILINEAR).resize((size, size), Image.BILINEAR)
+        )
     if acquisition.blur_px > 0:
         pixels = ndimage.gaussian_filter(pixels, acquisition.blur_px * size / 128)
     if acquisition.portable:  # collimator shutters leave bright unexposed bands at the edges
@@ -437,9 +440,12 @@ def acquire(rng: np.random.Generator, film: np.ndarray, acquisition: Acquisition
     return ((1.0 - pixels if acquisition.inverted else pixels) * 255 + 0.5).astype(np.uint8)
 
 
-def render_chest_xray_and_opacity(image: PlannedImage, seed: int, image_size: int,
-                                  acquisition: Acquisition = Acquisition(),
-                                  ) -> tuple[np.ndarray, Optional[np.ndarray]]:
+def render_chest_xray_and_opacity(
+    image: PlannedImage,
+    seed: int,
+    image_size: int,
+    acquisition: Acquisition = Acquisition(),
+) -> tuple[np.ndarray, Optional[np.ndarray]]:
     """The film of one planned image (uint8, image_size x image_size) and where its opacity lies (bool,
     same shape; None for a normal film): pixels where the drawn opacity adds at least
     OPACITY_MASK_FRACTION of its peak density. The mask draws no random numbers, so films are unchanged."""
@@ -489,8 +495,9 @@ def _prepare_out_dir(out_dir: Path) -> None:
             (out_dir / split / label).mkdir(parents=True, exist_ok=True)
 
 
-def _write_provenance(root: Path, n_images: int, image_size: int, seed: int, label_noise: float,
-                      n_patients: int) -> None:
+def _write_provenance(
+    root: Path, n_images: int, image_size: int, seed: int, label_noise: float, n_patients: int
+) -> None:
     """SYNTHETIC.md at the root: says what the set is, and tells reports not to compare it with
     published results on real films."""
     (root / SYNTHETIC_MARKER).write_text(
@@ -498,7 +505,8 @@ def _write_provenance(root: Path, n_images: int, image_size: int, seed: int, lab
         f"{image_size} px from {n_patients} simulated patients, seed {seed}, {label_noise:.1%} of folder "
         f"labels flipped on purpose.\nWhere each opacity was drawn: {OPACITY_MASKS_DIR}/<split>/<folder>/<film>.png "
         f"(white = opacity; none for normal films).\nRegenerate with: pneumo data synth --out DIR --n {n_images} "
-        f"--size {image_size} --seed {seed} --label-noise {label_noise}\n")
+        f"--size {image_size} --seed {seed} --label-noise {label_noise}\n"
+    )
 
 
 def generate_chest_xrays(

@@ -112,13 +112,18 @@ def prepare_array(pixels: np.ndarray, preprocessing: Preprocessing) -> np.ndarra
         raise ImageDecodeError(f"array of shape {pixels.shape} is not an (H, W) or (H, W, 3) image")
     if pixels.ndim == 3 and pixels.shape[2] == 1:
         pixels = pixels[:, :, 0]
-    image = Image.fromarray(pixels) if pixels.dtype == np.uint8 else _to_8bit(Image.fromarray(pixels.astype(np.float32)))
+    image = (
+        Image.fromarray(pixels) if pixels.dtype == np.uint8 else _to_8bit(Image.fromarray(pixels.astype(np.float32)))
+    )
     return _resize(_to_mode(image, preprocessing.in_chans), preprocessing)
 
 
-def _resize(image: Image.Image, preprocessing: Preprocessing,
-            film_box: Optional[tuple[float, float, float, float]] = None) -> np.ndarray:
+def _resize(
+    image: Image.Image, preprocessing: Preprocessing, film_box: Optional[tuple[float, float, float, float]] = None
+) -> np.ndarray:
     size = (preprocessing.image_size, preprocessing.image_size)
-    resized = np.asarray(image.resize(size, _RESAMPLE[preprocessing.interpolation], box=film_box,
-                                      reducing_gap=REDUCING_GAP), dtype=np.uint8)
+    resized = np.asarray(
+        image.resize(size, _RESAMPLE[preprocessing.interpolation], box=film_box, reducing_gap=REDUCING_GAP),
+        dtype=np.uint8,
+    )
     return resized[None] if resized.ndim == 2 else resized.transpose(2, 0, 1)

@@ -72,11 +72,19 @@ def fit_calibration(labels: np.ndarray, logits: np.ndarray, method: str = "tempe
     if method == "none" or len(np.unique(labels)) < 2:
         return Calibration()  # one class only: any scale "fits"; keep the model's own
     if method == "temperature":
-        best = minimize(lambda x: _negative_log_likelihood(labels, logits, x[0], 0.0), x0=[0.0],
-                        bounds=[LOG_T_BOUNDS], method="L-BFGS-B")
+        best = minimize(
+            lambda x: _negative_log_likelihood(labels, logits, x[0], 0.0),
+            x0=[0.0],
+            bounds=[LOG_T_BOUNDS],
+            method="L-BFGS-B",
+        )
         return Calibration(float(np.exp(best.x[0])))
-    best = minimize(lambda x: _negative_log_likelihood(labels, logits, x[0], x[1]), x0=[0.0, 0.0],
-                    bounds=[LOG_T_BOUNDS, (-20.0, 20.0)], method="L-BFGS-B")
+    best = minimize(
+        lambda x: _negative_log_likelihood(labels, logits, x[0], x[1]),
+        x0=[0.0, 0.0],
+        bounds=[LOG_T_BOUNDS, (-20.0, 20.0)],
+        method="L-BFGS-B",
+    )
     return Calibration(float(np.exp(best.x[0])), float(best.x[1]))
 
 

@@ -48,13 +48,21 @@ class Evaluation:
 
     def logged_metrics(self) -> dict[str, float]:
         """The metrics plus each interval as <metric>_ci_low / <metric>_ci_high: how MLflow holds them."""
-        bounds = {f"{key}_ci_{end}": value for key, (low, high) in self.intervals.items()
-                  for end, value in (("low", low), ("high", high))}
+        bounds = {
+            f"{key}_ci_{end}": value
+            for key, (low, high) in self.intervals.items()
+            for end, value in (("low", low), ("high", high))
+        }
         return {**self.metrics, **bounds}
 
 
-def evaluate_predictions(val: Optional[Predictions], test: Predictions, cfg: EvalConfig,
-                         threshold: Optional[float] = None, calibration: Optional[Calibration] = None) -> Evaluation:
+def evaluate_predictions(
+    val: Optional[Predictions],
+    test: Predictions,
+    cfg: EvalConfig,
+    threshold: Optional[float] = None,
+    calibration: Optional[Calibration] = None,
+) -> Evaluation:
     """Fit the calibration and choose the threshold on `val` (unless given), then score `test`."""
     if val is None and (threshold is None or calibration is None):
         raise ValueError("choosing a threshold or a calibration needs validation predictions")
@@ -67,12 +75,19 @@ def evaluate_predictions(val: Optional[Predictions], test: Predictions, cfg: Eva
     metrics = binary_metrics(test.labels, probabilities, threshold)
     reliability = reliability_bins(test.labels, probabilities, cfg.calibration_bins)
     metrics["ece"] = reliability.expected_calibration_error
-    metrics["ece_uncalibrated"] = expected_calibration_error(test.labels, Calibration().probabilities(test.logits),
-                                                             cfg.calibration_bins)
-    intervals = (bootstrap_intervals(test.labels, probabilities, threshold, cfg.bootstrap_samples,
-                                     cfg.confidence_level, seed=0) if cfg.bootstrap_samples else {})
-    points = (operating_points(val.labels, val_probabilities, test.labels, probabilities, cfg)
-              if val is not None and len(val.labels) else [])
+    metrics["ece_uncalibrated"] = expected_calibration_error(
+        test.labels, Calibration().probabilities(test.logits), cfg.calibration_bins
+    )
+    intervals = (
+        bootstrap_intervals(test.labels, probabilities, threshold, cfg.bootstrap_samples, cfg.confidence_level, seed=0)
+        if cfg.bootstrap_samples
+        else {}
+    )
+    points = (
+        operating_points(val.labels, val_probabilities, test.labels, probabilities, cfg)
+        if val is not None and len(val.labels)
+        else []
+    )
     return Evaluation(threshold, calibration, metrics, intervals, points, reliability, test, probabilities)
 
 
@@ -80,8 +95,12 @@ def confident_mistakes(labels: np.ndarray, probabilities: np.ndarray, threshold:
     """Indices of wrong predictions: false negatives first (missed pneumonia), each group most confident first."""
     missed = np.flatnonzero((labels == 1) & (probabilities < threshold))
     false_alarms = np.flatnonzero((labels == 0) & (probabilities >= threshold))
-    ordered = np.concatenate([missed[np.argsort(probabilities[missed], kind="stable")],
-                              false_alarms[np.argsort(-probabilities[false_alarms], kind="stable")]])
+    ordered = np.concatenate(
+        [
+            missed[np.argsort(probabilities[missed], kind="stable")],
+            false_alarms[np.argsort(-probabilities[false_alarms], kind="stable")],
+        ]
+    )
     return ordered[:limit].astype(int)
 
 

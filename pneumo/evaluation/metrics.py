@@ -45,7 +45,10 @@ def binary_metrics(labels: np.ndarray, probabilities: np.ndarray, threshold: flo
         "precision": float(precision_score(labels, predicted, zero_division=0)),
         "f1": float(f1_score(labels, predicted, zero_division=0)),
         "threshold": float(threshold),
-        "tp": int(tp), "fp": int(fp), "tn": int(tn), "fn": int(fn),
+        "tp": int(tp),
+        "fp": int(fp),
+        "tn": int(tn),
+        "fn": int(fn),
     }
 
 
@@ -78,14 +81,26 @@ def _resampled_scores(labels: np.ndarray, probabilities: np.ndarray, threshold: 
     auroc, auprc = _ranking_scores(labels, probabilities)
     with np.errstate(invalid="ignore", divide="ignore"):
         sensitivity, specificity = tp / (tp + fn), tn / (tn + fp)
-        return {"auroc": auroc, "auprc": auprc, "accuracy": (tp + tn) / labels.shape[1],
-                "balanced_accuracy": (sensitivity + specificity) / 2, "sensitivity": sensitivity,
-                "specificity": specificity, "precision": np.where(tp + fp > 0, tp / (tp + fp), 0.0),
-                "f1": np.where(tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn), 0.0)}
+        return {
+            "auroc": auroc,
+            "auprc": auprc,
+            "accuracy": (tp + tn) / labels.shape[1],
+            "balanced_accuracy": (sensitivity + specificity) / 2,
+            "sensitivity": sensitivity,
+            "specificity": specificity,
+            "precision": np.where(tp + fp > 0, tp / (tp + fp), 0.0),
+            "f1": np.where(tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn), 0.0),
+        }
 
 
-def bootstrap_intervals(labels: np.ndarray, probabilities: np.ndarray, threshold: float, n_resamples: int = 1000,
-                        confidence: float = 0.95, seed: int = 0) -> dict[str, tuple[float, float]]:
+def bootstrap_intervals(
+    labels: np.ndarray,
+    probabilities: np.ndarray,
+    threshold: float,
+    n_resamples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> dict[str, tuple[float, float]]:
     """Percentile bootstrap interval of each score in SCORES: images resampled with replacement,
     the threshold held fixed (it was chosen on validation, not on these images). Resamples are
     scored 100 at a time as arrays (1,000 resamples of 624 images: ~0.1 s)."""
@@ -135,31 +150,47 @@ class OperatingPoint:
 
 
 def policy_description(policy: str, cfg: EvalConfig) -> str:
-    return {"fixed": f"fixed threshold {cfg.threshold:g}",
-            "youden": "max sensitivity + specificity (Youden's J) on val",
-            "sensitivity": f"sensitivity >= {cfg.target_sensitivity:g} on val (screening)",
-            "specificity": f"specificity >= {cfg.target_specificity:g} on val"}[policy]
+    return {
+        "fixed": f"fixed threshold {cfg.threshold:g}",
+        "youden": "max sensitivity + specificity (Youden's J) on val",
+        "sensitivity": f"sensitivity >= {cfg.target_sensitivity:g} on val (screening)",
+        "specificity": f"specificity >= {cfg.target_specificity:g} on val",
+    }[policy]
 
 
-def operating_points(val_labels: np.ndarray, val_probabilities: np.ndarray, test_labels: np.ndarray,
-                     test_probabilities: np.ndarray, cfg: EvalConfig) -> list[OperatingPoint]:
+def operating_points(
+    val_labels: np.ndarray,
+    val_probabilities: np.ndarray,
+    test_labels: np.ndarray,
+    test_probabilities: np.ndarray,
+    cfg: EvalConfig,
+) -> list[OperatingPoint]:
     """Every threshold policy, chosen on validation and applied to test: the table a clinical team
     reads to pick an operating point."""
     points = []
     for policy in THRESHOLD_POLICIES:
         threshold = choose_threshold(val_labels, val_probabilities, cfg, policy)
-        points.append(OperatingPoint(policy, policy_description(policy, cfg), threshold,
-                                     binary_metrics(val_labels, val_probabilities, threshold),
-                                     binary_metrics(test_labels, test_probabilities, threshold)))
+        points.append(
+            OperatingPoint(
+                policy,
+                policy_description(policy, cfg),
+                threshold,
+                binary_metrics(val_labels, val_probabilities, threshold),
+                binary_metrics(test_labels, test_probabilities, threshold),
+            )
+        )
     return points
 
 
-def format_metrics_table(metrics: dict[str, float], intervals: dict[str, tuple[float, float]] | None = None,
-                         title: str = "test") -> str:
+def format_metrics_table(
+    metrics: dict[str, float], intervals: dict[str, tuple[float, float]] | None = None, title: str = "test"
+) -> str:
     """A small fixed-width table for the end of a run, with confidence intervals when given."""
     intervals = intervals or {}
-    rows = [f"{title} metrics (n={metrics['tp'] + metrics['fp'] + metrics['tn'] + metrics['fn']}, "
-            f"threshold {metrics['threshold']:.3f})"]
+    rows = [
+        f"{title} metrics (n={metrics['tp'] + metrics['fp'] + metrics['tn'] + metrics['fn']}, "
+        f"threshold {metrics['threshold']:.3f})"
+    ]
     for key in SCORES:
         low_high = f"  [{intervals[key][0]:.3f}, {intervals[key][1]:.3f}]" if key in intervals else ""
         rows.append(f"  {key:<18} {metrics[key]:.4f}{low_high}")

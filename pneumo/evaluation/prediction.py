@@ -37,16 +37,20 @@ def predict_probabilities(loaded: LoadedModel, images: torch.Tensor) -> np.ndarr
     return loaded.meta.calibration.probabilities(predict_logits(loaded.model, images, loaded.meta.preprocessing_spec))
 
 
-def predict_dataset(loaded: LoadedModel, dataset: ray.data.Dataset, batch_size: int = 64,
-                    predictor: Optional[Predictor] = None) -> Predictions:
+def predict_dataset(
+    loaded: LoadedModel, dataset: ray.data.Dataset, batch_size: int = 64, predictor: Optional[Predictor] = None
+) -> Predictions:
     """Score every row of a prepared split (columns image, label, path) in this process, with PyTorch
     or with `predictor` (an ONNX Runtime or OpenVINO one from pneumo.runtimes)."""
     preprocessing = loaded.meta.preprocessing_spec
     labels, logits, paths = [], [], []
     for batch in dataset.iter_batches(batch_size=batch_size, batch_format="numpy"):
         images = np.ascontiguousarray(np.array(batch["image"]))
-        logits.append(predictor.logits(images) if predictor is not None
-                      else predict_logits(loaded.model, torch.from_numpy(images), preprocessing))
+        logits.append(
+            predictor.logits(images)
+            if predictor is not None
+            else predict_logits(loaded.model, torch.from_numpy(images), preprocessing)
+        )
         labels.append(batch["label"])
         paths.extend(str(p) for p in batch["path"])
     if not labels:
@@ -60,6 +64,7 @@ def images_at(dataset: ray.data.Dataset, paths: list[str]) -> dict[str, np.ndarr
     wanted, found = set(paths), {}
     if wanted:
         for block in dataset.iter_batches(batch_size=None, batch_format="numpy"):
-            found.update({str(path): np.asarray(image) for path, image in zip(block["path"], block["image"])
-                          if path in wanted})
+            found.update(
+                {str(path): np.asarray(image) for path, image in zip(block["path"], block["image"]) if path in wanted}
+            )
     return found

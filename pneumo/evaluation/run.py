@@ -62,8 +62,14 @@ def default_report_dir(model: FetchedModel, split: str) -> Path:
     return Path(durable_path("reports")) / f"{safe_name}-{model.version}-{split}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def evaluate_model(model_uri: str, cfg: ExperimentConfig, split: str = "test",
-                   out_dir: Optional[str | Path] = None, runtime: str = "torch", int8: bool = False) -> EvalOutcome:
+def evaluate_model(
+    model_uri: str,
+    cfg: ExperimentConfig,
+    split: str = "test",
+    out_dir: Optional[str | Path] = None,
+    runtime: str = "torch",
+    int8: bool = False,
+) -> EvalOutcome:
     """Score `model_uri` on `split` of cfg.data with `runtime` (torch, onnxruntime, openvino, auto: the
     one a replica would pick here); log an `eval` MLflow run and write the report."""
     tracking_uri = resolve_tracking_uri(cfg.mlflow)
@@ -75,30 +81,60 @@ def evaluate_model(model_uri: str, cfg: ExperimentConfig, split: str = "test",
         raise ConfigError(f"data.path {cfg.data.path}: the {split} split has no usable images")
     predictor = choose_runtime(runtime, model.loaded, torch.get_num_threads(), cfg.eval.batch_size, int8)
     scored = predict_dataset(model.loaded, data.datasets[split], cfg.eval.batch_size, predictor)
-    val = (predict_dataset(model.loaded, data.datasets["val"], cfg.eval.batch_size, predictor)
-           if split != "val" else None)
-    evaluation = evaluate_predictions(val, scored, cfg.eval, threshold=meta.decision_threshold,
-                                      calibration=meta.calibration)
+    val = (
+        predict_dataset(model.loaded, data.datasets["val"], cfg.eval.batch_size, predictor) if split != "val" else None
+    )
+    evaluation = evaluate_predictions(
+        val, scored, cfg.eval, threshold=meta.decision_threshold, calibration=meta.calibration
+    )
     settings = flatten({"data": to_dict(cfg)["data"], "eval": to_dict(cfg)["eval"]})
-    run_id = start_run(client, cfg, "eval", f"eval-{model.name}-{model.version}-{split}",
-                       tags={TAG_MODEL_URI: model.uri, TAG_DATA_FINGERPRINT: data.fingerprint},
-                       params={**settings, "split": split, "model_uri": model.uri,
-                               "runtime": predictor.runtime, "precision": predictor.precision})
+    run_id = start_run(
+        client,
+        cfg,
+        "eval",
+        f"eval-{model.name}-{model.version}-{split}",
+        tags={TAG_MODEL_URI: model.uri, TAG_DATA_FINGERPRINT: data.fingerprint},
+        params={
+            **settings,
+            "split": split,
+            "model_uri": model.uri,
+            "runtime": predictor.runtime,
+            "precision": predictor.precision,
+        },
+    )
     ood = gate_summary(model.loaded, data.datasets[split], cfg.eval.batch_size)
     localization = localize_split(model.loaded, data, split, cfg.data.path)  # synthetic sets only
-    log_metrics(client, run_id, {**evaluation.logged_metrics(), **(ood or {}),
-                                 **(localization.metrics() if localization else {})}, prefix=f"{split}_")
+    log_metrics(
+        client,
+        run_id,
+        {**evaluation.logged_metrics(), **(ood or {}), **(localization.metrics() if localization else {})},
+        prefix=f"{split}_",
+    )
     report = None
     if cfg.eval.report:
         training_run = _training_run_id(client, model)
         history = metric_history(client, training_run_for(client, training_run)) if training_run else {}
-        rows = {"model": model.uri, "architecture": meta.model["name"], "version": model.version,
-                "evaluation MLflow run": run_id, "decision threshold": f"{meta.decision_threshold:.4f} (stored)",
-                "calibration": describe_calibration(meta.calibration, "stored")}
-        report = write_evaluation_report(evaluation, cfg, data, split, rows, history,
-                                         out_dir or default_report_dir(model, split),
-                                         title=f"{model.name} {model.version} on {cfg.data.path} ({split})",
-                                         threshold_policy="", explain=model.loaded, localization=localization)
+        rows = {
+            "model": model.uri,
+            "architecture": meta.model["name"],
+            "version": model.version,
+            "evaluation MLflow run": run_id,
+            "decision threshold": f"{meta.decision_threshold:.4f} (stored)",
+            "calibration": describe_calibration(meta.calibration, "stored"),
+        }
+        report = write_evaluation_report(
+            evaluation,
+            cfg,
+            data,
+            split,
+            rows,
+            history,
+            out_dir or default_report_dir(model, split),
+            title=f"{model.name} {model.version} on {cfg.data.path} ({split})",
+            threshold_policy="",
+            explain=model.loaded,
+            localization=localization,
+        )
         client.log_artifacts(run_id, str(report.parent), "report")
     finish_run(client, run_id)
     return EvalOutcome(evaluation, str(report) if report else None, run_id, ood, localization)

@@ -56,10 +56,18 @@ def _auroc(labels: np.ndarray, probabilities: np.ndarray) -> float:
     return binary_metrics(labels, probabilities, 0.5)["auroc"]
 
 
-def _compare(name: str, reference: Predictions, candidate: Predictions, loaded: LoadedModel, tolerance: float,
-             check: RuntimeCheck) -> None:
+def _compare(
+    name: str,
+    reference: Predictions,
+    candidate: Predictions,
+    loaded: LoadedModel,
+    tolerance: float,
+    check: RuntimeCheck,
+) -> None:
     calibration = loaded.meta.calibration
-    diff = float(np.abs(calibration.probabilities(candidate.logits) - calibration.probabilities(reference.logits)).max())
+    diff = float(
+        np.abs(calibration.probabilities(candidate.logits) - calibration.probabilities(reference.logits)).max()
+    )
     auroc = _auroc(candidate.labels, calibration.probabilities(candidate.logits))
     check.max_probability_diff[name], check.runtime_val_auroc[name] = diff, auroc
     same_auroc = round(auroc, 3) == round(check.val_auroc, 3) or (np.isnan(auroc) and np.isnan(check.val_auroc))
@@ -68,7 +76,8 @@ def _compare(name: str, reference: Predictions, candidate: Predictions, loaded: 
             f"{name} on {ONNX_FILE} does not match PyTorch on val: largest probability difference {diff:.2e} "
             f"(export.probability_tolerance {tolerance:g}), val AUROC {auroc:.4f} vs {check.val_auroc:.4f} "
             f"(must agree to 3 decimals). The model is not registered; set export.onnx=false to register "
-            f"it without compiled runtimes (serve.runtime=torch).")
+            f"it without compiled runtimes (serve.runtime=torch)."
+        )
 
 
 def _training_films(data: PreparedData, limit: int, batch_size: int) -> Iterator[np.ndarray]:
@@ -94,37 +103,54 @@ def quantize_int8(model_dir: Path, calibration_films: Iterator[np.ndarray]) -> P
     prepared = model_dir / "model.int8-prep.onnx"
     quant_pre_process(str(model_dir / ONNX_FILE), str(prepared), skip_symbolic_shape=True)
     try:
-        quantize_static(str(prepared), str(model_dir / INT8_FILE), TrainingFilms(), quant_format=QuantFormat.QDQ,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True)
+        quantize_static(
+            str(prepared),
+            str(model_dir / INT8_FILE),
+            TrainingFilms(),
+            quant_format=QuantFormat.QDQ,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+        )
     finally:
         prepared.unlink(missing_ok=True)
     return model_dir / INT8_FILE
 
 
-def _check_int8(loaded: LoadedModel, model_dir: Path, data: PreparedData, cfg: ExperimentConfig,
-                check: RuntimeCheck) -> None:
+def _check_int8(
+    loaded: LoadedModel, model_dir: Path, data: PreparedData, cfg: ExperimentConfig, check: RuntimeCheck
+) -> None:
     quantize_int8(model_dir, _training_films(data, cfg.export.int8_calibration_films, cfg.eval.batch_size))
-    int8 = predict_dataset(loaded, data.datasets["val"], cfg.eval.batch_size,
-                           create_predictor(loaded, "onnxruntime", int8=True))
+    int8 = predict_dataset(
+        loaded, data.datasets["val"], cfg.eval.batch_size, create_predictor(loaded, "onnxruntime", int8=True)
+    )
     check.int8_val_auroc = _auroc(int8.labels, loaded.meta.calibration.probabilities(int8.logits))
     spec = loaded.meta.preprocessing_spec
     films = np.zeros((SPEED_BATCH, spec.in_chans, spec.image_size, spec.image_size), np.uint8)
     for runtime in installed_runtimes():
         if runtime != "torch":
-            check.int8_speedup[runtime] = (time_per_call_ms(create_predictor(loaded, runtime), films)
-                                           / time_per_call_ms(create_predictor(loaded, runtime, int8=True), films))
+            check.int8_speedup[runtime] = time_per_call_ms(create_predictor(loaded, runtime), films) / time_per_call_ms(
+                create_predictor(loaded, runtime, int8=True), films
+            )
     drop = check.val_auroc - check.int8_val_auroc
     check.int8_kept = drop <= cfg.export.max_int8_auroc_drop
-    logger.info("int8: val AUROC %.4f -> %.4f (drop %.4f, limit %g), speed-up at batch %d: %s; %s",
-                check.val_auroc, check.int8_val_auroc, drop, cfg.export.max_int8_auroc_drop, SPEED_BATCH,
-                ", ".join(f"{name} {ratio:.2f}x" for name, ratio in check.int8_speedup.items()),
-                "kept" if check.int8_kept else f"not kept ({INT8_FILE} removed)")
+    logger.info(
+        "int8: val AUROC %.4f -> %.4f (drop %.4f, limit %g), speed-up at batch %d: %s; %s",
+        check.val_auroc,
+        check.int8_val_auroc,
+        drop,
+        cfg.export.max_int8_auroc_drop,
+        SPEED_BATCH,
+        ", ".join(f"{name} {ratio:.2f}x" for name, ratio in check.int8_speedup.items()),
+        "kept" if check.int8_kept else f"not kept ({INT8_FILE} removed)",
+    )
     if not check.int8_kept:
         (model_dir / INT8_FILE).unlink()
 
 
-def check_runtimes(loaded: LoadedModel, model_dir: Path, data: PreparedData, cfg: ExperimentConfig,
-                   val: Predictions) -> Optional[RuntimeCheck]:
+def check_runtimes(
+    loaded: LoadedModel, model_dir: Path, data: PreparedData, cfg: ExperimentConfig, val: Predictions
+) -> Optional[RuntimeCheck]:
     """Export model_dir/model.onnx, hold every installed ONNX runtime to PyTorch's `val` predictions,
     then try int8 if asked. Raises ExportCheckError when an export does not match."""
     if not cfg.export.onnx or len(val.labels) == 0:
@@ -133,8 +159,9 @@ def check_runtimes(loaded: LoadedModel, model_dir: Path, data: PreparedData, cfg
     check = RuntimeCheck(val_auroc=_auroc(val.labels, loaded.meta.calibration.probabilities(val.logits)))
     for runtime in installed_runtimes():
         if runtime != "torch":
-            scored = predict_dataset(loaded, data.datasets["val"], cfg.eval.batch_size,
-                                     create_predictor(loaded, runtime))
+            scored = predict_dataset(
+                loaded, data.datasets["val"], cfg.eval.batch_size, create_predictor(loaded, runtime)
+            )
             _compare(runtime, val, scored, loaded, cfg.export.probability_tolerance, check)
     if cfg.export.int8:
         _check_int8(loaded, model_dir, data, cfg, check)

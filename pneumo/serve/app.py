@@ -67,8 +67,7 @@ def _verdict(probability: float, model: FetchedModel) -> dict[str, Any]:
 
 
 def _identity(model: FetchedModel) -> dict[str, Any]:
-    return {"threshold": model.loaded.meta.decision_threshold, "model_name": model.name,
-            "model_version": model.version}
+    return {"threshold": model.loaded.meta.decision_threshold, "model_name": model.name, "model_version": model.version}
 
 
 def _score_by_version(items: list[tuple[ServedModel, np.ndarray]]) -> list[float]:
@@ -86,9 +85,12 @@ def _elapsed_ms(started: float) -> float:
     return round(1000 * (time.perf_counter() - started), 3)
 
 
-api = FastAPI(title="pneumo", description="P(pneumonia) for chest X-rays: JPEG, PNG or DICOM in, JSON out. "
-                                          "Errors are {\"error\", \"field\"}: 400 unusable image, 413 too "
-                                          "large or too many, 415 wrong Content-Type, 503 model not ready.")
+api = FastAPI(
+    title="pneumo",
+    description="P(pneumonia) for chest X-rays: JPEG, PNG or DICOM in, JSON out. "
+    'Errors are {"error", "field"}: 400 unusable image, 413 too '
+    "large or too many, 415 wrong Content-Type, 503 model not ready.",
+)
 api.middleware("http")(authenticate)  # bearer token on every route but the probes and docs (security.py)
 
 
@@ -111,8 +113,12 @@ class PneumoniaService:
         self.audit = AuditLog(self.settings)
         torch.set_num_threads(self.settings.torch_threads)
         self.metrics = ServeMetrics()
-        self.batcher = AdaptiveBatcher(_score_by_version, self.settings.max_batch_size,  # one for all versions
-                                       self.settings.batch_wait_timeout_s, self.metrics.batch_size.observe)
+        self.batcher = AdaptiveBatcher(
+            _score_by_version,
+            self.settings.max_batch_size,  # one for all versions
+            self.settings.batch_wait_timeout_s,
+            self.metrics.batch_size.observe,
+        )
         self.versions = ServedVersions(model_uri, tracking_uri, self.settings)  # champion (+ challenger)
         self.loader = self.versions.champion
         self.monitor = ServeMonitor(self.settings, lambda: self.loader.model)  # OOD gate and drift (monitor.py)
@@ -149,8 +155,9 @@ class PneumoniaService:
     async def monitoring(self) -> JSONResponse:
         """This replica's window of recent inputs against the model's reference: drift, OOD rate, tests."""
         replica = serve.get_replica_context().replica_id.unique_id
-        return await self._answer("monitoring", lambda started: asyncio.to_thread(
-            self.monitor.report, self._loaded_model(), replica))
+        return await self._answer(
+            "monitoring", lambda started: asyncio.to_thread(self.monitor.report, self._loaded_model(), replica)
+        )
 
     @api.get("/versions")
     def served_versions(self) -> dict[str, dict]:
@@ -162,14 +169,17 @@ class PneumoniaService:
         """One image: multipart field `file`, or the raw body (image/jpeg, image/png, application/dicom)."""
         return await self._answer("predict", lambda started: self._predict_one(request, started))
 
-    @api.post("/predict/batch", response_model=BatchPrediction, responses=ERROR_DOCS,
-              openapi_extra=BATCH_UPLOAD_DOC)
+    @api.post("/predict/batch", response_model=BatchPrediction, responses=ERROR_DOCS, openapi_extra=BATCH_UPLOAD_DOC)
     async def predict_batch(self, request: Request) -> JSONResponse:
         """Several images in one multipart request, one `files` field each."""
         return await self._answer("predict_batch", lambda started: self._predict_many(request, started))
 
-    @api.post("/explain", response_model=Explanation, openapi_extra=SINGLE_UPLOAD_DOC,
-              responses={**ERROR_DOCS, 200: EXPLAIN_PNG_DOC, 501: {"model": ErrorBody}})
+    @api.post(
+        "/explain",
+        response_model=Explanation,
+        openapi_extra=SINGLE_UPLOAD_DOC,
+        responses={**ERROR_DOCS, 200: EXPLAIN_PNG_DOC, 501: {"model": ErrorBody}},
+    )
     async def explain(self, request: Request) -> Response:
         """/predict's inputs, refusals and answer, plus where the model looked: a Grad-CAM map as a base64
         PNG (heatmap_png), or with ?format=png the film with the map over it (prediction in X- headers)."""
@@ -203,8 +213,9 @@ class PneumoniaService:
 
     async def _decode(self, upload: Upload, model: FetchedModel) -> np.ndarray:
         try:
-            return await asyncio.to_thread(decode_image, upload.data, model.loaded.meta.preprocessing_spec,
-                                           self.settings.max_image_pixels)
+            return await asyncio.to_thread(
+                decode_image, upload.data, model.loaded.meta.preprocessing_spec, self.settings.max_image_pixels
+            )
         except ImageDecodeError as error:
             raise RequestError(400, f"{upload.label}: {error}", upload.source) from None
 
@@ -226,8 +237,13 @@ class PneumoniaService:
         probability = await self.score((served, image))
         self._shadow(role, served, [image], [probability])
         self.versions.metrics.record(role, served, probability, time.perf_counter() - started)
-        answer = {**_verdict(probability, model), **_identity(model), "model_role": role,
-                  "time_ms": _elapsed_ms(started), **gate.fields()}
+        answer = {
+            **_verdict(probability, model),
+            **_identity(model),
+            "model_role": role,
+            "time_ms": _elapsed_ms(started),
+            **gate.fields(),
+        }
         self.audit.record(request, [upload.data], answer)
         return answer, served, image
 
@@ -243,11 +259,15 @@ class PneumoniaService:
         for probability in probabilities:
             self.versions.metrics.record(role, served, probability, time.perf_counter() - started)
         answers = iter(probabilities)
-        predictions = [{"filename": upload.filename, **gate.fields(),
-                        **(self.monitor.refusal(gate) if self.monitor.refuses(gate) else _verdict(next(answers), model))}
-                       for upload, gate in zip(uploads, gates)]
-        answer = {"predictions": predictions, **_identity(model), "model_role": role,
-                  "time_ms": _elapsed_ms(started)}
+        predictions = [
+            {
+                "filename": upload.filename,
+                **gate.fields(),
+                **(self.monitor.refusal(gate) if self.monitor.refuses(gate) else _verdict(next(answers), model)),
+            }
+            for upload, gate in zip(uploads, gates)
+        ]
+        answer = {"predictions": predictions, **_identity(model), "model_role": role, "time_ms": _elapsed_ms(started)}
         self.audit.record(request, [upload.data for upload in uploads], answer)
         return answer
 
@@ -260,16 +280,17 @@ class PneumoniaService:
         self._shadow_tasks.add(task)
         task.add_done_callback(self._shadow_tasks.discard)
 
-    async def _compare_on(self, challenger: ServedModel, champion: ServedModel, images: list[np.ndarray],
-                          probabilities: list[float]) -> None:
+    async def _compare_on(
+        self, challenger: ServedModel, champion: ServedModel, images: list[np.ndarray], probabilities: list[float]
+    ) -> None:
         started = time.perf_counter()
         shadow = await asyncio.gather(*(self.score((challenger, image)) for image in images))
         for ours, theirs in zip(probabilities, shadow):
             self.versions.metrics.record("shadow", challenger, theirs, time.perf_counter() - started)
-            self.versions.metrics.record_shadow(_verdict(ours, champion.fetched)["label"]
-                                                == _verdict(theirs, challenger.fetched)["label"])
+            self.versions.metrics.record_shadow(
+                _verdict(ours, champion.fetched)["label"] == _verdict(theirs, challenger.fetched)["label"]
+            )
 
     async def score(self, item: tuple[ServedModel, np.ndarray]) -> float:
         """P(pneumonia) of one (version, image), batched with concurrent requests (batching.py)."""
         return await self.batcher.submit(item)
-

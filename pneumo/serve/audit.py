@@ -51,8 +51,9 @@ class AuditLog:
         directory = Path(cfg.audit_dir).expanduser().resolve()
         directory.mkdir(parents=True, exist_ok=True)
         self.path = directory / f"audit-{_replica_name()}.jsonl"
-        handler = logging.handlers.RotatingFileHandler(self.path, maxBytes=cfg.audit_max_bytes,
-                                                       backupCount=cfg.audit_backups, encoding="utf-8")
+        handler = logging.handlers.RotatingFileHandler(
+            self.path, maxBytes=cfg.audit_max_bytes, backupCount=cfg.audit_backups, encoding="utf-8"
+        )
         handler.setFormatter(logging.Formatter("%(message)s"))
         self.logger = logging.getLogger(f"pneumo.audit.{self.path.name}")
         self.logger.handlers[:] = [handler]
@@ -63,11 +64,20 @@ class AuditLog:
         """One line per image of a 200 answer (`answer` is the /predict or /predict/batch body)."""
         if self.logger is None:
             return
-        common = {"time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"), "request_id": _request_id(), "client": request.client.host if request.client else None,
-                  "endpoint": request.url.path, "model_name": answer.get("model_name"),
-                  "model_version": answer.get("model_version")}
+        common = {
+            "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+            "request_id": _request_id(),
+            "client": request.client.host if request.client else None,
+            "endpoint": request.url.path,
+            "model_name": answer.get("model_name"),
+            "model_version": answer.get("model_version"),
+        }
         for image, prediction in zip(images, answer.get("predictions", [answer])):
-            line = {**common, "input_sha256": hashlib.sha256(image).hexdigest(),
-                    "probability": prediction["probability"], "decision": prediction["label"],
-                    **{key: prediction[key] for key in OOD_KEYS if key in prediction}}
+            line = {
+                **common,
+                "input_sha256": hashlib.sha256(image).hexdigest(),
+                "probability": prediction["probability"],
+                "decision": prediction["label"],
+                **{key: prediction[key] for key in OOD_KEYS if key in prediction},
+            }
             self.logger.info(json.dumps(line))

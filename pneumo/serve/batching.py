@@ -19,8 +19,13 @@ class AdaptiveBatcher(Generic[Item, Result]):
     """`await batcher.submit(item)` -> `run_batch([...items])[i]`, run_batch called in a worker thread,
     one batch at a time (the model's own threads do the parallel work)."""
 
-    def __init__(self, run_batch: Callable[[list[Item]], list[Result]], max_batch_size: int,
-                 wait_s: float = 0.0, on_batch: Optional[Callable[[int], None]] = None):
+    def __init__(
+        self,
+        run_batch: Callable[[list[Item]], list[Result]],
+        max_batch_size: int,
+        wait_s: float = 0.0,
+        on_batch: Optional[Callable[[int], None]] = None,
+    ):
         self.run_batch, self.max_batch_size, self.wait_s, self.on_batch = run_batch, max_batch_size, wait_s, on_batch
         self._queue: Optional[asyncio.Queue] = None  # made in the event loop that serves requests
         self._worker: Optional[asyncio.Task] = None

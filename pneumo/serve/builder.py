@@ -1,8 +1,8 @@
 """Config -> the Ray Serve application: `pneumo serve`, `serve run serve_app:app`, serve_config.yaml.
 
-    app = build_app(ServeArgs(model_uri="models:/pneumo-pneumonia@champion",
-                              config=["experiments/quickstart.yaml"]))
-    serve.run(app)  # POST /predict, POST /predict/batch, GET /healthz /readyz /model, docs at /docs
+app = build_app(ServeArgs(model_uri="models:/pneumo-pneumonia@champion",
+                          config=["experiments/quickstart.yaml"]))
+serve.run(app)  # POST /predict, POST /predict/batch, GET /healthz /readyz /model, docs at /docs
 """
 
 # No `from __future__ import annotations`: Ray's typed app builder needs build_app's annotation as a
@@ -54,6 +54,7 @@ def load_serving_config(args: ServeArgs) -> tuple[ServeConfig, MlflowConfig]:
         raise ConfigError(f"overrides {args.overrides} need an experiment YAML to apply to: add --config FILE")
     return ServeConfig(), MlflowConfig()
 
+
 def deployment_options(cfg: ServeConfig) -> dict[str, Any]:
     """serve: settings -> Ray Serve deployment options."""
     options: dict[str, Any] = {
@@ -64,8 +65,11 @@ def deployment_options(cfg: ServeConfig) -> dict[str, Any]:
         "graceful_shutdown_wait_loop_s": DRAIN_POLL_S,
     }
     if cfg.autoscaling:
-        options["autoscaling_config"] = {"min_replicas": cfg.min_replicas, "max_replicas": cfg.max_replicas,
-                                         "target_ongoing_requests": cfg.max_batch_size}  # a full batch each
+        options["autoscaling_config"] = {
+            "min_replicas": cfg.min_replicas,
+            "max_replicas": cfg.max_replicas,
+            "target_ongoing_requests": cfg.max_batch_size,
+        }  # a full batch each
     else:
         options["num_replicas"] = cfg.num_replicas
     return options

@@ -78,6 +78,7 @@ async def parse_multipart(headers: Headers, body: bytes, max_files: int) -> list
 
     Parses the already size-checked body; more than `max_files` files is a 413, anything malformed a 400.
     """
+
     async def replay() -> AsyncGenerator[bytes, None]:
         yield body
 
@@ -105,8 +106,9 @@ def _require_bytes(upload: Upload) -> Upload:
 
 
 def _unsupported_type(content_type: str, expected: str) -> RequestError:
-    return RequestError(415, f"Content-Type {content_type or '(none)'} is not accepted: send {expected}",
-                        "content-type")
+    return RequestError(
+        415, f"Content-Type {content_type or '(none)'} is not accepted: send {expected}", "content-type"
+    )
 
 
 async def read_image(request: Request, limits: ServeConfig) -> Upload:
@@ -116,13 +118,20 @@ async def read_image(request: Request, limits: ServeConfig) -> Upload:
         parts = await parse_multipart(request.headers, await read_body(request, limits.max_body_bytes), 1)
         files = [Upload(SINGLE_FIELD, filename, data) for name, filename, data in parts if name == SINGLE_FIELD]
         if len(files) != 1:
-            raise RequestError(400, f"multipart upload needs exactly one `{SINGLE_FIELD}` field, got {len(files)} "
-                                    "(several images go to /predict/batch as `files`)", SINGLE_FIELD)
+            raise RequestError(
+                400,
+                f"multipart upload needs exactly one `{SINGLE_FIELD}` field, got {len(files)} "
+                "(several images go to /predict/batch as `files`)",
+                SINGLE_FIELD,
+            )
         return _require_bytes(files[0])
     if content_type.startswith(RAW_TYPE_PREFIXES):
         return _require_bytes(Upload("body", None, await read_body(request, limits.max_body_bytes)))
-    raise _unsupported_type(content_type, f"multipart/form-data with a `{SINGLE_FIELD}` field, or the image as "
-                                          f"the body with Content-Type {', '.join(RAW_IMAGE_TYPES)}")
+    raise _unsupported_type(
+        content_type,
+        f"multipart/form-data with a `{SINGLE_FIELD}` field, or the image as "
+        f"the body with Content-Type {', '.join(RAW_IMAGE_TYPES)}",
+    )
 
 
 async def read_images(request: Request, limits: ServeConfig) -> list[Upload]:
@@ -130,14 +139,16 @@ async def read_images(request: Request, limits: ServeConfig) -> list[Upload]:
     content_type, _ = parse_header(request.headers.get("content-type", ""))
     if content_type != "multipart/form-data":
         raise _unsupported_type(content_type, f"multipart/form-data with one `{BATCH_FIELD}` field per image")
-    parts = await parse_multipart(request.headers, await read_body(request, limits.max_body_bytes),
-                                  limits.max_images_per_request)
+    parts = await parse_multipart(
+        request.headers, await read_body(request, limits.max_body_bytes), limits.max_images_per_request
+    )
     files = [(filename, data) for name, filename, data in parts if name == BATCH_FIELD]
     if not files:
         raise RequestError(400, f"multipart upload has no `{BATCH_FIELD}` field", BATCH_FIELD)
     if len(files) > limits.max_images_per_request:
-        raise RequestError(413, f"{len(files)} images exceed serve.max_images_per_request="
-                                f"{limits.max_images_per_request}", BATCH_FIELD)
+        raise RequestError(
+            413, f"{len(files)} images exceed serve.max_images_per_request={limits.max_images_per_request}", BATCH_FIELD
+        )
     return [_require_bytes(Upload(f"{BATCH_FIELD}[{i}]", filename, data)) for i, (filename, data) in enumerate(files)]
 
 
@@ -146,20 +157,48 @@ def _binary(description: str) -> dict[str, Any]:
 
 
 IMAGE_PARTS = {"contentType": ", ".join(RAW_IMAGE_TYPES)}  # what a multipart file part should carry
-SINGLE_UPLOAD_DOC = {"requestBody": {"required": True, "content": {
-    "multipart/form-data": {"schema": {"type": "object", "required": [SINGLE_FIELD],
-                                       "properties": {SINGLE_FIELD: _binary("one JPEG, PNG or DICOM file")}},
-                            "encoding": {SINGLE_FIELD: IMAGE_PARTS}},
-    **{kind: {"schema": _binary("the image itself")} for kind in RAW_IMAGE_TYPES},
-}}}
-BATCH_UPLOAD_DOC = {"requestBody": {"required": True, "content": {
-    "multipart/form-data": {"schema": {"type": "object", "required": [BATCH_FIELD], "properties": {
-        BATCH_FIELD: {"type": "array", "minItems": 1, "maxItems": ServeConfig.max_images_per_request,
-                      "items": _binary("a JPEG, PNG or DICOM file"),
-                      "description": "one part per image, at most serve.max_images_per_request"}}},
-                            "encoding": {BATCH_FIELD: IMAGE_PARTS}},
-}}}
-BEARER_SCHEME = {"bearer": {"type": "http", "scheme": "bearer", "description": "serve.auth_token_env / auth_token_file"}}
+SINGLE_UPLOAD_DOC = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": [SINGLE_FIELD],
+                    "properties": {SINGLE_FIELD: _binary("one JPEG, PNG or DICOM file")},
+                },
+                "encoding": {SINGLE_FIELD: IMAGE_PARTS},
+            },
+            **{kind: {"schema": _binary("the image itself")} for kind in RAW_IMAGE_TYPES},
+        },
+    }
+}
+BATCH_UPLOAD_DOC = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": [BATCH_FIELD],
+                    "properties": {
+                        BATCH_FIELD: {
+                            "type": "array",
+                            "minItems": 1,
+                            "maxItems": ServeConfig.max_images_per_request,
+                            "items": _binary("a JPEG, PNG or DICOM file"),
+                            "description": "one part per image, at most serve.max_images_per_request",
+                        }
+                    },
+                },
+                "encoding": {BATCH_FIELD: IMAGE_PARTS},
+            },
+        },
+    }
+}
+BEARER_SCHEME = {
+    "bearer": {"type": "http", "scheme": "bearer", "description": "serve.auth_token_env / auth_token_file"}
+}
 
 
 def document_limits(openapi: dict[str, Any], limits: ServeConfig, authenticated: bool) -> dict[str, Any]:
@@ -175,9 +214,13 @@ def document_limits(openapi: dict[str, Any], limits: ServeConfig, authenticated:
         for operation in operations.values():
             if authenticated and path not in OPEN_PATHS:
                 operation["security"] = [{"bearer": []}]
-                operation["responses"].setdefault("401", {"description": "missing or invalid bearer token",
-                                                          "content": {"application/json": {"schema": {
-                                                              "$ref": "#/components/schemas/ErrorBody"}}}})
+                operation["responses"].setdefault(
+                    "401",
+                    {
+                        "description": "missing or invalid bearer token",
+                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}},
+                    },
+                )
             else:
                 operation.pop("security", None)
     return openapi

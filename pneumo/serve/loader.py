@@ -41,8 +41,9 @@ def load_served_model(uri: str, tracking_uri: str, settings: ServeConfig) -> Ser
     pay for lazy allocations."""
     started = time.perf_counter()
     fetched = fetch_model(uri, tracking_uri)
-    predictor = choose_runtime(settings.runtime, fetched.loaded, settings.torch_threads, settings.max_batch_size,
-                               settings.int8)
+    predictor = choose_runtime(
+        settings.runtime, fetched.loaded, settings.torch_threads, settings.max_batch_size, settings.int8
+    )
     spec = fetched.loaded.meta.preprocessing_spec
     predictor.logits(np.zeros((1, spec.in_chans, spec.image_size, spec.image_size), np.uint8))
     return ServedModel(fetched, predictor, time.perf_counter() - started)
@@ -106,14 +107,22 @@ class ModelLoader:
                 self._log_serving()
             self.update_error = None
         except Exception as error:  # keep serving the version we have
-            logger.warning("cannot follow %s (still serving version %s): %s", self.uri, self.served.fetched.version,
-                           error)
+            logger.warning(
+                "cannot follow %s (still serving version %s): %s", self.uri, self.served.fetched.version, error
+            )
             self.update_error = f"{type(error).__name__}: {error}"
 
     def _log_serving(self) -> None:
         served = self.served
-        logger.info("serving %s (%s version %s) on %s %s, loaded in %.1f s", served.fetched.uri, served.fetched.name,
-                    served.fetched.version, served.predictor.runtime, served.predictor.precision, served.load_s)
+        logger.info(
+            "serving %s (%s version %s) on %s %s, loaded in %.1f s",
+            served.fetched.uri,
+            served.fetched.name,
+            served.fetched.version,
+            served.predictor.runtime,
+            served.predictor.precision,
+            served.load_s,
+        )
 
     def _fail(self, error: Exception) -> bool:
         logger.error("cannot load %s: %s", self.uri, error)
@@ -128,8 +137,12 @@ class ModelLoader:
         served = self.served
         status: dict[str, Any] = {"ready": served is not None, "state": self.state, "model_uri": self.uri}
         if served is not None:
-            status.update(version=served.fetched.version, runtime=served.predictor.runtime,
-                          precision=served.predictor.precision, load_s=round(served.load_s, 3))
+            status.update(
+                version=served.fetched.version,
+                runtime=served.predictor.runtime,
+                precision=served.predictor.precision,
+                load_s=round(served.load_s, 3),
+            )
         for key in ("error", "update_error"):
             if getattr(self, key):
                 status[key] = getattr(self, key)

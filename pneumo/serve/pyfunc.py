@@ -28,9 +28,14 @@ from pneumo.tracking import CHECKPOINT_ARTIFACT, register_model
 
 SIGNATURE = ModelSignature(
     inputs=Schema([ColSpec("binary", "image")]),
-    outputs=Schema([ColSpec("double", "probability"), ColSpec("long", "label"),
-                    ColSpec("boolean", "in_distribution", required=False),  # None: the model has no profile
-                    ColSpec("double", "ood_score", required=False)]),
+    outputs=Schema(
+        [
+            ColSpec("double", "probability"),
+            ColSpec("long", "label"),
+            ColSpec("boolean", "in_distribution", required=False),  # None: the model has no profile
+            ColSpec("double", "ood_score", required=False),
+        ]
+    ),
 )
 
 
@@ -54,10 +59,16 @@ class PneumoniaClassifier(mlflow.pyfunc.PythonModel):
         seen = observe(self.loaded, torch.from_numpy(images))
         labels = (seen.probabilities >= self.loaded.meta.decision_threshold).astype(np.int64)
         scores = self.profile.ood_scores(seen) if self.profile is not None else None
-        return pd.DataFrame({"probability": seen.probabilities.astype(np.float64), "label": labels,
-                             "in_distribution": list(scores <= self.profile.gate.cutoff) if scores is not None
-                             else [None] * len(labels),
-                             "ood_score": scores.astype(np.float64) if scores is not None else [None] * len(labels)})
+        return pd.DataFrame(
+            {
+                "probability": seen.probabilities.astype(np.float64),
+                "label": labels,
+                "in_distribution": list(scores <= self.profile.gate.cutoff)
+                if scores is not None
+                else [None] * len(labels),
+                "ood_score": scores.astype(np.float64) if scores is not None else [None] * len(labels),
+            }
+        )
 
 
 def save_pyfunc_model(checkpoint_dir: str | Path, destination: str | Path) -> Path:
@@ -77,8 +88,9 @@ def save_pyfunc_model(checkpoint_dir: str | Path, destination: str | Path) -> Pa
     return Path(destination)
 
 
-def register_checkpoint(client, cfg: ExperimentConfig, run_id: str, checkpoint_dir: str | Path,
-                        metrics: dict[str, float], fingerprint: str):
+def register_checkpoint(
+    client, cfg: ExperimentConfig, run_id: str, checkpoint_dir: str | Path, metrics: dict[str, float], fingerprint: str
+):
     """Save `checkpoint_dir` as this flavour, log it into `run_id` and register it (champion or
     challenger, see tracking.register_model); returns the ModelVersion."""
     with tempfile.TemporaryDirectory(prefix="pneumo-mlflow-model-") as folder:
@@ -89,5 +101,18 @@ def register_checkpoint(client, cfg: ExperimentConfig, run_id: str, checkpoint_d
 def _requirements() -> list[str]:
     from importlib.metadata import version
 
-    return [f"{name}=={version(name)}" for name in
-            ("torch", "timm", "safetensors", "pillow", "numpy", "pandas", "omegaconf", "scikit-learn", "scipy", "mlflow")]
+    return [
+        f"{name}=={version(name)}"
+        for name in (
+            "torch",
+            "timm",
+            "safetensors",
+            "pillow",
+            "numpy",
+            "pandas",
+            "omegaconf",
+            "scikit-learn",
+            "scipy",
+            "mlflow",
+        )
+    ]

@@ -17,11 +17,15 @@ class Prediction(BaseModel):
     model_version: str = Field(description="the version that produced this answer (also the X-Model-Version header)")
     model_role: str = Field(description="champion or challenger: the registry alias that version is served as")
     time_ms: float = Field(description="time spent in the server, milliseconds")
-    in_distribution: Optional[bool] = Field(None, description="false: the image does not look like the films the "
-                                                              "model was trained on (serve.ood_policy flag); null: "
-                                                              "the gate is off (see /readyz)")
-    ood_score: Optional[float] = Field(None, description="out-of-distribution score; above the model's cut-off "
-                                                         "(/model) means out of distribution")
+    in_distribution: Optional[bool] = Field(
+        None,
+        description="false: the image does not look like the films the "
+        "model was trained on (serve.ood_policy flag); null: "
+        "the gate is off (see /readyz)",
+    )
+    ood_score: Optional[float] = Field(
+        None, description="out-of-distribution score; above the model's cut-off (/model) means out of distribution"
+    )
 
 
 class FilePrediction(BaseModel):

@@ -27,8 +27,9 @@ from starlette.responses import JSONResponse, Response
 from pneumo.config import ConfigError, ServeConfig
 from pneumo.serve.page import PAGE_PATHS
 
-OPEN_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
-                       | PAGE_PATHS)  # the page holds no data; its calls send the token
+OPEN_PATHS = frozenset(
+    {"/healthz", "/readyz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"} | PAGE_PATHS
+)  # the page holds no data; its calls send the token
 MIN_TOKEN_CHARS = 16  # shorter tokens are guessable; secrets.token_urlsafe(32) gives 43
 CHALLENGE = {"WWW-Authenticate": 'Bearer realm="pneumo"'}
 
@@ -47,8 +48,10 @@ def read_token(cfg: ServeConfig, environ: dict[str, str] | os._Environ = os.envi
         if not token:
             return None
     if len(token) < MIN_TOKEN_CHARS:
-        raise ConfigError(f"{source}: the token has {len(token)} characters, at least {MIN_TOKEN_CHARS} are needed "
-                          "(make one with: python -c 'import secrets; print(secrets.token_urlsafe(32))')")
+        raise ConfigError(
+            f"{source}: the token has {len(token)} characters, at least {MIN_TOKEN_CHARS} are needed "
+            "(make one with: python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+        )
     return token
 
 
@@ -70,15 +73,17 @@ def check_exposure(host: str, cfg: ServeConfig, token: Optional[str]) -> None:
     """Refuse to listen beyond loopback without a token, unless the config says so explicitly."""
     if token or is_loopback(host) or cfg.allow_unauthenticated_remote:
         return
-    raise ConfigError(f"serve.host={host} is reachable from other machines and no token is set: set "
-                      f"${cfg.auth_token_env} or serve.auth_token_file, or serve.allow_unauthenticated_remote=true "
-                      "to serve without authentication on purpose")
+    raise ConfigError(
+        f"serve.host={host} is reachable from other machines and no token is set: set "
+        f"${cfg.auth_token_env} or serve.auth_token_file, or serve.allow_unauthenticated_remote=true "
+        "to serve without authentication on purpose"
+    )
 
 
 def _route_path(request: Request) -> str:
     """The path inside the app, without the route prefix Serve mounted it under (/secure/healthz -> /healthz)."""
     path, prefix = request.scope["path"], request.scope.get("root_path", "")
-    return (path[len(prefix):] or "/") if prefix and path.startswith(prefix) else path
+    return (path[len(prefix) :] or "/") if prefix and path.startswith(prefix) else path
 
 
 class BearerGuard:

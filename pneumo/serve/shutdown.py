@@ -35,8 +35,10 @@ def serve_until_signalled(app: Application, name: str, drain_timeout_s: float) -
         while not stop.wait(0.5):
             pass
         signum = received[0]
-        print(f"{signal.Signals(signum).name}: no new requests; draining in-flight ones "
-              f"(up to {drain_timeout_s:g} s)", flush=True)
+        print(
+            f"{signal.Signals(signum).name}: no new requests; draining in-flight ones (up to {drain_timeout_s:g} s)",
+            flush=True,
+        )
         started = time.monotonic()
         serve.delete(name, _blocking=True)  # returns once every replica has drained or timed out
         print(f"drained in {time.monotonic() - started:.1f} s", flush=True)

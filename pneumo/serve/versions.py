@@ -43,12 +43,20 @@ class VersionMetrics:
     def __init__(self) -> None:
         tags = ("role", "version")
         self.answers = metrics.Counter("pneumo_version_answers", "answers per served version", tag_keys=tags)
-        self.latency_ms = metrics.Histogram("pneumo_version_latency_ms", "time in the replica per answer, ms",
-                                            boundaries=LATENCY_BOUNDARIES_MS, tag_keys=tags)
-        self.probability = metrics.Histogram("pneumo_version_probability", "P(pneumonia) answered",
-                                             boundaries=PROBABILITY_BOUNDARIES, tag_keys=tags)
-        self.shadow = metrics.Counter("pneumo_shadow_comparisons", "shadow-scored requests: agree is whether "
-                                      "the challenger's label equals the champion's", tag_keys=("agree",))
+        self.latency_ms = metrics.Histogram(
+            "pneumo_version_latency_ms",
+            "time in the replica per answer, ms",
+            boundaries=LATENCY_BOUNDARIES_MS,
+            tag_keys=tags,
+        )
+        self.probability = metrics.Histogram(
+            "pneumo_version_probability", "P(pneumonia) answered", boundaries=PROBABILITY_BOUNDARIES, tag_keys=tags
+        )
+        self.shadow = metrics.Counter(
+            "pneumo_shadow_comparisons",
+            "shadow-scored requests: agree is whether the challenger's label equals the champion's",
+            tag_keys=("agree",),
+        )
 
     def record(self, role: str, model: ServedModel, probability: float, seconds: float) -> None:
         tags = {"role": role, "version": model.fetched.version}
@@ -69,8 +77,11 @@ def route(asked: Optional[str], loaded: dict[str, ServedModel], traffic: float, 
             if asked in (role, model.fetched.version):
                 return role
         served = ", ".join(f"{role} (version {model.fetched.version})" for role, model in loaded.items())
-        raise RequestError(404, f"model version {asked!r} is not served here; served: {served or 'none yet'}",
-                           f"{VERSION_HEADER} header or ?{VERSION_QUERY}=")
+        raise RequestError(
+            404,
+            f"model version {asked!r} is not served here; served: {served or 'none yet'}",
+            f"{VERSION_HEADER} header or ?{VERSION_QUERY}=",
+        )
     return CHALLENGER if CHALLENGER in loaded and draw < traffic else CHAMPION
 
 
@@ -117,5 +128,7 @@ class ServedVersions:
 
     def describe(self) -> dict[str, dict]:
         """Each loaded role's model description, plus where each loader stands."""
-        return {role: {**loader.status(), **({"model": loader.model.describe()} if loader.model else {})}
-                for role, loader in self.loaders.items()}
+        return {
+            role: {**loader.status(), **({"model": loader.model.describe()} if loader.model else {})}
+            for role, loader in self.loaders.items()
+        }

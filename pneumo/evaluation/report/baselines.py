@@ -13,10 +13,14 @@ from pneumo.config import DataConfig
 from pneumo.data.sources import resolve_format
 from pneumo.data.synthetic import SYNTHETIC_MARKER
 
-KERMANY_2018 = ("Kermany et al., Identifying Medical Diagnoses and Treatable Diseases by Image-Based Deep "
-                "Learning, Cell 172(5):1122-1131, 2018")
-MEDMNIST_V2 = ("Yang et al., MedMNIST v2: A large-scale lightweight benchmark for 2D and 3D biomedical image "
-               "classification, Scientific Data 10:41, 2023 (Table 3, PneumoniaMNIST)")
+KERMANY_2018 = (
+    "Kermany et al., Identifying Medical Diagnoses and Treatable Diseases by Image-Based Deep "
+    "Learning, Cell 172(5):1122-1131, 2018"
+)
+MEDMNIST_V2 = (
+    "Yang et al., MedMNIST v2: A large-scale lightweight benchmark for 2D and 3D biomedical image "
+    "classification, Scientific Data 10:41, 2023 (Table 3, PneumoniaMNIST)"
+)
 
 
 @dataclass(frozen=True)
@@ -28,8 +32,11 @@ class PublishedResult:
 
 PUBLISHED = {
     "kaggle": (
-        PublishedResult("Inception v3, transfer learning (Kermany et al.)",
-                        {"accuracy": 0.928, "sensitivity": 0.932, "specificity": 0.901, "auroc": 0.968}, KERMANY_2018),
+        PublishedResult(
+            "Inception v3, transfer learning (Kermany et al.)",
+            {"accuracy": 0.928, "sensitivity": 0.932, "specificity": 0.901, "auroc": 0.968},
+            KERMANY_2018,
+        ),
     ),
     "pneumoniamnist": (
         PublishedResult("ResNet-18 (28 px)", {"auroc": 0.944, "accuracy": 0.854}, MEDMNIST_V2),
@@ -37,8 +44,10 @@ PUBLISHED = {
         PublishedResult("Google AutoML Vision", {"auroc": 0.991, "accuracy": 0.946}, MEDMNIST_V2),
     ),
 }
-DATASET_TITLES = {"kaggle": "Kaggle Chest X-Ray Images (Pneumonia), Kermany et al. 2018",
-                  "pneumoniamnist": "MedMNIST v2 PneumoniaMNIST"}
+DATASET_TITLES = {
+    "kaggle": "Kaggle Chest X-Ray Images (Pneumonia), Kermany et al. 2018",
+    "pneumoniamnist": "MedMNIST v2 PneumoniaMNIST",
+}
 
 
 def resolve_baseline_dataset(setting: str, data: DataConfig) -> str:

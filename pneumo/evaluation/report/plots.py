@@ -31,25 +31,37 @@ def plot_roc(labels: np.ndarray, probabilities: np.ndarray, metrics: dict[str, f
     axes = figure.subplots()
     axes.plot(fpr, tpr, lw=2, label=f"AUROC {metrics['auroc']:.3f}")
     axes.plot([0, 1], [0, 1], ls="--", color="grey", lw=1)
-    axes.plot(1 - metrics["specificity"], metrics["sensitivity"], "o", color="crimson", ms=8,
-              label=f"threshold {metrics['threshold']:.2f}")
+    axes.plot(
+        1 - metrics["specificity"],
+        metrics["sensitivity"],
+        "o",
+        color="crimson",
+        ms=8,
+        label=f"threshold {metrics['threshold']:.2f}",
+    )
     axes.set(xlabel="1 - specificity", ylabel="sensitivity", title="ROC (test)", xlim=(0, 1), ylim=(0, 1.01))
     axes.legend(loc="lower right")
     return _save(figure, path)
 
 
-def plot_precision_recall(labels: np.ndarray, probabilities: np.ndarray, metrics: dict[str, float],
-                          path: Path) -> Path:
+def plot_precision_recall(labels: np.ndarray, probabilities: np.ndarray, metrics: dict[str, float], path: Path) -> Path:
     """Precision-recall curve with the operating point marked and the prevalence as the chance line."""
     precision, recall, _ = precision_recall_curve(labels, probabilities)
     figure = Figure(figsize=(4.2, 4.2))
     axes = figure.subplots()
     axes.plot(recall, precision, lw=2, label=f"AUPRC {metrics['auprc']:.3f}")
     axes.axhline(float(np.mean(labels)), ls="--", color="grey", lw=1, label="prevalence")
-    axes.plot(metrics["sensitivity"], metrics["precision"], "o", color="crimson", ms=8,
-              label=f"threshold {metrics['threshold']:.2f}")
-    axes.set(xlabel="recall (sensitivity)", ylabel="precision", title="Precision-recall (test)",
-             xlim=(0, 1), ylim=(0, 1.01))
+    axes.plot(
+        metrics["sensitivity"],
+        metrics["precision"],
+        "o",
+        color="crimson",
+        ms=8,
+        label=f"threshold {metrics['threshold']:.2f}",
+    )
+    axes.set(
+        xlabel="recall (sensitivity)", ylabel="precision", title="Precision-recall (test)", xlim=(0, 1), ylim=(0, 1.01)
+    )
     axes.legend(loc="lower left")
     return _save(figure, path)
 
@@ -62,10 +74,24 @@ def plot_confusion(metrics: dict[str, float], path: Path) -> Path:
     axes.imshow(matrix, cmap="Blues")
     for (row, column), count in np.ndenumerate(matrix):
         share = count / max(matrix[row].sum(), 1)
-        axes.text(column, row, f"{count}\n{share:.0%}", ha="center", va="center",
-                  color="white" if count > matrix.max() / 2 else "black", fontsize=12)
-    axes.set(xticks=[0, 1], yticks=[0, 1], xticklabels=CLASS_NAMES, yticklabels=CLASS_NAMES,
-             xlabel="predicted", ylabel="true", title=f"Confusion at threshold {metrics['threshold']:.2f}")
+        axes.text(
+            column,
+            row,
+            f"{count}\n{share:.0%}",
+            ha="center",
+            va="center",
+            color="white" if count > matrix.max() / 2 else "black",
+            fontsize=12,
+        )
+    axes.set(
+        xticks=[0, 1],
+        yticks=[0, 1],
+        xticklabels=CLASS_NAMES,
+        yticklabels=CLASS_NAMES,
+        xlabel="predicted",
+        ylabel="true",
+        title=f"Confusion at threshold {metrics['threshold']:.2f}",
+    )
     return _save(figure, path)
 
 
@@ -79,9 +105,13 @@ def plot_reliability(bins: ReliabilityBins, calibration: Calibration, path: Path
     top.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="perfect calibration")
     top.bar(centres[used], bins.observed_rate[used], width=width * 0.9, alpha=0.6, label="observed rate")
     top.plot(bins.mean_predicted[used], bins.observed_rate[used], "o-", color="crimson", ms=4)
-    top.set(ylabel="fraction with pneumonia", xlim=(0, 1), ylim=(0, 1.01),
-            title=f"Reliability (test), ECE {bins.expected_calibration_error:.3f}\n"
-                  f"T={calibration.temperature:.2f}, bias={calibration.bias:+.2f}")
+    top.set(
+        ylabel="fraction with pneumonia",
+        xlim=(0, 1),
+        ylim=(0, 1.01),
+        title=f"Reliability (test), ECE {bins.expected_calibration_error:.3f}\n"
+        f"T={calibration.temperature:.2f}, bias={calibration.bias:+.2f}",
+    )
     top.legend(loc="upper left")
     bottom.bar(centres, bins.counts, width=width * 0.9, color="grey")
     bottom.set(xlabel="predicted P(pneumonia)", ylabel="images")
@@ -104,8 +134,14 @@ def plot_training_curves(history: dict[str, list[tuple[int, float]]], path: Path
     return _save(figure, path)
 
 
-def plot_mistakes(images: list[np.ndarray], labels: list[int], probabilities: list[float], threshold: float,
-                  path: Path, columns: int = 4) -> Path:
+def plot_mistakes(
+    images: list[np.ndarray],
+    labels: list[int],
+    probabilities: list[float],
+    threshold: float,
+    path: Path,
+    columns: int = 4,
+) -> Path:
     """A grid of (C, H, W) uint8 films, each titled with its truth and predicted probability."""
     rows = max(1, -(-len(images) // columns))
     figure = Figure(figsize=(2.4 * columns, 2.6 * rows))
@@ -116,8 +152,11 @@ def plot_mistakes(images: list[np.ndarray], labels: list[int], probabilities: li
         film = image[0] if image.shape[0] == 1 else np.transpose(image, (1, 2, 0))
         axes.imshow(film, cmap="gray", vmin=0, vmax=255)
         kind = "missed pneumonia" if label == 1 else "false alarm"
-        axes.set_title(f"{kind}\nP={probability:.2f} (t={threshold:.2f})", fontsize=8,
-                       color="crimson" if label == 1 else "darkorange")
+        axes.set_title(
+            f"{kind}\nP={probability:.2f} (t={threshold:.2f})",
+            fontsize=8,
+            color="crimson" if label == 1 else "darkorange",
+        )
     if not images:
         grid[0].text(0.5, 0.5, "no mistakes on test", ha="center", va="center")
     return _save(figure, path)
