@@ -149,7 +149,7 @@ SERVE_LIMITS = {  # tight enough that tests can trip each one
     "max_body_bytes": 300_000,
     "max_image_pixels": 1_000_000,
     "max_images_per_request": 4,
-    "cpus_per_replica": 0.5,
+    "cpus_per_replica": 0.1,  # a reservation only: leaves the 2 logical CPUs to training and Ray Data
     "ood_policy": "flag",  # tests send a CT and odd modes on purpose; the reject policy has its own app
     "runtime": "torch",  # answers compared with PyTorch offline to 1e-5 (other runtimes: tests/test_runtimes.py)
 }

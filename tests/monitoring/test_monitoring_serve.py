@@ -28,23 +28,31 @@ def chest_films(root: Path, count: int) -> list[tuple[str, bytes]]:
     return [(f.name, f.read_bytes()) for f in sorted((root / "test").glob("*/*.jpeg"))[:count]]
 
 
-def deploy(serve_app, tmp_path: Path, name: str, model_dir: Path, *overrides: str) -> str:
-    """A second app on the session's Serve, under /<name>, with its own serve settings."""
+@pytest.fixture
+def deploy(serve_app):
+    """Deploys a second app on the session's Serve, under /<name>, with its own serve settings; every
+    app deployed this way is deleted after the test, so its replica's CPU and memory return to the
+    session (later tests read datasets through Ray Data and need them)."""
     from ray import serve
 
     from pneumo.serve.builder import ServeArgs, build_app
 
-    serve.run(
-        build_app(ServeArgs(model_uri=str(model_dir), config=[str(serve_app.yaml)], overrides=list(overrides))),
-        name=name,
-        route_prefix=f"/{name}",
-    )
-    url = f"{serve_app.url}/{name}"
-    deadline = time.monotonic() + 90
-    while requests.get(f"{url}/readyz", timeout=10).status_code != 200:
-        assert time.monotonic() < deadline, requests.get(f"{url}/readyz", timeout=10).json()
-        time.sleep(0.3)
-    return url
+    names = []
+
+    def _deploy(name: str, model_dir: Path, *overrides: str) -> str:
+        args = ServeArgs(model_uri=str(model_dir), config=[str(serve_app.yaml)], overrides=list(overrides))
+        serve.run(build_app(args), name=name, route_prefix=f"/{name}")
+        names.append(name)
+        url = f"{serve_app.url}/{name}"
+        deadline = time.monotonic() + 90
+        while requests.get(f"{url}/readyz", timeout=10).status_code != 200:
+            assert time.monotonic() < deadline, requests.get(f"{url}/readyz", timeout=10).json()
+            time.sleep(0.3)
+        return url
+
+    yield _deploy
+    for name in names:
+        serve.delete(name)
 
 
 def test_the_registered_model_carries_its_reference_profile(smoke_run):
@@ -66,7 +74,7 @@ def test_flag_policy_marks_a_ct_slice_and_still_answers(serve_app, synthetic_roo
 
 
 def test_reject_policy_refuses_with_422_and_batch_marks_each_file(serve_app, synthetic_root, tmp_path):
-    url = deploy(serve_app, tmp_path, "reject", serve_app.checkpoint, "serve.ood_policy=reject")
+    url = deploy("reject", serve_app.checkpoint, "serve.ood_policy=reject")
     refused = requests.post(f"{url}/predict", data=CT, headers={"Content-Type": "application/dicom"}, timeout=30)
     assert refused.status_code == 422, refused.text
     body = refused.json()
@@ -86,8 +94,6 @@ def test_reject_policy_refuses_with_422_and_batch_marks_each_file(serve_app, syn
 
 def test_monitoring_endpoint_tests_the_window(serve_app, synthetic_root, tmp_path):
     url = deploy(
-        serve_app,
-        tmp_path,
         "watched",
         serve_app.checkpoint,
         "serve.ood_policy=flag",
@@ -112,7 +118,7 @@ def test_a_model_without_profile_serves_with_gate_and_drift_off(serve_app, synth
     legacy = tmp_path / "legacy"
     shutil.copytree(serve_app.checkpoint, legacy)
     (legacy / PROFILE_FILE).unlink()
-    url = deploy(serve_app, tmp_path, "legacy", legacy, "serve.ood_policy=reject")
+    url = deploy("legacy", legacy, "serve.ood_policy=reject")
     status = requests.get(f"{url}/readyz", timeout=10).json()["monitoring"]
     assert status["ood_gate"]["on"] is False and status["ood_gate"]["reason"] == NO_PROFILE
     assert status["drift"] == {"on": False, "window": 200, "reason": NO_PROFILE}
