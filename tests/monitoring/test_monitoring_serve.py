@@ -73,7 +73,7 @@ def test_flag_policy_marks_a_ct_slice_and_still_answers(serve_app, synthetic_roo
     assert sum(answer["in_distribution"] for answer in answers) >= 4, answers
 
 
-def test_reject_policy_refuses_with_422_and_batch_marks_each_file(serve_app, synthetic_root, tmp_path):
+def test_reject_policy_refuses_with_422_and_batch_marks_each_file(serve_app, deploy, synthetic_root):
     url = deploy("reject", serve_app.checkpoint, "serve.ood_policy=reject")
     refused = requests.post(f"{url}/predict", data=CT, headers={"Content-Type": "application/dicom"}, timeout=30)
     assert refused.status_code == 422, refused.text
@@ -92,7 +92,7 @@ def test_reject_policy_refuses_with_422_and_batch_marks_each_file(serve_app, syn
     assert bad["in_distribution"] is False and bad["probability"] is None and "not scored" in bad["error"]
 
 
-def test_monitoring_endpoint_tests_the_window(serve_app, synthetic_root, tmp_path):
+def test_monitoring_endpoint_tests_the_window(serve_app, deploy, synthetic_root):
     url = deploy(
         "watched",
         serve_app.checkpoint,
@@ -114,7 +114,7 @@ def test_monitoring_endpoint_tests_the_window(serve_app, synthetic_root, tmp_pat
     assert 0 <= report["features"]["p_value"] <= 1 and "MMD" in report["features"]["test"]
 
 
-def test_a_model_without_profile_serves_with_gate_and_drift_off(serve_app, synthetic_root, tmp_path):
+def test_a_model_without_profile_serves_with_gate_and_drift_off(serve_app, deploy, synthetic_root, tmp_path):
     legacy = tmp_path / "legacy"
     shutil.copytree(serve_app.checkpoint, legacy)
     (legacy / PROFILE_FILE).unlink()
