@@ -27,6 +27,7 @@ from pneumo.data.transforms import ImageDecodeError, Preprocessing
 
 logger = logging.getLogger(__name__)
 DECODE_ROWS = 128  # records per Ray Data decode task, at most
+BAD_FILES_SHOWN = 20  # unusable files named in the one-line error under data.on_bad_file=error
 MIN_DECODE_BLOCKS = 16  # decode tasks, at least (full-size films take ~50 ms each: 128 of them were one 6 s task)
 
 
@@ -101,9 +102,10 @@ def _handle_bad_files(rows: list[dict], refused: dict[str, str], on_bad_file: st
     """Unusable images and refused rows: raise under `error`, else log each and return them (location -> why)."""
     bad = {**refused, **{row["path"]: row["error"] for row in rows if row["error"]}}
     if bad and on_bad_file == "error":
-        listing = "\n".join(f"  {path}: {why}" for path, why in list(bad.items())[:20])
+        listing = "; ".join(f"{path}: {why}" for path, why in list(bad.items())[:BAD_FILES_SHOWN])
+        more = f"; and {len(bad) - BAD_FILES_SHOWN} more" if len(bad) > BAD_FILES_SHOWN else ""
         raise BadImageError(
-            f"{len(bad)} unusable image(s) or manifest row(s) (set data.on_bad_file=skip to drop them):\n{listing}"
+            f"{len(bad)} unusable image(s) or manifest row(s) (set data.on_bad_file=skip to drop them): {listing}{more}"
         )
     for path, why in bad.items():
         logger.warning("skipping %s: %s", path, why)
