@@ -118,4 +118,4 @@ def test_ray_job_without_storage_settings_writes_to_pneumo_home(ray_head, tmp_pa
     assert len(runs) == 1 and runs[0].info.status == "FINISHED" and "test_auroc" in runs[0].data.metrics
     assert (home / "mlartifacts").is_dir() and any((home / "results").glob("job-home-train-*/best_model"))
     assert any((home / "data" / "cache").iterdir())
-    assert client.get_model_version_by_alias("pneumo-pneumonia", "champion").version == "1"
+    assert str(client.get_model_version_by_alias("pneumo-pneumonia", "champion").version) == "1"
