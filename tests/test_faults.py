@@ -93,8 +93,11 @@ def replica_pid() -> int:
 
 
 def test_a_replica_killed_under_load_is_replaced_and_no_client_hangs(ray_session, serve_app, synthetic_root):
-    """8 clients for 40 s; the replica is SIGKILLed after 5 s. Answers are 200 or 503, none slower than
-    30 s, and the app serves again by itself."""
+    """8 clients for 40 s; the replica is SIGKILLed after 5 s. No client hangs (none slower than 30 s),
+    the app serves again by itself, and once it answers again nothing fails.
+
+    Requests in flight on the killed replica, and those routed to it before Serve's health check
+    removes it, get Serve's 500 (its proxy does not retry them); everything else is 200 or 503."""
     from bench.soak import drive
 
     good = [path.read_bytes() for path in sorted((synthetic_root / "test").glob("*/*.jpeg"))[:20]]
@@ -110,9 +113,13 @@ def test_a_replica_killed_under_load_is_replaced_and_no_client_hangs(ray_session
 
     soak = asyncio.run(load_and_kill())
     statuses = {record.status for record in soak.records}
-    assert statuses <= {200, 503}, f"answers other than 200 or 503: {statuses}"
+    assert statuses <= {200, 500, 503}, f"answers other than 200, 500 or 503: {statuses}"
     assert 0 not in statuses and max(r.latency_s for r in soak.records) < 30, "a client hung"
-    assert 200 in {r.status for r in soak.records if r.sent_s > 5}, "answers before and after the kill"
+    assert all(r.status != 500 for r in soak.records if r.sent_s + r.latency_s < 5), "a 500 before the kill"
+    after_kill = sorted((r for r in soak.records if r.sent_s > 5), key=lambda r: r.sent_s)
+    recovered_s = next((r.sent_s for r in after_kill if r.status == 200), None)
+    assert recovered_s is not None, "no answer after the kill"
+    assert all(r.status == 200 for r in after_kill if r.sent_s > recovered_s + 2), "failures after recovery"
     assert wait_for_state(serve_app.url, "ready", timeout_s=120).status_code == 200
     assert replica_pid() not in (0, killed), "Serve started a new replica"
 
