@@ -220,6 +220,7 @@ def expects_failure(command: Command) -> bool:
 
 
 @pytest.mark.slow
+@pytest.mark.readme
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize("step", STEPS, ids=ids(STEPS))
 def test_readme_step_runs(step: Step, scratch):
