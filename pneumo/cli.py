@@ -111,8 +111,7 @@ def _load(items: list[str]):
 
 def _log_folder(cfg) -> str:
     """Where the run's log goes: beside its results, or under the durable local root for bucket storage."""
-    from pneumo.data.manifest import is_uri
-    from pneumo.paths import durable_path
+    from pneumo.paths import durable_path, is_uri
 
     return durable_path("results") if is_uri(cfg.scaling.storage_path) else cfg.scaling.storage_path
 

@@ -17,7 +17,7 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from pneumo.config import ConfigError, ExperimentConfig
-from pneumo.data.manifest import is_uri
+from pneumo.paths import is_uri
 from pneumo.tracking import resolve_tracking_uri
 
 SHARED_STORAGE_HINT = "use shared storage (s3://…, gs://…, or a filesystem every node mounts)"

@@ -22,7 +22,7 @@ from mlflow.tracking import MlflowClient
 
 from pneumo.checkpoints import LoadedModel, load_checkpoint
 from pneumo.config import ConfigError, MlflowConfig, ServeConfig
-from pneumo.data.manifest import is_uri
+from pneumo.paths import is_uri
 from pneumo.tracking import CHAMPION, TAG_CONFIG, TAG_DATA_FINGERPRINT, TAG_EXPERIMENT, download_model_checkpoint
 
 MODEL_URI_ENV = "PNEUMO_MODEL_URI"

@@ -36,7 +36,8 @@ RAY_PACKAGE_PARTS = ("runtime_resources",)
 RAY_SESSION_PREFIX = "session_"
 
 
-def _is_uri(location: str) -> bool:
+def is_uri(location: str) -> bool:
+    """s3://, gs://, http://, file://…: a location pneumo never rewrites or resolves."""
     return "://" in location
 
 
@@ -93,7 +94,7 @@ def relative_root() -> Path:
 
 def durable_path(location: str) -> str:
     """A storage location as an absolute path that outlives the run (URIs and absolute paths as given)."""
-    if _is_uri(location):
+    if is_uri(location):
         return location
     path = Path(location).expanduser()
     return str(path if path.is_absolute() else (relative_root() / path).resolve())
@@ -111,8 +112,8 @@ def durable_tracking_uri(uri: Optional[str]) -> str:
 def durable_data_path(location: str, synthesize: bool) -> str:
     """data.path: read where it is when it exists (a job may ship its data), else — when it is to be
     generated — placed like any other storage path."""
-    if _is_uri(location) or Path(location).is_absolute() or Path(location).exists() or not synthesize:
-        return location if _is_uri(location) else str(Path(location).resolve())
+    if is_uri(location) or Path(location).is_absolute() or Path(location).exists() or not synthesize:
+        return location if is_uri(location) else str(Path(location).resolve())
     return durable_path(location)
 
 

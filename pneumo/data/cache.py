@@ -25,10 +25,9 @@ import numpy as np
 import ray.data
 
 from pneumo.data.folder import ImageRecord
-from pneumo.data.manifest import is_uri
 from pneumo.data.medmnist import LOCATION_SEPARATOR, is_npz_location
 from pneumo.data.transforms import Preprocessing
-from pneumo.paths import durable_path
+from pneumo.paths import durable_path, is_uri
 
 logger = logging.getLogger(__name__)
 

@@ -20,14 +20,11 @@ import pandas as pd
 
 from pneumo.data.folder import CLASS_NAMES, SPLITS, DatasetLayoutError, ImageRecord
 from pneumo.data.patients import patient_id_from_filename
+from pneumo.paths import is_uri
 
 MANIFEST_SUFFIXES = (".csv", ".parquet", ".pq")
 REQUIRED_COLUMNS = ("path", "label")
 LABELS = {"0": 0, "1": 1, "0.0": 0, "1.0": 1, **{name.lower(): i for i, name in enumerate(CLASS_NAMES)}}
-
-
-def is_uri(location: str) -> bool:
-    return "://" in location
 
 
 def read_bytes(location: str) -> bytes:
