@@ -122,7 +122,7 @@ def cmd_run(args: argparse.Namespace) -> None:
 
     cfg = anchor_paths(_load(args.config))  # relative paths made absolute and durable (not in a Ray job's package)
     log_path = None if args.verbose else run_log_path(_log_folder(cfg), cfg.name)
-    with watch_run(log_path, cfg.tune.metric, cfg.tune.mode, cfg.train.epochs, tuple(user_errors())) as progress:
+    with watch_run(log_path, cfg.tune.metric, cfg.tune.mode, cfg.train.epochs, is_user_error) as progress:
         progress.note(describe_storage(cfg))
         dashboard = init_ray()
         if dashboard:
@@ -373,25 +373,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def user_errors() -> dict[type[Exception], str]:
-    """Errors a user causes (a config, a dataset, an image, a model) -> the kind named in the one-line
-    message `pneumo` exits with. Anything else is a bug and keeps its traceback."""
-    from mlflow.exceptions import MlflowException
+USER_ERRORS = {  # errors a user causes (a config, a dataset, an image, a model) -> the kind `pneumo` names
+    ("pneumo.config", "ConfigError"): "config error",
+    ("pneumo.data.folder", "DatasetLayoutError"): "data error",
+    ("pneumo.data.dataset", "BadImageError"): "data error",
+    ("pneumo.data.transforms", "ImageDecodeError"): "image error",
+    ("pneumo.checkpoints", "CheckpointError"): "model error",
+    ("mlflow.exceptions", "MlflowException"): "MLflow error",
+}
 
-    from pneumo.checkpoints import CheckpointError
-    from pneumo.config import ConfigError
-    from pneumo.data.dataset import BadImageError
-    from pneumo.data.folder import DatasetLayoutError
-    from pneumo.data.transforms import ImageDecodeError
 
-    return {
-        ConfigError: "config error",
-        DatasetLayoutError: "data error",
-        BadImageError: "data error",
-        ImageDecodeError: "image error",
-        CheckpointError: "model error",
-        MlflowException: "MLflow error",
-    }
+def user_error_kind(error: BaseException) -> Optional[str]:
+    """The kind USER_ERRORS names for `error`, None for a bug (which keeps its traceback). Classes are
+    looked up among the modules imported so far (an error can only come from one of them), so a quick
+    command (`config show`) never pays for importing torch and MLflow to word its error."""
+    for (module, name), kind in USER_ERRORS.items():
+        cls = getattr(sys.modules.get(module), name, None)
+        if cls is not None and isinstance(error, cls):
+            return kind
+    return None
+
+
+def is_user_error(error: BaseException) -> bool:
+    return user_error_kind(error) is not None
 
 
 def main(argv: Optional[list[str]] = None) -> None:
@@ -401,11 +405,12 @@ def main(argv: Optional[list[str]] = None) -> None:
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
-    kinds = user_errors()
     try:
         args.handler(args)
-    except tuple(kinds) as error:
-        kind = next(name for cls, name in kinds.items() if isinstance(error, cls))
+    except Exception as error:
+        kind = user_error_kind(error)
+        if kind is None:
+            raise
         message = error.message if hasattr(error, "message") and isinstance(error.message, str) else str(error)
         raise SystemExit(f"pneumo: {kind}: {message}") from None
 

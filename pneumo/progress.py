@@ -19,7 +19,7 @@ import os
 import sys
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Optional
@@ -236,14 +236,18 @@ class _DisplayHandler(logging.Handler):
 
 @contextlib.contextmanager
 def watch_run(
-    log_path: Optional[Path], metric: str, mode: str, epochs: int, user_errors: tuple[type[BaseException], ...] = ()
+    log_path: Optional[Path],
+    metric: str,
+    mode: str,
+    epochs: int,
+    is_user_error: Callable[[BaseException], bool] = lambda error: False,
 ) -> Iterator[RunProgress]:
     """Route the process's output for one run: the table and pneumo's messages on the terminal, all the
     rest (Ray's logs, warnings, tracebacks) in `log_path`. With `log_path=None` (--verbose) nothing is
     redirected and the table is written as plain lines among Ray's own output.
 
     An unexpected error is written whole to the log; the terminal gets one line and the log's path.
-    `user_errors` (a bad config, a bad dataset) pass through unchanged: the caller words those.
+    Errors `is_user_error` accepts (a bad config, a bad dataset) pass through unchanged: the caller words those.
     """
     if log_path is None:
         progress = RunProgress(sys.stdout, metric, mode, epochs, interactive=False)
@@ -262,9 +266,11 @@ def watch_run(
         progress.start()
         try:
             yield progress
-        except (KeyboardInterrupt, SystemExit, *user_errors):
+        except (KeyboardInterrupt, SystemExit):
             raise
         except Exception as error:
+            if is_user_error(error):
+                raise
             traceback.print_exc()  # into the log
             raise SystemExit(f"pneumo: error: {first_line(error)}\n  full log: {log_path}") from None
         finally:
