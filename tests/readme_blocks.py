@@ -2,8 +2,9 @@
 
 What counts as what:
 - ```bash / ```sh: shell commands, one per line (`\\` continues a line, `#` starts a comment, a
-  trailing `&` runs it in the background); a comment line holding JSON right under a command
-  (`# {"probability": 0.97, ...}`) is that command's answer, compared in shape.
+  trailing `&` runs it in the background); JSON in the comment lines right under a command
+  (`# {"probability": 0.97, ...}`, one line or several) is that command's answer, compared in shape;
+  an answer with an `"error"` key is a refusal (an HTTP error status: the command exits non-zero).
 - ```python: a snippet, run as written.
 - ```yaml: an experiment-file fragment.
 - an unlabelled block whose first line starts with `$ `: a console excerpt, the command then lines of
@@ -24,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+REPO = Path(__file__).resolve().parents[1]
 ILLUSTRATIVE = "<!-- readme-test: illustrative -->"
 SHELL = ("bash", "sh", "shell", "console")
 FENCE = re.compile(r"^(\s*)```([\w+-]*)\s*$")
@@ -39,8 +41,14 @@ class Block:
     illustrative: bool  # marked with ILLUSTRATIVE: skipped
 
     @property
+    def name(self) -> str:
+        """The markdown file as the reader finds it: README.md, bench/README.md."""
+        path = Path(self.file).resolve()
+        return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else path.name
+
+    @property
     def where(self) -> str:
-        return f"{self.file.name}:{self.line}"
+        return f"{self.name}:{self.line}"
 
 
 @dataclass(frozen=True)
@@ -55,7 +63,7 @@ class Command:
 
     @property
     def where(self) -> str:
-        return f"{self.block.file.name}:{self.line}"
+        return f"{self.block.name}:{self.line}"
 
     @property
     def program(self) -> str:
@@ -84,15 +92,15 @@ def read_blocks(path: Path) -> list[Block]:
     return blocks
 
 
-def _json_comment(line: str) -> Optional[Any]:
+def _comment(line: str) -> Optional[str]:
+    """The text of a comment line, or None for another line."""
     stripped = line.strip()
-    if not stripped.startswith("#"):
-        return None
-    body = stripped.lstrip("#").strip()
-    if not body.startswith(("{", "[")):
-        return None
+    return stripped.lstrip("#").strip() if stripped.startswith("#") else None
+
+
+def _json_or_none(text: str) -> Optional[Any]:
     try:
-        return json.loads(body)
+        return json.loads(text)
     except ValueError:
         return None
 
@@ -152,12 +160,18 @@ def commands(block: Block) -> list[Command]:
     if block.language not in SHELL:
         return []
     found: list[Command] = []
+    answer = ""  # the JSON answer shown in comment lines under the last command, as read so far
     for line, text in _logical_lines(block):
-        answer = _json_comment(text)
-        if answer is not None and found:
-            last = found[-1]
-            found[-1] = Command(last.block, last.line, last.text, last.argv, last.background, answer)
+        comment = _comment(text)
+        if comment is not None and found and (answer or comment.startswith(("{", "["))):
+            answer += " " + comment
+            parsed = _json_or_none(answer)
+            if parsed is not None:
+                last = found[-1]
+                found[-1] = Command(last.block, last.line, last.text, last.argv, last.background, parsed)
+                answer = ""
             continue
+        answer = ""
         command = _command(block, line, text)
         if command is not None:
             found.append(command)

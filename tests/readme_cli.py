@@ -161,6 +161,11 @@ def check_pneumo(args: Sequence[str]) -> None:
 def check_python(args: Sequence[str]) -> None:
     if len(args) >= 2 and args[0] == "-m":
         check_python_module(args[1], args[2:])
+    elif len(args) >= 2 and args[0] == "-c":
+        try:
+            compile(args[1], "python -c", "exec")
+        except SyntaxError as error:
+            raise CommandRejected(f"python -c: {error}") from None
     elif not args or not (REPO / args[0]).exists():
         raise CommandRejected(f"python {' '.join(args)}: neither `-m MODULE` nor a script of this repository")
 

@@ -5,8 +5,9 @@ The command line that runs is the README's; the harness changes only what this m
 - sizes: `pneumo run` gets RUN_SIZES appended (48 px films, a small synthetic set, 2 epochs,
   a 2-trial search); a benchmark gets BENCH_SIZES (its size options set small); nothing else.
 - files a user has and a fresh checkout does not (PROPS): `film.jpeg`, `a.jpeg`, `b.png` (films of the
-  synthetic set), `film.dcm` (pydicom's own CT test file), `data/chest_xray` and `data/other-hospital`
-  (small synthetic sets), `experiments/x.yaml` (the misspelled key the README shows).
+  synthetic set), `film.dcm` (`film.jpeg` as a 16-bit DICOM, written by bench/films.py), `ct.dcm`
+  (pydicom's own CT test file), `data/chest_xray` and `data/other-hospital` (small synthetic sets),
+  `experiments/x.yaml` (the misspelled key the README shows).
 - placeholders: RUN_ID (the MLflow run the first `pneumo run` printed), SUBMISSION_ID (the job id
   `ray job submit` printed), `results/<run>/best_model` and `results/quickstart-search-…/best_model`
   (the best model that run printed).
@@ -18,12 +19,16 @@ The command line that runs is the README's; the harness changes only what this m
   the project's virtualenv.
 - `ray stop` stops every Ray on a machine, other people's tests included: here it stops only the
   Ray processes of its block (those whose command line names the block's RAY_TMPDIR).
-- servers (`pneumo serve`, `mlflow ui`) run in the background until ready (/readyz or / answers 200);
-  each stays up until another claims its README port or the scratch copy is closed. `curl` gets
-  `--silent --show-error --fail-with-body`, so an HTTP error fails the command.
+- servers (`pneumo serve`, `mlflow ui`) run in the background until ready (/readyz or / answers 200,
+  and every model role on /versions has stopped loading); each stays up until another claims its
+  README port or the scratch copy is closed. `curl` gets `--silent --show-error --fail-with-body`, so
+  an HTTP error fails the command.
 - the code: PYTHONPATH is the scratch copy, so every process (Ray workers included: they import from
   the driver's working directory) runs the copy's pneumo, as with the copy installed editable.
-- `source FILE` and `export K=V` change the environment of every later command, as in the reader's terminal.
+- `source FILE` changes the environment of every later command (the reader's setup: the virtualenv);
+  `export K=V` that of the later commands of its own block (a recipe's setting, such as a serve token,
+  does not leak into the next recipe).
+- outputs are compared as a terminal shows them: ANSI colour codes are removed.
 """
 
 from __future__ import annotations
@@ -74,7 +79,15 @@ BENCH_SIZES = {  # module -> options set (replaced when the README gives them, e
 README_PORTS = (8000, 8080, 8265, 5000)
 SERVER_PROGRAMS = {("pneumo", "serve"): 8000, ("mlflow", "ui"): 5000}  # long-running command -> README port
 AGENT_NOT_UP = "No available agent to submit job"
+ANSI_CODE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # colour and cursor codes a terminal interprets
 TIMEOUT_S = {"pneumo": 600, "ray": 600, "python": 600}  # per command; anything else 120 s
+
+
+def server_port(argv: tuple[str, ...]) -> Optional[int]:
+    """The README port of a long-running server command (its --port, else its program's), or None."""
+    if tuple(argv[:2]) not in SERVER_PROGRAMS:
+        return None
+    return int(argv[argv.index("--port") + 1]) if "--port" in argv else SERVER_PROGRAMS[tuple(argv[:2])]
 
 
 def free_port() -> int:
@@ -96,6 +109,7 @@ class Server:
     process: subprocess.Popen
     ray_tmpdir: str
     log: Path
+    line: str  # the command line that started it
 
 
 def stop_ray_under(tmpdir: str, timeout_s: float = 20) -> None:
@@ -145,6 +159,8 @@ class Scratch:
     outputs: dict[str, Outcome] = field(default_factory=dict)  # command run -> its outcome (run once)
     servers: dict[int, Server] = field(default_factory=dict)  # README port -> server
     block_tmpdir: dict[str, str] = field(default_factory=dict)  # block (file:line) -> RAY_TMPDIR of its `ray` commands
+    block_exports: dict[str, dict[str, str]] = field(default_factory=dict)  # block (file:line) -> what it exported
+    env_changed: dict[str, Outcome] = field(default_factory=dict)  # `source`/`export` (file:line) -> its outcome
     tmpdirs: list[str] = field(default_factory=list)
 
     @classmethod
@@ -190,8 +206,8 @@ class Scratch:
         extra: list[str] = []
         if head == ("pneumo", "run") or argv[:3] == ("ray", "job", "submit") and "pneumo" in argv:
             extra += RUN_SIZES
-        if head == ("pneumo", "serve") or head == ("mlflow", "ui"):
-            readme_port = int(argv[argv.index("--port") + 1]) if "--port" in argv else SERVER_PROGRAMS[head]
+        readme_port = server_port(argv)
+        if readme_port is not None:
             text = re.sub(r"\s--port[ =]\d+", "", text)
             extra += ["--port", str(self.ports[readme_port])]
         if head == ("ray", "start"):
@@ -219,23 +235,32 @@ class Scratch:
         if command.block.where not in self.block_tmpdir:
             self.block_tmpdir[command.block.where] = self.new_ray_tmpdir()
         fresh = command.program == "pneumo"
-        return {**self.env, "RAY_TMPDIR": self.new_ray_tmpdir() if fresh else self.block_tmpdir[command.block.where]}
+        return {
+            **self.env,
+            **self.block_exports.get(command.block.where, {}),
+            "RAY_TMPDIR": self.new_ray_tmpdir() if fresh else self.block_tmpdir[command.block.where],
+        }
 
     # ---- running ------------------------------------------------------------------------------
     def run(self, command: Command) -> Outcome:
         """Run `command` (once: a second README mention reuses the outcome) and learn what it printed."""
         line = self.mapped(command)
+        readme_port = server_port(command.argv)
+        if readme_port is not None:  # started again when another server took its port meanwhile
+            current = self.servers.get(readme_port)
+            if current is not None and current.line == line and current.process.poll() is None:
+                return self.outputs[line]
+            return self._start_server(readme_port, line, self.command_env(command))
         if line in self.outputs:
             return self.outputs[line]
         env = self.command_env(command)
         if command.program in ("export", "source", "."):
-            return self._change_env(env, line)
+            if command.where not in self.env_changed:  # once each: `source` again would stack PATH entries
+                self.env_changed[command.where] = self._change_env(command, env, line)
+            return self.env_changed[command.where]
         if command.text.strip() == "ray stop":
             stop_ray_under(env["RAY_TMPDIR"])
             return Outcome(line, 0, f"stopped the Ray under {env['RAY_TMPDIR']}")
-        server_port = self._server_port(command)
-        if server_port is not None:
-            return self._start_server(server_port, line, env)
         outcome = self._run_once(command, line, env)
         for _ in range(30):  # a new head's job agent starts a few seconds after `ray start` returns
             if AGENT_NOT_UP not in outcome.output:
@@ -254,25 +279,23 @@ class Scratch:
             done = subprocess.run(
                 ["bash", "-c", line], cwd=self.root, env=env, capture_output=True, text=True, timeout=timeout
             )
-            return Outcome(line, done.returncode, done.stdout + done.stderr)
+            return Outcome(line, done.returncode, ANSI_CODE.sub("", done.stdout + done.stderr))
         except subprocess.TimeoutExpired as expired:
             return Outcome(line, -1, f"timed out after {timeout} s\n{expired.stdout or ''}{expired.stderr or ''}")
 
-    def _server_port(self, command: Command) -> Optional[int]:
-        head = tuple(command.argv[:2])
-        if head not in SERVER_PROGRAMS:
-            return None
-        argv = command.argv
-        return int(argv[argv.index("--port") + 1]) if "--port" in argv else SERVER_PROGRAMS[head]
-
-    def _change_env(self, env: dict[str, str], line: str) -> Outcome:
-        """`source`/`export`: the README's later commands see the change, as in the reader's terminal."""
+    def _change_env(self, command: Command, env: dict[str, str], line: str) -> Outcome:
+        """`source`: every later command sees the change; `export`: the later commands of its block."""
         done = subprocess.run(
             ["bash", "-c", f"{line} && env -0"], cwd=self.root, env=env, capture_output=True, text=True, timeout=30
         )
         if done.returncode == 0:
-            self.env = dict(item.split("=", 1) for item in done.stdout.split("\0") if "=" in item)
-            self.env.pop("RAY_TMPDIR")
+            changed = dict(item.split("=", 1) for item in done.stdout.split("\0") if "=" in item)
+            changed.pop("RAY_TMPDIR")
+            if command.program == "export":
+                exported = {key: value for key, value in changed.items() if env.get(key) != value}
+                self.block_exports.setdefault(command.block.where, {}).update(exported)
+            else:
+                self.env = changed
         return Outcome(line, done.returncode, done.stderr)
 
     def _start_server(self, readme_port: int, line: str, env: dict[str, str]) -> Outcome:
@@ -287,7 +310,7 @@ class Scratch:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        server = Server(readme_port, process, env["RAY_TMPDIR"], log)
+        server = Server(readme_port, process, env["RAY_TMPDIR"], log, line)
         self.servers[readme_port] = server
         url = f"http://127.0.0.1:{self.ports[readme_port]}"
         ready_path = "/readyz" if line.startswith("pneumo") else "/"
@@ -295,7 +318,7 @@ class Scratch:
         while time.monotonic() < deadline and process.poll() is None:
             try:
                 status = requests.get(url + ready_path, timeout=5).status_code
-                if status == 200:
+                if status == 200 and (ready_path == "/" or not self._roles_loading(url)):
                     break
             except requests.RequestException:
                 pass
@@ -309,6 +332,12 @@ class Scratch:
         )
         self.outputs[line] = outcome
         return outcome
+
+    @staticmethod
+    def _roles_loading(url: str) -> bool:
+        """A model role (the challenger, beside the champion /readyz waits for) is still loading."""
+        answer = requests.get(url + "/versions", timeout=5)  # a token-protected server answers 401: not known
+        return answer.status_code == 200 and any(role.get("state") == "loading" for role in answer.json().values())
 
     def stop_server(self, readme_port: int) -> None:
         server = self.servers.pop(readme_port)
@@ -349,9 +378,11 @@ class Scratch:
 
 def write_props(scratch: Scratch) -> None:
     """The files README commands name that a user has and a fresh checkout does not (see PROPS above)."""
+    import numpy as np
     import pydicom.data
     from PIL import Image
 
+    from bench.films import dicom_bytes
     from pneumo.data.synthetic import generate_chest_xrays
 
     root = scratch.root
@@ -361,5 +392,7 @@ def write_props(scratch: Scratch) -> None:
     shutil.copy(films[0], root / "film.jpeg")
     shutil.copy(films[1], root / "a.jpeg")
     Image.open(films[2]).save(root / "b.png")
-    shutil.copy(pydicom.data.get_testdata_file("CT_small.dcm"), root / "film.dcm")
+    grey = np.asarray(Image.open(films[0]).convert("L"), dtype=np.uint16) * 257  # 0..255 -> 0..65535
+    (root / "film.dcm").write_bytes(dicom_bytes(grey, 16, WindowCenter=32768, WindowWidth=65536))
+    shutil.copy(pydicom.data.get_testdata_file("CT_small.dcm"), root / "ct.dcm")
     (root / "experiments" / "x.yaml").write_text("base: quickstart.yaml\nmodel:\n  nmae: resnet18\n")

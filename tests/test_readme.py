@@ -12,6 +12,7 @@ cloud (CLOUD_SUBCOMMANDS, CLOUD_MARKS, or a block with one) are parsed only. A b
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import subprocess
 from dataclasses import dataclass
@@ -59,7 +60,8 @@ def not_run_reason(command: Command) -> Optional[str]:
 
 
 def ids(items) -> list[str]:
-    return [f"{item.where} {item.language if isinstance(item, Block) else item.text[:60]}" for item in items]
+    """`FILE:LINE: what`, so that `-k "README.md:433:"` picks one (the colon ends the line number)."""
+    return [f"{item.where}: {item.language if isinstance(item, Block) else item.text[:60]}" for item in items]
 
 
 # ---- fast: reading the README and parsing every command ---------------------------------------------
@@ -103,6 +105,7 @@ def test_command_is_accepted_by_its_tool(command: Command, monkeypatch):
         (("curl", "--no-such-curl-option", "http://127.0.0.1"), "unknown options"),
         (("make", "no-such-target"), "no-such-target"),
         (("python", "-m", "bench.data_bench", "--films", "9"), "unrecognized arguments"),
+        (("python", "-c", "from mlflow import (MlflowClient"), "python -c"),
     ],
 )
 def test_wrong_commands_are_rejected(argv, complaint, monkeypatch):
@@ -215,8 +218,42 @@ def builds_on_the_quickstart(step: Step) -> bool:
 
 
 def expects_failure(command: Command) -> bool:
-    """A console block that shows an error message shows a command that exits non-zero."""
-    return any(" error: " in line or line.startswith("error:") for line in command.expected_output)
+    """A console block that shows an error message, or a JSON answer with an `error` key (an HTTP
+    refusal), shows a command that exits non-zero."""
+    refusal = isinstance(command.expected_json, dict) and "error" in command.expected_json
+    return refusal or any(" error: " in line or line.startswith("error:") for line in command.expected_output)
+
+
+def answer_of(output: str):
+    """The JSON answer a command printed first (curl adds its own error line after a refusal's body)."""
+    return json.JSONDecoder().raw_decode(output.lstrip())[0]
+
+
+SERVED_URL = re.compile(r"(?:127\.0\.0\.1|HOST):(\d+)")
+
+
+def prerequisites(step: Step) -> list[Step]:
+    """The earlier steps `step` builds on, in README order, so that `-k` can run it alone: the reader's
+    `source` lines, the first `pneumo run` (for a step that uses its model), the earlier steps of its
+    block, the same command shown earlier (a console excerpt repeats a walk-through's line), and for a
+    `curl` the last server started on its port before it; each with what it builds on.
+    In a whole run they have all run already (the scratch copy runs a command once)."""
+    from readme_runner import server_port
+
+    earlier = STEPS[: STEPS.index(step)]
+    needed = [s for s in earlier if s.command and s.command.program in ("source", ".")]
+    needed += [s for s in earlier if s.block == step.block]
+    needed += [s for s in earlier if s.command and step.command and s.command.text == step.command.text]
+    if builds_on_the_quickstart(step):
+        needed += [s for s in earlier if s.command and s.command.argv[:2] == ("pneumo", "run")][:1]
+    asked = SERVED_URL.search(step.command.text) if step.command and step.command.program == "curl" else None
+    if asked:
+        on_port = [s for s in earlier if s.command and server_port(s.command.argv) == int(asked.group(1))]
+        needed += on_port[-1:]
+    closure = {s.where: s for s in needed}
+    for s in needed:
+        closure.update({p.where: p for p in prerequisites(s)})
+    return sorted(closure.values(), key=STEPS.index)
 
 
 @pytest.mark.slow
@@ -230,6 +267,9 @@ def test_readme_step_runs(step: Step, scratch):
             f"{step.where}: needs the model the quickstart registers, and `{first_run.command}` failed "
             f"(exit {first_run.returncode}):\n{first_run.output[-1500:]}"
         )
+    for needed in prerequisites(step):  # nothing runs again in a whole run; a step picked with -k needs them
+        if needed.command is not None:
+            scratch.run(needed.command)
     if step.command is None:
         done = run_python_block(scratch, step.block)
         assert done.returncode == 0, (
@@ -254,8 +294,33 @@ def test_readme_step_runs(step: Step, scratch):
         f"(in shape): {missing}\n--- it printed:\n{outcome.output[-4000:]}"
     )
     if command.expected_json is not None:
-        answer = json.loads(outcome.output)
+        answer = answer_of(outcome.output)
         assert json_shape(answer) == json_shape(command.expected_json), f"{command.where}: {answer}"
+
+
+def test_json_answers_span_comment_lines_and_an_error_is_a_refusal():
+    text = 'curl http://x/predict\n# {"p": 1,\n#  "label": "X"}\ncurl http://x/bad  # refused\n# {"error": "no", "field": "body"}'
+    answered, refused = commands(Block(REPO / "README.md", 1, "bash", text, False))
+    assert answered.expected_json == {"p": 1, "label": "X"} and not expects_failure(answered)
+    assert refused.expected_json == {"error": "no", "field": "body"} and expects_failure(refused)
+    assert answer_of('{"error": "no"}curl: (22) The requested URL returned error: 422\n') == {"error": "no"}
+
+
+def test_a_step_picked_alone_runs_what_it_builds_on():
+    challenger = next(s for s in STEPS if s.command and "X-Model-Version: challenger" in s.command.text)
+    before = [s.text for s in prerequisites(challenger)]
+    assert before[0] == "source .venv/bin/activate", before
+    assert any(text.startswith("pneumo run experiments/quickstart.yaml") for text in before), before
+    assert any("set_registered_model_alias" in text for text in before), "the earlier steps of its block"
+    assert before[-1].startswith("pneumo serve") and "serve.shadow=true" in before[-1], "the last server on its port"
+    logs = next(s for s in STEPS if s.command and s.command.argv[:3] == ("ray", "job", "logs"))
+    walk_through = [s.text for s in prerequisites(logs)]
+    assert "ray start --head" in walk_through and any(t.startswith("ray job submit") for t in walk_through), (
+        walk_through
+    )
+    assert not any(t.startswith("pneumo serve") for t in walk_through), "no server: it asks the Ray head"
+    excerpt = next(s for s in STEPS if s.command and s.command.expected_output and s.command.program == "ray")
+    assert "ray start --head" in [s.text for s in prerequisites(excerpt)], "a console excerpt of a walk-through line"
 
 
 def test_harness_changes_only_sizes_ports_and_placeholders(tmp_path):
