@@ -1,12 +1,15 @@
 """Inference runtimes for a checkpoint: PyTorch eager, ONNX Runtime and OpenVINO, one interface.
 
-    export_onnx(loaded, folder)                    # folder/model.onnx: uint8 films in, logits out
+    export_onnx(loaded, folder)                    # folder/model.onnx: uint8 films in, logits and features out
     predictor = create_predictor(loaded, "openvino", threads=1)
     predictor.logits(images)                       # uint8 (N, C, H, W) numpy -> (N,) float32 logits
+    predictor.infer(images)                        # both outputs of the same pass (the serving gate needs both)
     choose_runtime("auto", loaded, threads=1)      # the fastest installed runtime, measured here
 
-The exported graph holds the normalization too (uint8 in, one logit out), so every runtime gets the
-same bytes the decoder produced and calibration stays in numpy (`meta.calibration`). The ONNX files
+The exported graph holds the normalization too (uint8 in, one logit and the pre-logit features out),
+so every runtime gets the same bytes the decoder produced, calibration stays in numpy
+(`meta.calibration`), and the out-of-distribution gate reads the features of the very pass that
+scored the film instead of running the network a second time. The ONNX files
 live in the checkpoint folder, so they travel with the registered MLflow model. Checks against
 PyTorch happen at registration (evaluation/runtime_check.py).
 """
@@ -18,6 +21,7 @@ import logging
 import threading
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Protocol
 
@@ -39,23 +43,38 @@ AUTO_TRIALS = 5  # timed calls per runtime and batch size when serve.runtime is 
 logger = logging.getLogger(__name__)
 
 
+@dataclass
+class Outputs:
+    """One forward pass over N films."""
+
+    logits: np.ndarray  # (N,) float32
+    features: Optional[np.ndarray]  # (N, D) float32 pre-logit features; None from an export without them
+
+
 class Predictor(Protocol):
     runtime: str  # torch | onnxruntime | openvino
-    precision: str  # fp32 | int8 (what the weights run in; OpenVINO may compute fp32 graphs in bf16)
+    precision: str  # fp32 | int8 (the weights' precision; OpenVINO computes in f32, see OpenVinoPredictor)
+
+    def infer(self, images: np.ndarray) -> Outputs:
+        """uint8 (N, C, H, W) -> logits and features of one pass."""
 
     def logits(self, images: np.ndarray) -> np.ndarray:
         """uint8 (N, C, H, W) -> (N,) float32 logits."""
 
 
-class _FilmsToLogit(torch.nn.Module):
-    """What gets exported: uint8 films -> normalized floats -> the network -> one logit per film."""
+class FilmsToOutputs(torch.nn.Module):
+    """uint8 films -> normalized floats -> the network -> (one logit, pre-logit features) per film: what
+    gets exported, and what PyTorch runs. Features are timm's `forward_head(..., pre_logits=True)`, the
+    ones the monitoring profile was fitted on (monitoring/features.py)."""
 
     def __init__(self, model: torch.nn.Module, preprocessing: Preprocessing):
         super().__init__()
         self.model, self.preprocessing = model, preprocessing
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model(normalize(images, self.preprocessing)).float().squeeze(1)
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        tokens = self.model.forward_features(normalize(images, self.preprocessing))
+        features = self.model.forward_head(tokens, pre_logits=True).float().flatten(1)
+        return self.model.forward_head(tokens).float().squeeze(1), features
 
 
 def require_runtime(runtime: str, key: str = "serve.runtime") -> None:
@@ -79,14 +98,14 @@ def export_onnx(loaded: LoadedModel, folder: str | Path) -> Path:
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)  # mean/std become constants, as intended
         torch.onnx.export(
-            _FilmsToLogit(loaded.model, spec).eval(),
+            FilmsToOutputs(loaded.model, spec).eval(),
             (example,),
             str(path),
             dynamo=False,
             opset_version=ONNX_OPSET,
             input_names=["films"],
-            output_names=["logits"],
-            dynamic_axes={"films": {0: "batch"}, "logits": {0: "batch"}},
+            output_names=["logits", "features"],
+            dynamic_axes={"films": {0: "batch"}, "logits": {0: "batch"}, "features": {0: "batch"}},
         )
     return path
 
@@ -111,19 +130,32 @@ def onnx_path(loaded: LoadedModel, int8: bool = False) -> Path:
     return path
 
 
-class TorchPredictor:
+class _Predictor:
+    """What every runtime's predictor shares: the logits alone are the first output of `infer`."""
+
+    def logits(self, images: np.ndarray) -> np.ndarray:
+        return self.infer(images).logits
+
+
+class TorchPredictor(_Predictor):
     runtime, precision = "torch", "fp32"
 
     def __init__(self, loaded: LoadedModel, threads: int):
         torch.set_num_threads(threads)
-        self.model, self.preprocessing = loaded.model, loaded.meta.preprocessing_spec
+        self.network = FilmsToOutputs(loaded.model, loaded.meta.preprocessing_spec)
 
     @torch.inference_mode()
-    def logits(self, images: np.ndarray) -> np.ndarray:
-        return self.model(normalize(torch.from_numpy(images), self.preprocessing)).float().squeeze(1).numpy()
+    def infer(self, images: np.ndarray) -> Outputs:
+        logits, features = self.network(torch.from_numpy(images))
+        return Outputs(logits.numpy(), features.numpy())
 
 
-class OnnxRuntimePredictor:
+def _outputs(values: list[np.ndarray]) -> Outputs:
+    """An ONNX graph's outputs; an export from before features were added has only the logits."""
+    return Outputs(values[0], values[1] if len(values) > 1 else None)
+
+
+class OnnxRuntimePredictor(_Predictor):
     runtime = "onnxruntime"
 
     def __init__(self, path: Path, threads: int, precision: str):
@@ -135,11 +167,11 @@ class OnnxRuntimePredictor:
         self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.precision = precision
 
-    def logits(self, images: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {"films": images})[0]
+    def infer(self, images: np.ndarray) -> Outputs:
+        return _outputs(self.session.run(None, {"films": images}))
 
 
-class OpenVinoPredictor:
+class OpenVinoPredictor(_Predictor):
     """OpenVINO on CPU, computing in f32: its default (bf16 on CPUs with AMX or AVX512-BF16) moved a
     small model's probabilities by up to 1.9e-2, beyond the export check's tolerance."""
 
@@ -156,9 +188,10 @@ class OpenVinoPredictor:
         self.request, self.lock = compiled.create_infer_request(), threading.Lock()  # one request, one caller
         self.precision = precision
 
-    def logits(self, images: np.ndarray) -> np.ndarray:
+    def infer(self, images: np.ndarray) -> Outputs:
         with self.lock:
-            return np.array(self.request.infer({0: images})[0], copy=True)
+            answer = self.request.infer({0: images})
+            return _outputs([np.array(answer[i], copy=True) for i in range(len(answer))])
 
 
 def create_predictor(loaded: LoadedModel, runtime: str, threads: int = 1, int8: bool = False) -> Predictor:

@@ -12,6 +12,7 @@ from pneumo.checkpoints import CheckpointMeta, load_checkpoint, save_checkpoint
 from pneumo.config import ConfigError, ModelConfig, ServeConfig
 from pneumo.evaluation.prediction import predict_probabilities
 from pneumo.models import create_model, resolve_preprocessing
+from pneumo.monitoring.features import observe
 from pneumo.runtimes import (
     INT8_FILE,
     ONNX_FILE,
@@ -54,6 +55,18 @@ def test_every_runtime_gives_pytorchs_probabilities_at_any_batch_size(checkpoint
         got = calibration.probabilities(predictor.logits(images))
         assert got.shape == (n,)
         assert np.abs(got - expected).max() <= TOLERANCE[runtime]
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_every_runtime_gives_the_monitoring_features_of_the_same_pass(checkpoint, runtime):
+    """The serving gate reads the features of the pass that scored the film: they must be the features
+    the model's reference profile was fitted on (monitoring.features.observe, PyTorch)."""
+    images = films(4, seed=7)
+    expected = observe(checkpoint, torch.from_numpy(images))
+    outputs = create_predictor(checkpoint, runtime).infer(images)
+    assert outputs.features.shape == expected.features.shape
+    assert np.abs(outputs.features - expected.features).max() <= 1e-4 * max(1.0, np.abs(expected.features).max())
+    assert np.array_equal(outputs.logits, create_predictor(checkpoint, runtime).logits(images))
 
 
 def test_the_export_sits_in_the_checkpoint_folder_and_takes_uint8_films(checkpoint):

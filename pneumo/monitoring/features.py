@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from pneumo.checkpoints import LoadedModel
-from pneumo.data.batch_transforms import normalize
+from pneumo.runtimes import FilmsToOutputs
 
 if TYPE_CHECKING:
     import ray.data
@@ -96,16 +96,18 @@ def intensity_statistics(images: np.ndarray) -> np.ndarray:
 def observe(loaded: LoadedModel, images: torch.Tensor) -> Observations:
     """uint8 (N, C, H, W) images -> features, intensity statistics and calibrated probabilities.
 
-    The logits come from the same forward_features output as the features, so this replaces (does
-    not add to) the prediction's forward pass.
+    The logits come from the same pass as the features (runtimes.FilmsToOutputs, which every serving
+    runtime runs), so this replaces (does not add to) the prediction's forward pass.
     """
-    model = loaded.model
-    tokens = model.forward_features(normalize(images, loaded.meta.preprocessing_spec))
-    features = model.forward_head(tokens, pre_logits=True).float().flatten(1).cpu().numpy()
-    logits = model.forward_head(tokens).float().squeeze(1).cpu().numpy()
+    logits, features = FilmsToOutputs(loaded.model, loaded.meta.preprocessing_spec)(images)
+    return observations(images.cpu().numpy(), logits.cpu().numpy(), features.cpu().numpy(), loaded)
+
+
+def observations(images: np.ndarray, logits: np.ndarray, features: np.ndarray, loaded: LoadedModel) -> Observations:
+    """A pass's outputs over uint8 (N, C, H, W) `images` -> their monitoring record."""
     return Observations(
         features,
-        intensity_statistics(images.cpu().numpy()),
+        intensity_statistics(images),
         loaded.meta.calibration.probabilities(logits).astype(np.float32),
     )
 

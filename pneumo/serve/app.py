@@ -51,7 +51,7 @@ from pneumo.serve.inputs import (
     read_images,
 )
 from pneumo.serve.loader import ServedModel
-from pneumo.serve.monitor import ServeMonitor
+from pneumo.serve.monitor import GateResult, ServeMonitor
 from pneumo.serve.page import page_file
 from pneumo.serve.prometheus import ServeMetrics
 from pneumo.serve.schemas import ERROR_DOCS, BatchPrediction, ErrorBody, Prediction
@@ -68,17 +68,6 @@ def _verdict(probability: float, model: FetchedModel) -> dict[str, Any]:
 
 def _identity(model: FetchedModel) -> dict[str, Any]:
     return {"threshold": model.loaded.meta.decision_threshold, "model_name": model.name, "model_version": model.version}
-
-
-def _score_by_version(items: list[tuple[ServedModel, np.ndarray]]) -> list[float]:
-    """(version, image) pairs from concurrent requests -> P(pneumonia) each, one model call per version.
-    (Above the class: @serve.deployment pickles it at definition, with the globals defined by then.)"""
-    probabilities = [0.0] * len(items)
-    for model in {id(model): model for model, _ in items}.values():
-        rows = [i for i, (owner, _) in enumerate(items) if owner is model]
-        for row, probability in zip(rows, model.probabilities(np.stack([items[i][1] for i in rows]))):
-            probabilities[row] = float(probability)
-    return probabilities
 
 
 def _elapsed_ms(started: float) -> float:
@@ -113,16 +102,15 @@ class PneumoniaService:
         self.audit = AuditLog(self.settings)
         torch.set_num_threads(self.settings.torch_threads)
         self.metrics = ServeMetrics()
+        self.versions = ServedVersions(model_uri, tracking_uri, self.settings)  # champion (+ challenger)
+        self.loader = self.versions.champion
+        self.monitor = ServeMonitor(self.settings, lambda: self.loader.model)  # OOD gate and drift (monitor.py)
         self.batcher = AdaptiveBatcher(
-            _score_by_version,
+            self._score_and_gate,
             self.settings.max_batch_size,  # one for all versions
             self.settings.batch_wait_timeout_s,
             self.metrics.batch_size.observe,
         )
-        self.versions = ServedVersions(model_uri, tracking_uri, self.settings)  # champion (+ challenger)
-        self.loader = self.versions.champion
-        self.monitor = ServeMonitor(self.settings, lambda: self.loader.model)  # OOD gate and drift (monitor.py)
-        self.gate = AdaptiveBatcher(self.monitor.check, self.settings.max_batch_size)  # its pass, batched too
         self._shadow_tasks: set[asyncio.Task] = set()  # held so they are not garbage-collected mid-flight
         self.explainers = ExplainerCache()  # Grad-CAM for /explain, built on first use (explanations.py)
 
@@ -232,9 +220,8 @@ class PneumoniaService:
         model = served.fetched
         upload = await read_image(request, self.settings)
         image = await self._decode(upload, model)
-        gate = await self.gate.submit((model, image, role == CHAMPION))
+        probability, gate = await self.batcher.submit((served, image, role == CHAMPION))
         self.monitor.enforce(gate, upload)  # 422 under serve.ood_policy reject
-        probability = await self.score((served, image))
         self._shadow(role, served, [image], [probability])
         self.versions.metrics.record(role, served, probability, time.perf_counter() - started)
         answer = {
@@ -252,20 +239,18 @@ class PneumoniaService:
         model = served.fetched
         uploads = await read_images(request, self.settings)
         images = await asyncio.gather(*(self._decode(upload, model) for upload in uploads))
-        gates = await asyncio.gather(*(self.gate.submit((model, image, role == CHAMPION)) for image in images))
-        scored = [image for image, gate in zip(images, gates) if not self.monitor.refuses(gate)]
-        probabilities = await asyncio.gather(*(self.score((served, image)) for image in scored))
-        self._shadow(role, served, scored, probabilities)
-        for probability in probabilities:
+        scored = await asyncio.gather(*(self.batcher.submit((served, image, role == CHAMPION)) for image in images))
+        answered = [(image, p) for image, (p, gate) in zip(images, scored) if not self.monitor.refuses(gate)]
+        self._shadow(role, served, [image for image, _ in answered], [p for _, p in answered])
+        for _, probability in answered:
             self.versions.metrics.record(role, served, probability, time.perf_counter() - started)
-        answers = iter(probabilities)
         predictions = [
             {
                 "filename": upload.filename,
                 **gate.fields(),
-                **(self.monitor.refusal(gate) if self.monitor.refuses(gate) else _verdict(next(answers), model)),
+                **(self.monitor.refusal(gate) if self.monitor.refuses(gate) else _verdict(probability, model)),
             }
-            for upload, gate in zip(uploads, gates)
+            for upload, (probability, gate) in zip(uploads, scored)
         ]
         answer = {"predictions": predictions, **_identity(model), "model_role": role, "time_ms": _elapsed_ms(started)}
         self.audit.record(request, [upload.data for upload in uploads], answer)
@@ -284,13 +269,23 @@ class PneumoniaService:
         self, challenger: ServedModel, champion: ServedModel, images: list[np.ndarray], probabilities: list[float]
     ) -> None:
         started = time.perf_counter()
-        shadow = await asyncio.gather(*(self.score((challenger, image)) for image in images))
-        for ours, theirs in zip(probabilities, shadow):
+        shadow = await asyncio.gather(*(self.batcher.submit((challenger, image, False)) for image in images))
+        for ours, (theirs, _) in zip(probabilities, shadow):
             self.versions.metrics.record("shadow", challenger, theirs, time.perf_counter() - started)
             self.versions.metrics.record_shadow(
                 _verdict(ours, champion.fetched)["label"] == _verdict(theirs, challenger.fetched)["label"]
             )
 
-    async def score(self, item: tuple[ServedModel, np.ndarray]) -> float:
-        """P(pneumonia) of one (version, image), batched with concurrent requests (batching.py)."""
-        return await self.batcher.submit(item)
+    def _score_and_gate(self, items: list[tuple[ServedModel, np.ndarray, bool]]) -> list[tuple[float, GateResult]]:
+        """(version, image, whether it goes in the drift window) from concurrent requests -> (P(pneumonia),
+        the gate's verdict) each, run by the batcher (batching.py) in its thread: one pass per version
+        gives both the probability and the features the gate reads."""
+        answers: list[Optional[tuple[float, GateResult]]] = [None] * len(items)
+        for served in {id(served): served for served, _, _ in items}.values():
+            rows = [i for i, (owner, _, _) in enumerate(items) if owner is served]
+            images = np.stack([items[i][1] for i in rows])
+            probabilities, outputs = served.score(images)
+            gates = self.monitor.check(served.fetched, images, outputs, np.array([items[i][2] for i in rows]))
+            for row, probability, gate in zip(rows, probabilities, gates):
+                answers[row] = (float(probability), gate)
+        return answers

@@ -15,7 +15,7 @@ from mlflow.exceptions import MlflowException
 
 from pneumo.config import ServeConfig
 from pneumo.model_uri import FetchedModel, current_version, fetch_model
-from pneumo.runtimes import Predictor, choose_runtime
+from pneumo.runtimes import Outputs, Predictor, choose_runtime
 
 RETRY_ERROR_CODES = {"RESOURCE_DOES_NOT_EXIST", "TEMPORARILY_UNAVAILABLE", "INTERNAL_ERROR"}  # may heal
 FIRST_RETRY_WAIT_S, MAX_RETRY_WAIT_S = 0.5, 10.0
@@ -31,9 +31,10 @@ class ServedModel:
     predictor: Predictor
     load_s: float  # fetch + runtime build + warm-up, seconds
 
-    def probabilities(self, images: np.ndarray) -> np.ndarray:
-        """uint8 (N, C, H, W) -> calibrated P(pneumonia)."""
-        return self.fetched.loaded.meta.calibration.probabilities(self.predictor.logits(images))
+    def score(self, images: np.ndarray) -> tuple[np.ndarray, Outputs]:
+        """uint8 (N, C, H, W) -> calibrated P(pneumonia), and the pass's outputs (the gate reads its features)."""
+        outputs = self.predictor.infer(images)
+        return self.fetched.loaded.meta.calibration.probabilities(outputs.logits), outputs
 
 
 def load_served_model(uri: str, tracking_uri: str, settings: ServeConfig) -> ServedModel:

@@ -1,11 +1,12 @@
 """The replica's monitoring: the out-of-distribution gate in front of the model, the drift window
 behind it, GET /monitoring, and their Prometheus series.
 
-Every decoded image goes through `check` (batched like scoring): its pre-logit features, intensity
-statistics and probability are taken from the served model's PyTorch network, scored against the
-model's reference profile, and kept in this replica's window (never the pixels). With
-serve.ood_policy `reject` an image beyond the cut-off gets a 422 and is not scored; with `flag` it is
-answered with `in_distribution: false`; with `off` it is answered as before (the window still counts it).
+Every decoded image goes through `check` with the outputs of the pass that scored it (the served
+runtime returns the pre-logit features beside the logit, runtimes.Outputs): its features, intensity
+statistics and probability are scored against the model's reference profile and kept in this
+replica's window (never the pixels). With serve.ood_policy `reject` an image beyond the cut-off gets
+a 422 and its probability is withheld; with `flag` it is answered with `in_distribution: false`; with
+`off` it is answered as before (the window still counts it).
 
 Several replicas: each keeps and tests its own window (Serve spreads requests at random, so each
 window samples the same stream). GET /monitoring answers from the replica that takes the request
@@ -29,8 +30,9 @@ from ray.serve import metrics
 from pneumo.config import ServeConfig
 from pneumo.model_uri import FetchedModel
 from pneumo.monitoring.drift import FAMILIES, ObservationWindow, drift_report
-from pneumo.monitoring.features import observe
+from pneumo.monitoring.features import observations, observe
 from pneumo.monitoring.profile import NO_PROFILE, ReferenceProfile, profile_of
+from pneumo.runtimes import Outputs
 from pneumo.serve.inputs import RequestError, Upload
 
 logger = logging.getLogger(__name__)
@@ -43,7 +45,6 @@ class GateResult:
 
     score: Optional[float]  # out-of-distribution score; above `cutoff` means out of distribution
     cutoff: Optional[float]
-    probability: float  # from the monitoring pass (PyTorch), kept in the window
 
     @property
     def in_distribution(self) -> Optional[bool]:
@@ -61,7 +62,7 @@ class OutOfDistribution(RequestError):
             422,
             f"{upload.label}: the image does not look like a frontal chest film this model was "
             f"trained on (out-of-distribution score {gate.score:.3g} > cut-off {gate.cutoff:.3g}); "
-            "it was not scored. Send a frontal (PA/AP) chest radiograph, or ask the operators "
+            "no probability is given for it. Send a frontal (PA/AP) chest radiograph, or ask the operators "
             "to set serve.ood_policy=flag",
             upload.source,
         )
@@ -141,27 +142,25 @@ class ServeMonitor:
         }
         return {"ood_gate": gate, "drift": drift}
 
-    def check(self, items: list[tuple[FetchedModel, np.ndarray, bool]]) -> list[GateResult]:
-        """(model, image, whether it goes in the window) from concurrent requests -> a GateResult each."""
-        results: list[Optional[GateResult]] = [None] * len(items)
-        for model in {id(model): model for model, _, _ in items}.values():
-            rows = [i for i, (owner, _, _) in enumerate(items) if owner is model]
-            for row, result in zip(rows, self._check_model(model, [items[i] for i in rows])):
-                results[row] = result
-        return results
-
-    def _check_model(self, model: FetchedModel, items: list[tuple[FetchedModel, np.ndarray, bool]]) -> list[GateResult]:
+    def check(
+        self, model: FetchedModel, images: np.ndarray, outputs: Outputs, recorded: np.ndarray
+    ) -> list[GateResult]:
+        """One version's pass over uint8 `images` -> a GateResult each; `recorded` rows go in the window."""
         profile, _ = self.profile(model)
-        seen = observe(model.loaded, torch.from_numpy(np.stack([image for _, image, _ in items])))
         if profile is None:
-            return [GateResult(None, None, float(p)) for p in seen.probabilities]
+            return [GateResult(None, None) for _ in images]
+        if outputs.features is None:  # an ONNX export from before features were exported: PyTorch's pass
+            seen = observe(model.loaded, torch.from_numpy(images))
+        else:
+            seen = observations(images, outputs.logits, outputs.features, model.loaded)
         projected, residual = profile.project(seen.features)
         scores = profile.gate.scores(projected, residual, seen.intensities)
         beyond = scores > profile.gate.cutoff
-        kept = np.array([record for _, _, record in items])
-        if kept.any():
+        if recorded.any():
             self._watch(model)
-            self.window.add(projected[kept], seen.intensities[kept], seen.probabilities[kept], beyond[kept])
+            self.window.add(
+                projected[recorded], seen.intensities[recorded], seen.probabilities[recorded], beyond[recorded]
+            )
         action = (
             "rejected"
             if self.settings.ood_policy == "reject"
@@ -171,7 +170,7 @@ class ServeMonitor:
         )
         for _ in range(int(beyond.sum())):
             self.metrics.out_of_distribution.inc(tags={"action": action})
-        return [GateResult(float(s), profile.gate.cutoff, float(p)) for s, p in zip(scores, seen.probabilities)]
+        return [GateResult(float(score), profile.gate.cutoff) for score in scores]
 
     def _watch(self, model: FetchedModel) -> None:
         """A new champion has another feature space: its window starts empty."""
