@@ -379,6 +379,7 @@ USER_ERRORS = {  # errors a user causes (a config, a dataset, an image, a model)
     ("pneumo.data.dataset", "BadImageError"): "data error",
     ("pneumo.data.transforms", "ImageDecodeError"): "image error",
     ("pneumo.checkpoints", "CheckpointError"): "model error",
+    ("pneumo.storage", "StorageFullError"): "storage error",
     ("mlflow.exceptions", "MlflowException"): "MLflow error",
 }
 

@@ -37,6 +37,7 @@ from pneumo.evaluation.metrics import binary_metrics
 from pneumo.models import create_model, unwrap
 from pneumo.paths import durable_path
 from pneumo.progress import COMPLETED, FAILED, RunProgress, first_line
+from pneumo.storage import storage_full_error
 from pneumo.tracking import log_epoch_metrics, record_worker_failure, start_system_metrics
 
 # ---------------------------------------------------------------- per-worker pieces
@@ -456,7 +457,10 @@ def fit(
         try:
             result = trainer.fit()
         except BaseException as error:
-            progress.trial_ended("train", FAILED, first_line(error))
+            full = storage_full_error(error, storage_path(cfg))  # said in config terms, not a worker traceback
+            progress.trial_ended("train", FAILED, first_line(full or error))
+            if full is not None:
+                raise full from error
             raise
     progress.trial_ended("train", COMPLETED)
     sign = 1 if cfg.tune.mode == "max" else -1

@@ -1,0 +1,59 @@
+"""Faults of a training run, with real processes and bounded in time: the disk under scaling.storage_path
+filling up while a checkpoint is written."""
+
+import subprocess
+
+import pytest
+from conftest import write_smoke_yaml
+from mlflow.tracking import MlflowClient
+
+from pneumo.config import load_config
+
+pytestmark = pytest.mark.slow
+QUICK = ["eval.bootstrap_samples=0", "eval.report=false", "mlflow.register=false", "export.onnx=false"]
+CHECKPOINT_MB = 4.4  # one test_resnet checkpoint at 48 px: weights, pneumo.json and the optimizer state
+
+
+@pytest.fixture
+def storage_for_one_checkpoint(tmp_path):
+    """A tmpfs with room for one checkpoint and a half: the second epoch's checkpoint fills it mid-write."""
+    mount_point = tmp_path / "storage"
+    mount_point.mkdir()
+    size = f"size={int(CHECKPOINT_MB * 1.5 * 1024)}k"
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", size, "tmpfs", str(mount_point)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    yield mount_point
+    subprocess.run(["umount", "--lazy", str(mount_point)], check=True)
+
+
+def test_a_full_disk_under_checkpoints_names_storage_path_and_resume_skips_the_partial_one(
+    ray_session, synthetic_root, tmp_path, storage_for_one_checkpoint
+):
+    from pneumo.checkpoints import load_checkpoint
+    from pneumo.cli import user_error_kind
+    from pneumo.experiment import run_experiment
+    from pneumo.storage import StorageFullError
+
+    storage = storage_for_one_checkpoint
+    yaml = write_smoke_yaml(tmp_path, synthetic_root, "full-disk")
+    cfg = load_config([yaml], [*QUICK, f"scaling.storage_path={storage}"])
+    with pytest.raises(StorageFullError) as failed:
+        run_experiment(cfg)
+    message = str(failed.value)
+    assert user_error_kind(failed.value) is not None, "the CLI words it on one line, no traceback"
+    assert f"scaling.storage_path={storage}" in message and "No space left on device" in message, message
+    client = MlflowClient(cfg.mlflow.tracking_uri)
+    run = client.search_runs([client.get_experiment_by_name(cfg.mlflow.experiment_name).experiment_id])[0]
+    assert run.info.status == "FAILED"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_auroc")] == [0], "epoch 1 never logged"
+
+    subprocess.run(["mount", "-o", "remount,size=64m", str(storage)], check=True)  # the user frees space
+    outcome = run_experiment(cfg, resume=True)
+
+    assert outcome.mlflow_run_id == run.info.run_id
+    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "val_auroc")) == [0, 1], (
+        "resumed from the complete epoch 0 checkpoint: epoch 1 trained once, epoch 0 not again"
+    )
+    best = client.get_run(run.info.run_id).data.tags["pneumo.best_checkpoint"]
+    assert load_checkpoint(best).meta.epoch in (0, 1), "the best checkpoint is whole (its weights' checksum holds)"
