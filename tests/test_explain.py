@@ -11,7 +11,13 @@ from timm.models.vgg import VGG
 
 from pneumo.checkpoints import CheckpointMeta, LoadedModel
 from pneumo.data.batch_transforms import normalize
-from pneumo.data.synthetic import opacity_mask_path, plan_dataset, render_chest_xray_and_opacity
+from pneumo.data.synthetic import (
+    generate_chest_xrays,
+    opacity_mask_path,
+    plan_dataset,
+    render_chest_xray_and_opacity,
+)
+from pneumo.data.transforms import decode_image
 from pneumo.evaluation.explain import (
     Explainer,
     ExplanationError,
@@ -25,6 +31,7 @@ from pneumo.evaluation.localization import (
     randomized_copy,
     rank_correlations,
     read_opacity_mask,
+    resolution_ceiling,
     score_localization,
 )
 from pneumo.models import resolve_preprocessing
@@ -60,6 +67,7 @@ def test_target_layer_is_found_from_the_model(name, size, layer):
     model.get_submodule(layer).register_forward_hook(lambda _m, _i, out: shapes.append(out.shape) and None)
     model(torch.zeros(1, 1, size, size))
     assert len(shapes[0]) == 4 and min(shapes[0][2:]) > 1
+    assert Explainer(loaded(model, size)).map_size == tuple(shapes[0][2:])
 
 
 def test_models_without_a_spatial_map_are_refused():
@@ -146,6 +154,35 @@ def test_pointing_game_and_mass_on_hand_made_maps():
     assert mass_inside(maps, masks) == pytest.approx([1.0, 1 / 3, 0.0])
     assert rank_correlations(maps[:1], maps[:1]) == pytest.approx([1.0])
     assert rank_correlations(maps[:1], maps[2:]) == pytest.approx([0.0])  # a constant map
+
+
+def test_the_resolution_ceiling_is_the_pointing_game_of_a_perfect_coarse_map():
+    masks = np.zeros((2, 16, 16), bool)
+    masks[0, 6:9, 6:9] = True  # a small patch across the centre: a 2x2 map peaks in a corner cell, outside it
+    masks[1, :8, :8] = True  # one whole quadrant: any map finds it
+    assert resolution_ceiling(masks, (2, 2)) == pytest.approx(0.5)
+    assert resolution_ceiling(masks, (16, 16)) == pytest.approx(1.0)  # the masks themselves
+
+
+def test_films_and_masks_line_up_as_the_model_sees_them(tmp_path):
+    """The mask read for a film lies where the generator drew the opacity on the film the model gets: the
+    same plain resize on both, no crop, letterbox or flip on one side only."""
+    generate_chest_xrays(tmp_path, 24, 64, seed=3, label_noise=0.0, split_fractions=(1.0, 0.0, 0.0))
+    spec = resolve_preprocessing(tiny("test_resnet"), 1, 32)
+    checked = 0
+    for image in plan_dataset(24, 3, (1.0, 0.0, 0.0), label_noise=0.0):
+        mask = read_opacity_mask(tmp_path, tmp_path / image.relative_path, 32)
+        if image.true_label == "NORMAL":
+            assert mask is None
+            continue
+        film = decode_image((tmp_path / image.relative_path).read_bytes(), spec)[0].astype(np.float32)
+        drawn, drawn_mask = render_chest_xray_and_opacity(image, 3, 64)
+        resized = Image.fromarray(drawn).resize((32, 32), Image.Resampling[spec.interpolation.upper()])
+        assert np.abs(film - np.asarray(resized, np.float32)).mean() < 3  # the same film (JPEG aside)
+        expected = np.asarray(Image.fromarray(drawn_mask.astype(np.uint8) * 255).resize((32, 32), Image.BILINEAR))
+        assert np.array_equal(mask, expected >= 128)
+        checked += 1
+    assert checked >= 10
 
 
 def test_masks_are_read_at_the_model_size(tmp_path):

@@ -27,7 +27,6 @@ from __future__ import annotations
 import copy
 import io
 import threading
-from typing import Optional
 
 import numpy as np
 import torch
@@ -79,6 +78,11 @@ def find_target_layer(model: torch.nn.Module, in_chans: int, image_size: int) ->
     >>> find_target_layer(timm.create_model("resnet18", num_classes=1), 3, 224)
     'layer4'
     """
+    return _target_layer_and_map_size(model, in_chans, image_size)[0]
+
+
+def _target_layer_and_map_size(model: torch.nn.Module, in_chans: int, image_size: int) -> tuple[str, tuple[int, int]]:
+    """The target layer and the (height, width) of its map at image_size."""
     if not hasattr(model, "forward_features"):
         raise ExplanationError(f"{type(model).__name__} has no forward_features: not a timm model")
     sample = torch.zeros(1, in_chans, image_size, image_size)
@@ -93,14 +97,22 @@ def find_target_layer(model: torch.nn.Module, in_chans: int, image_size: int) ->
     stage_ends = {info["module"] for info in getattr(model, "feature_info", [])}  # timm's feature stages
     last = [layer for layer, shape in finished if shape == tuple(features.shape)][-1:]  # makes the features
     candidates = [
-        (layer, shape)
+        (layer, shape[2:])
         for layer, shape in finished
         if (layer in stage_ends or layer in last) and len(shape) == 4 and min(shape[2:]) > 1
     ]
     if not candidates:
         raise ExplanationError(f"{name} at {image_size} px has no feature map larger than 1x1 to explain")
-    large = [layer for layer, shape in candidates if min(shape[2:]) >= MIN_MAP_SIDE]
-    return large[-1] if large else candidates[-1][0]
+    large = [candidate for candidate in candidates if min(candidate[1]) >= MIN_MAP_SIDE]
+    return (large or candidates)[-1]
+
+
+def to_input_size(raw: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+    """Layer maps (N, 1, h, w) -> (N, H, W) at the input size (bilinear), each scaled to its own peak in
+    [0, 1]; a map without positive values stays all zeros."""
+    maps = F.interpolate(raw.float(), size=size, mode="bilinear", align_corners=False)[:, 0]
+    peaks = maps.flatten(1).amax(dim=1).clamp_min(1e-12)[:, None, None]
+    return (maps / peaks).clamp(0, 1).numpy()
 
 
 class Explainer:
@@ -108,11 +120,11 @@ class Explainer:
     it runs, and those hooks must not fire in forward passes that serve predictions in other threads.
     Calls are serialized for the same reason."""
 
-    def __init__(self, loaded: LoadedModel, target_layer: Optional[str] = None):
+    def __init__(self, loaded: LoadedModel):
         self.preprocessing = loaded.meta.preprocessing_spec
         self.model = copy.deepcopy(loaded.model).eval()
         spec = self.preprocessing
-        self.target_layer = target_layer or find_target_layer(self.model, spec.in_chans, spec.image_size)
+        self.target_layer, self.map_size = _target_layer_and_map_size(self.model, spec.in_chans, spec.image_size)
         self._gradcam = LayerGradCam(self.model, self.model.get_submodule(self.target_layer))
         self._lock = threading.Lock()
 
@@ -122,9 +134,7 @@ class Explainer:
         inputs = normalize(images, self.preprocessing).float()
         with self._lock, torch.enable_grad():
             raw = self._gradcam.attribute(inputs, target=0, relu_attributions=True).detach()
-        maps = F.interpolate(raw.float(), size=tuple(images.shape[-2:]), mode="bilinear", align_corners=False)[:, 0]
-        peaks = maps.flatten(1).amax(dim=1).clamp_min(1e-12)[:, None, None]
-        return (maps / peaks).clamp(0, 1).numpy()
+        return to_input_size(raw, tuple(images.shape[-2:]))
 
 
 def heatmap_rgba(cam: np.ndarray) -> np.ndarray:

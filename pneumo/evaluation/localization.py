@@ -6,6 +6,10 @@ films:
   a point dropped at random hits with probability = the opacity's area fraction (its baseline);
 - mass inside: share of the heatmap's total mass inside the opacities; a uniform map puts the
   area fraction there (its baseline);
+- the resolution's ceiling: the pointing game of a perfect map at the target layer's resolution (each
+  mask averaged over the layer's cells, then brought to the input size like a Grad-CAM map). A map of
+  4x4 cells peaks at one of 16 cell centres, and a small opacity may hold none of them: a low pointing
+  game next to a low ceiling means the layer is too coarse, not that the model looks elsewhere;
 - the sanity check of Adebayo et al. (2018): the same films explained by the model with its weights
   re-drawn at random; maps that barely change (high rank correlation) would not depend on what the
   model learned.
@@ -26,7 +30,7 @@ from scipy.stats import spearmanr
 
 from pneumo.checkpoints import LoadedModel
 from pneumo.data.synthetic import OPACITY_MASKS_DIR, opacity_mask_path
-from pneumo.evaluation.explain import Explainer, ExplanationError
+from pneumo.evaluation.explain import Explainer, ExplanationError, to_input_size
 
 if TYPE_CHECKING:
     from pneumo.data.dataset import PreparedData
@@ -37,17 +41,23 @@ RANDOMIZATION_SEED = 0  # weights re-drawn for the sanity check
 @dataclass
 class Localization:
     n_films: int  # pneumonia films with a drawn opacity that were scored
+    target_layer: str  # the layer the maps come from
+    map_size: tuple[int, int]  # (height, width) of that layer's map, in cells
     pointing_game: float  # share of films whose map peak is inside an opacity
     mass_inside: float  # mean share of heatmap mass inside the opacities
     area_fraction: float  # mean share of the image the opacities cover: the baseline of both
+    pointing_game_ceiling: float  # pointing game of a perfect map at map_size: the most this layer allows
     randomized_rank_correlation: float  # median Spearman correlation, trained vs randomized-weights maps
     randomized_pointing_game: float  # pointing game of the randomized-weights maps
 
     def summary(self) -> str:
         """What `pneumo eval` prints."""
+        height, width = self.map_size
         return (
-            f"grad-cam on {self.n_films} pneumonia films with drawn opacities (random baseline = area fraction "
-            f"{self.area_fraction:.3f}):\n  pointing game {self.pointing_game:.3f}  mass inside {self.mass_inside:.3f}"
+            f"grad-cam at {self.target_layer} ({height}x{width}) on {self.n_films} pneumonia films with drawn "
+            f"opacities (random baseline = area fraction {self.area_fraction:.3f}):\n  pointing game "
+            f"{self.pointing_game:.3f} (a perfect {height}x{width} map: {self.pointing_game_ceiling:.3f})  mass inside "
+            f"{self.mass_inside:.3f}"
             f"\n  randomized weights: pointing game {self.randomized_pointing_game:.3f}, rank correlation with the "
             f"trained maps {self.randomized_rank_correlation:.3f}"
         )
@@ -58,6 +68,7 @@ class Localization:
             "cam_pointing_game": self.pointing_game,
             "cam_mass_inside": self.mass_inside,
             "cam_area_fraction": self.area_fraction,
+            "cam_pointing_game_ceiling": self.pointing_game_ceiling,
             "cam_randomized_rank_correlation": self.randomized_rank_correlation,
             "cam_randomized_pointing_game": self.randomized_pointing_game,
         }
@@ -93,6 +104,13 @@ def mass_inside(maps: np.ndarray, masks: np.ndarray) -> np.ndarray:
     return np.divide(inside, total, out=np.zeros_like(total), where=total > 0)
 
 
+def resolution_ceiling(masks: np.ndarray, map_size: tuple[int, int]) -> float:
+    """Pointing game of the masks themselves seen through a map of map_size cells: each mask's share of
+    every cell, brought back to the input size the way Explainer brings Grad-CAM maps."""
+    cells = torch.nn.functional.adaptive_avg_pool2d(torch.from_numpy(masks[:, None].astype(np.float32)), map_size)
+    return float(peak_inside(to_input_size(cells, masks.shape[-2:]), masks).mean())
+
+
 def rank_correlations(first: np.ndarray, second: np.ndarray) -> np.ndarray:
     """Spearman rank correlation of each pair of maps (0 where either map is constant)."""
     values = []
@@ -125,13 +143,17 @@ def score_localization(
     loaded: LoadedModel, images: np.ndarray, masks: np.ndarray, batch_size: int = 32
 ) -> Localization:
     """uint8 (N, C, H, W) pneumonia films at the model's input and their bool (N, H, W) opacity masks."""
-    maps = explain_in_batches(Explainer(loaded), images, batch_size)
+    explainer = Explainer(loaded)
+    maps = explain_in_batches(explainer, images, batch_size)
     randomized = explain_in_batches(Explainer(randomized_copy(loaded)), images, batch_size)
     return Localization(
         n_films=len(images),
+        target_layer=explainer.target_layer,
+        map_size=explainer.map_size,
         pointing_game=float(peak_inside(maps, masks).mean()),
         mass_inside=float(mass_inside(maps, masks).mean()),
         area_fraction=float(masks.mean()),
+        pointing_game_ceiling=resolution_ceiling(masks, explainer.map_size),
         randomized_rank_correlation=float(np.median(rank_correlations(maps, randomized))),
         randomized_pointing_game=float(peak_inside(randomized, masks).mean()),
     )

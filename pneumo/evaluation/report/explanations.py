@@ -81,6 +81,12 @@ def localization_table(found: Localization) -> str:
             f"{found.area_fraction:.3f}",
             f"{found.randomized_pointing_game:.3f}",
         ],
+        [
+            f"pointing game of a perfect {found.map_size[0]}x{found.map_size[1]} map (the layer's ceiling)",
+            f"{found.pointing_game_ceiling:.3f}",
+            "-",
+            "-",
+        ],
         ["heatmap mass inside opacities", f"{found.mass_inside:.3f}", f"{found.area_fraction:.3f}", "-"],
         [
             "rank correlation with the trained model's maps",
@@ -93,7 +99,9 @@ def localization_table(found: Localization) -> str:
         f"<p class='note'>{found.n_films} pneumonia films with a drawn opacity. Random baseline: a point or a "
         "uniform map lands inside the opacities as often as they cover the film (area fraction). Randomized "
         "weights: the same architecture with re-drawn weights (Adebayo et al. 2018); its maps should differ "
-        "(low rank correlation) and lose the opacities.</p>"
+        "(low rank correlation) and lose the opacities. A perfect map at the target layer's resolution (each "
+        "opacity averaged over the layer's cells) bounds the pointing game: a low score near a low "
+        "ceiling means the layer is too coarse for the opacities.</p>"
         + _table(["", "Grad-CAM", "random baseline", "randomized weights"], rows)
     )
 
