@@ -40,17 +40,14 @@ def first_search(ray_session, synthetic_root, tmp_path_factory):
     """A 3-trial grid search: one learning rate that learns and two that barely move."""
     directory = tmp_path_factory.mktemp("search")
     path = write_smoke_yaml(directory, synthetic_root, "search", SEARCH % "[1.0e-2, 1.0e-6, 1.0e-6]")
-    # ASHA ranks trials by training loss: it falls within one epoch for a learning rate that learns, and stays
-    # put at 1e-6, while val AUROC on ~30 films after one epoch is too noisy to rank them reliably
-    cfg = load_config([path], ["train.epochs=3", "train.batch_size=8", "tune.metric=train_loss", "tune.mode=min"])
+    # ASHA ranks trials by val AUROC (the default tune.metric). At 1e-6 a trial is its initial model (~0.62
+    # after one epoch, run after run); at 1e-2 one epoch reaches 0.77-0.81. Training loss cannot rank them:
+    # averaged over the first epoch it is *higher* for a rate that learns (0.40 against 0.37, batches mixed
+    # since the records are shuffled before decoding), so ASHA kept every trial.
+    cfg = load_config([path], ["train.epochs=3", "train.batch_size=8"])
     return directory, cfg, run_experiment(cfg)
 
 
-@pytest.mark.xfail(
-    reason="known regression, open in #19: in the lead's last two runs no trial of this search carried "
-    "pneumo.stopped_early=true after the SearchWatcher change (passed last round); kept visible, not hidden",
-    strict=False,
-)
 def test_search_stops_weak_trials_and_logs_nested_runs(first_search):
     _, cfg, outcome = first_search
     client = MlflowClient(cfg.mlflow.tracking_uri)
@@ -72,14 +69,14 @@ def test_search_stops_weak_trials_and_logs_nested_runs(first_search):
         assert child.data.params["train.lr"] in ("0.01", "1e-06")
         assert child.info.status == "FINISHED"
     assert all(len(client.get_metric_history(c.info.run_id, "val_auroc")) < 3 for c in stopped)
-    assert "test_auroc" in parent.data.metrics and "best_train_loss" in parent.data.metrics
+    assert "test_auroc" in parent.data.metrics and "best_val_auroc" in parent.data.metrics
 
     # the report draws the training curves of the trial whose checkpoint won
     winner = training_run_for(client, parent.info.run_id)
     assert winner in {c.info.run_id for c in children}
     assert outcome.test_metrics and (Path(outcome.report_path).parent / "training_curves.png").stat().st_size > 0
-    winner_losses = [m.value for m in client.get_metric_history(winner, "train_loss")]
-    assert min(winner_losses) == pytest.approx(parent.data.metrics["best_train_loss"])
+    winner_auroc = [m.value for m in client.get_metric_history(winner, "val_auroc")]
+    assert max(winner_auroc) == pytest.approx(parent.data.metrics["best_val_auroc"])
 
 
 def test_best_model_is_registered_as_champion_and_predicts(first_search, synthetic_root):
