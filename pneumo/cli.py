@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -100,6 +101,21 @@ def init_ray() -> Optional[str]:
     return None if joining or not context.dashboard_url else f"http://{context.dashboard_url}"
 
 
+@contextlib.contextmanager
+def _ray_shut_down_at_exit():
+    """Shut down a Ray that the block starts, before the block's caller restores the terminal.
+
+    Ray's log deduplicator holds back worker lines that repeat across processes ("[repeated 2x across
+    cluster]") and prints them to sys.stderr when Ray shuts down; left to Ray's atexit hook, that is
+    after `watch_run` gave fd 2 back to the terminal, so a harmless actor line reached the user."""
+    was_running = "ray" in sys.modules and sys.modules["ray"].is_initialized()
+    try:
+        yield
+    finally:
+        if not was_running and "ray" in sys.modules and sys.modules["ray"].is_initialized():
+            sys.modules["ray"].shutdown()
+
+
 def _load(items: list[str]):
     from pneumo.config import load_config
 
@@ -122,7 +138,10 @@ def cmd_run(args: argparse.Namespace) -> None:
 
     cfg = anchor_paths(_load(args.config))  # relative paths made absolute and durable (not in a Ray job's package)
     log_path = None if args.verbose else run_log_path(_log_folder(cfg), cfg.name)
-    with watch_run(log_path, cfg.tune.metric, cfg.tune.mode, cfg.train.epochs, is_user_error) as progress:
+    with (
+        watch_run(log_path, cfg.tune.metric, cfg.tune.mode, cfg.train.epochs, is_user_error) as progress,
+        _ray_shut_down_at_exit(),  # inside the redirect: Ray's last lines go to the log
+    ):
         progress.note(describe_storage(cfg))
         dashboard = init_ray()
         if dashboard:

@@ -133,11 +133,6 @@ def watched(synthetic_root, tmp_path_factory):
     return run, cfg, client, seen
 
 
-@pytest.mark.xfail(
-    reason="known gap, open in #19: a Ray Data SplitCoordinator's 'Progress bars disabled' line still reached "
-    "stderr in the lead's last run",
-    strict=False,
-)
 def test_terminal_shows_the_table_and_the_log_keeps_ray(watched):
     run, cfg, _, _ = watched
     out = "".join(run.stdout)
