@@ -79,6 +79,7 @@ BENCH_SIZES = {  # module -> options set (replaced when the README gives them, e
 README_PORTS = (8000, 8080, 8265, 5000)
 SERVER_PROGRAMS = {("pneumo", "serve"): 8000, ("mlflow", "ui"): 5000}  # long-running command -> README port
 AGENT_NOT_UP = "No available agent to submit job"
+QUICKSTART_PLACEHOLDERS = ("RUN_ID", "results/<run>/best_model", "results/quickstart-search-…/best_model")
 ANSI_CODE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # colour and cursor codes a terminal interprets
 TIMEOUT_S = {"pneumo": 600, "ray": 600, "python": 600}  # per command; anything else 120 s
 
@@ -357,13 +358,7 @@ class Scratch:
             best = re.search(r"^best model:\s+(\S+)", outcome.output, re.M)
             if run and best:
                 relative = os.path.relpath(best.group(1), self.root)
-                self.values.update(
-                    {
-                        "RUN_ID": run.group(1),
-                        "results/<run>/best_model": relative,
-                        "results/quickstart-search-…/best_model": relative,
-                    }
-                )
+                self.values.update(dict(zip(QUICKSTART_PLACEHOLDERS, (run.group(1), relative, relative))))
         submitted = re.search(r"raysubmit_\w+", outcome.output)
         if command.argv[:3] == ("ray", "job", "submit") and submitted:
             self.values["SUBMISSION_ID"] = submitted.group(0)

@@ -210,11 +210,15 @@ def run_python_block(scratch, block: Block) -> subprocess.CompletedProcess:
 
 
 def builds_on_the_quickstart(step: Step) -> bool:
-    """Steps that use the model the first `pneumo run` registers (served, evaluated, loaded, asked over HTTP)."""
+    """Steps that use the model the first `pneumo run` registers (served, evaluated, loaded, asked over
+    HTTP, or named by a placeholder that run fills in)."""
+    from readme_runner import QUICKSTART_PLACEHOLDERS
+
     if step.command is None:
         return "models:/" in step.block.text
     served = step.command.program == "curl" and "8265" not in step.command.text  # 8265: the Ray dashboard
-    return served or step.command.argv[:2] in (("pneumo", "eval"), ("pneumo", "serve"))
+    named = any(name in step.command.text for name in (*QUICKSTART_PLACEHOLDERS, "models:/"))
+    return served or named or step.command.argv[:2] in (("pneumo", "eval"), ("pneumo", "serve"))
 
 
 def expects_failure(command: Command) -> bool:
@@ -253,7 +257,16 @@ def prerequisites(step: Step) -> list[Step]:
     closure = {s.where: s for s in needed}
     for s in needed:
         closure.update({p.where: p for p in prerequisites(s)})
-    return sorted(closure.values(), key=STEPS.index)
+    ordered = sorted(closure.values(), key=STEPS.index)
+    return [s for n, s in enumerate(ordered) if not superseded(s, ordered[n + 1 :] + [step])]
+
+
+def superseded(step: Step, later: list[Step]) -> bool:
+    """A server whose README port a later server takes over (it would only be started to be stopped)."""
+    from readme_runner import server_port
+
+    port = server_port(step.command.argv) if step.command else None
+    return port is not None and any(s.command and server_port(s.command.argv) == port for s in later)
 
 
 @pytest.mark.slow
@@ -313,6 +326,9 @@ def test_a_step_picked_alone_runs_what_it_builds_on():
     assert any(text.startswith("pneumo run experiments/quickstart.yaml") for text in before), before
     assert any("set_registered_model_alias" in text for text in before), "the earlier steps of its block"
     assert before[-1].startswith("pneumo serve") and "serve.shadow=true" in before[-1], "the last server on its port"
+    assert sum(text.startswith("pneumo serve") for text in before) == 1, (
+        "servers replaced on their port are not started"
+    )
     logs = next(s for s in STEPS if s.command and s.command.argv[:3] == ("ray", "job", "logs"))
     walk_through = [s.text for s in prerequisites(logs)]
     assert "ray start --head" in walk_through and any(t.startswith("ray job submit") for t in walk_through), (
