@@ -1,11 +1,15 @@
-"""Faults of a training run, with real processes and bounded in time: the disk under scaling.storage_path
-filling up while a checkpoint is written."""
+"""Faults of a training run and of a search, each with real processes and bounded in time: the disk under
+scaling.storage_path filling up while a checkpoint is written, and two trials at once on the default sqlite
+MLflow store."""
 
+import os
 import subprocess
+import sys
 
 import pytest
 from conftest import write_smoke_yaml
 from mlflow.tracking import MlflowClient
+from test_tune_run import child_runs
 
 from pneumo.config import load_config
 
@@ -57,3 +61,52 @@ def test_a_full_disk_under_checkpoints_names_storage_path_and_resume_skips_the_p
     )
     best = client.get_run(run.info.run_id).data.tags["pneumo.best_checkpoint"]
     assert load_checkpoint(best).meta.epoch in (0, 1), "the best checkpoint is whole (its weights' checksum holds)"
+
+
+SEARCH = """\
+tune:
+  num_samples: 1
+  scheduler: fifo
+  max_concurrent_trials: %d
+  search_space:
+    train.lr: {grid: %s}
+"""
+
+
+def pneumo_run(args: list[str], ray_session) -> subprocess.Popen:
+    """`pneumo run` in its own process, joining the session's Ray (its workers' lines come back on stdout)."""
+    env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
+    return subprocess.Popen(
+        [sys.executable, "-m", "pneumo.cli", "run", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def test_two_trials_at_once_on_sqlite_lose_nothing(ray_session, synthetic_root, tmp_path):
+    """Two trials' Train controllers, their workers' system-metrics samplers (every second) and the
+    search driver all write to one sqlite file at once."""
+    yaml = write_smoke_yaml(tmp_path, synthetic_root, "concurrent", SEARCH % (2, "[1.0e-2, 3.0e-3]"))
+    overrides = [*QUICK, "train.epochs=2", "scaling.num_workers=1", "mlflow.system_metrics_interval_s=1"]
+    driver = pneumo_run([str(yaml), *overrides, "--verbose"], ray_session)
+    output, _ = driver.communicate(timeout=600)
+    assert driver.returncode == 0, output[-3000:]
+    assert "database is locked" not in output, "a write to the sqlite store was refused"
+
+    cfg = load_config([yaml], overrides)
+    client = MlflowClient(cfg.mlflow.tracking_uri)
+    experiment = client.get_experiment_by_name(cfg.mlflow.experiment_name)
+    (parent,) = client.search_runs([experiment.experiment_id], "tags.`pneumo.kind` = 'search'")
+    children = child_runs(client, parent.info.run_id)
+    assert len(children) == 2 and all(c.info.status == "FINISHED" for c in children)
+    first, second = sorted(children, key=lambda c: c.info.start_time)
+    assert second.info.start_time < first.info.end_time, "the two trials ran at the same time"
+    for child in children:
+        for key in ("train_loss", "val_loss", "val_auroc", "lr"):
+            assert [m.step for m in client.get_metric_history(child.info.run_id, key)] == [0, 1], key
+        assert len(client.get_metric_history(child.info.run_id, "system/cpu_utilization_percentage")) >= 2
+    assert parent.data.tags["pneumo.search_progress"] == "2 started, 2 completed"
+    assert parent.data.metrics["n_trials"] == 2 and "test_auroc" in parent.data.metrics
