@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from pneumo.config import ConfigError, ServeConfig
-from pneumo.serve.security import authenticate, check_exposure, protect, read_token, token_digest
+from pneumo.serve.security import BearerAuthMiddleware, check_exposure, protect, read_token, token_digest
 
 TOKEN = "s3cret-token-of-enough-length"
 
@@ -20,7 +20,7 @@ TOKEN = "s3cret-token-of-enough-length"
 def guarded_app(digest) -> TestClient:
     """A FastAPI app with the endpoint's middleware, as a replica built with this token digest has it."""
     app = FastAPI()
-    app.middleware("http")(authenticate)
+    app.add_middleware(BearerAuthMiddleware)
     protect(digest)
     for path in ("/healthz", "/readyz"):
         app.add_api_route(path, lambda: {"ok": True}, methods=["GET"])

@@ -55,7 +55,7 @@ from pneumo.serve.monitor import GateResult, ServeMonitor
 from pneumo.serve.page import page_file
 from pneumo.serve.prometheus import ServeMetrics
 from pneumo.serve.schemas import ERROR_DOCS, BatchPrediction, ErrorBody, Prediction
-from pneumo.serve.security import authenticate, protect
+from pneumo.serve.security import BearerAuthMiddleware, protect
 from pneumo.serve.versions import CHAMPION, VERSION_HEADER, ServedVersions
 
 logger = logging.getLogger(__name__)
@@ -80,7 +80,7 @@ api = FastAPI(
     'Errors are {"error", "field"}: 400 unusable image, 413 too '
     "large or too many, 415 wrong Content-Type, 503 model not ready.",
 )
-api.middleware("http")(authenticate)  # bearer token on every route but the probes and docs (security.py)
+api.add_middleware(BearerAuthMiddleware)  # bearer token on every route but the probes and docs (security.py)
 
 
 def _openapi() -> dict[str, Any]:

@@ -17,12 +17,12 @@ import hashlib
 import hmac
 import ipaddress
 import os
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Optional
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from pneumo.config import ConfigError, ServeConfig
 from pneumo.serve.page import PAGE_PATHS
@@ -117,6 +117,13 @@ def protect(digest: Optional[str]) -> None:
     _replica_guard.digest = digest
 
 
-async def authenticate(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-    """FastAPI http middleware: a 401 before any route runs, or the route's answer."""
-    return _replica_guard.refusal(request) or await call_next(request)
+class BearerAuthMiddleware:
+    """A 401 before any route runs, else the route's answer. Plain ASGI rather than FastAPI's
+    `@app.middleware("http")`, which runs every request through an extra task and stream pair."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        refusal = _replica_guard.refusal(Request(scope)) if scope["type"] == "http" else None
+        await (refusal or self.app)(scope, receive, send)
