@@ -161,6 +161,7 @@ class Scratch:
     servers: dict[int, Server] = field(default_factory=dict)  # README port -> server
     block_tmpdir: dict[str, str] = field(default_factory=dict)  # block (file:line) -> RAY_TMPDIR of its `ray` commands
     block_exports: dict[str, dict[str, str]] = field(default_factory=dict)  # block (file:line) -> what it exported
+    head_ports: dict[str, list[int]] = field(default_factory=dict)  # `ray start` (file:line) -> its other ports
     env_changed: dict[str, Outcome] = field(default_factory=dict)  # `source`/`export` (file:line) -> its outcome
     tmpdirs: list[str] = field(default_factory=list)
 
@@ -211,15 +212,16 @@ class Scratch:
         if readme_port is not None:
             text = re.sub(r"\s--port[ =]\d+", "", text)
             extra += ["--port", str(self.ports[readme_port])]
-        if head == ("ray", "start"):
+        if head == ("ray", "start"):  # the same ports each time it is mapped: the line names one command
+            gcs, agent, metrics, client = self.head_ports.setdefault(command.where, [free_port() for _ in range(4)])
             extra += [
                 "--node-ip-address=127.0.0.1",
-                f"--port={free_port()}",
+                f"--port={gcs}",
                 f"--dashboard-port={self.ports[8265]}",
                 "--dashboard-host=127.0.0.1",
-                f"--dashboard-agent-listen-port={free_port()}",
-                f"--metrics-export-port={free_port()}",
-                f"--ray-client-server-port={free_port()}",
+                f"--dashboard-agent-listen-port={agent}",
+                f"--metrics-export-port={metrics}",
+                f"--ray-client-server-port={client}",
             ]
         if argv[0] == "curl":
             text = text.replace("curl ", "curl --silent --show-error --fail-with-body ", 1)
