@@ -39,7 +39,6 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -49,6 +48,8 @@ from typing import Optional
 
 import requests
 from readme_blocks import Command
+
+from pneumo.cli import free_local_port
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = REPO / ".venv" / "bin"
@@ -89,12 +90,6 @@ def server_port(argv: tuple[str, ...]) -> Optional[int]:
     if tuple(argv[:2]) not in SERVER_PROGRAMS:
         return None
     return int(argv[argv.index("--port") + 1]) if "--port" in argv else SERVER_PROGRAMS[tuple(argv[:2])]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @dataclass
@@ -183,7 +178,7 @@ class Scratch:
         ):
             env.pop(inherited, None)
         env["PATH"] = os.pathsep.join(p for p in env["PATH"].split(os.pathsep) if Path(p) != VENV_BIN)
-        scratch = cls(root, home, env, ports={port: free_port() for port in README_PORTS})
+        scratch = cls(root, home, env, ports={port: free_local_port() for port in README_PORTS})
         return scratch
 
     def new_ray_tmpdir(self) -> str:
@@ -213,7 +208,9 @@ class Scratch:
             text = re.sub(r"\s--port[ =]\d+", "", text)
             extra += ["--port", str(self.ports[readme_port])]
         if head == ("ray", "start"):  # the same ports each time it is mapped: the line names one command
-            gcs, agent, metrics, client = self.head_ports.setdefault(command.where, [free_port() for _ in range(4)])
+            gcs, agent, metrics, client = self.head_ports.setdefault(
+                command.where, [free_local_port() for _ in range(4)]
+            )
             extra += [
                 "--node-ip-address=127.0.0.1",
                 f"--port={gcs}",
