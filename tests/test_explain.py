@@ -28,10 +28,10 @@ from pneumo.evaluation.explain import (
 from pneumo.evaluation.localization import (
     mass_inside,
     peak_inside,
+    perfect_map_pointing_game,
     randomized_copy,
     rank_correlations,
     read_opacity_mask,
-    resolution_ceiling,
     score_localization,
 )
 from pneumo.models import resolve_preprocessing
@@ -156,12 +156,12 @@ def test_pointing_game_and_mass_on_hand_made_maps():
     assert rank_correlations(maps[:1], maps[2:]) == pytest.approx([0.0])  # a constant map
 
 
-def test_the_resolution_ceiling_is_the_pointing_game_of_a_perfect_coarse_map():
+def test_a_perfect_map_at_a_coarse_resolution_misses_small_opacities():
     masks = np.zeros((2, 16, 16), bool)
     masks[0, 6:9, 6:9] = True  # a small patch across the centre: a 2x2 map peaks in a corner cell, outside it
     masks[1, :8, :8] = True  # one whole quadrant: any map finds it
-    assert resolution_ceiling(masks, (2, 2)) == pytest.approx(0.5)
-    assert resolution_ceiling(masks, (16, 16)) == pytest.approx(1.0)  # the masks themselves
+    assert perfect_map_pointing_game(masks, (2, 2)) == pytest.approx(0.5)
+    assert perfect_map_pointing_game(masks, (16, 16)) == pytest.approx(1.0)  # the masks themselves
 
 
 def test_films_and_masks_line_up_as_the_model_sees_them(tmp_path):

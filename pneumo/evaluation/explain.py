@@ -19,6 +19,12 @@ is the last stage (7x7 for a ResNet); at 64 px the last stage of a ResNet is 2x2
 at a quadrant, so the stage before it (4x4) is taken. Models whose features are tokens (ViT) or
 channels-last (Swin) have no such map and are refused with ExplanationError.
 
+The map's resolution bounds how precisely it can point: a 4x4 map peaks at one of 16 cell centres, and
+on the quickstart's films even a perfect 4x4 map hits a drawn opacity only about half the time
+(pneumo.evaluation.localization reports that perfect map's score next to the real one). LayerCAM fused with the finer
+stages pointed better on the quickstart model but failed the randomized-weights check on the small test
+model, so Grad-CAM stays (README, "Are the maps right?").
+
 Used by `pneumo eval` (report overlays, localization on synthetic sets) and by the Serve app's /explain.
 """
 

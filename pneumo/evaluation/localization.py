@@ -6,10 +6,11 @@ films:
   a point dropped at random hits with probability = the opacity's area fraction (its baseline);
 - mass inside: share of the heatmap's total mass inside the opacities; a uniform map puts the
   area fraction there (its baseline);
-- the resolution's ceiling: the pointing game of a perfect map at the target layer's resolution (each
-  mask averaged over the layer's cells, then brought to the input size like a Grad-CAM map). A map of
-  4x4 cells peaks at one of 16 cell centres, and a small opacity may hold none of them: a low pointing
-  game next to a low ceiling means the layer is too coarse, not that the model looks elsewhere;
+- a perfect map at the layer's resolution: the pointing game of the masks themselves seen through the
+  target layer's cells (each mask averaged over the cells, then brought to the input size like a
+  Grad-CAM map). A map of 4x4 cells peaks at one of 16 cell centres, and a small opacity may hold
+  none of them: a low pointing game next to a low perfect-map score means the layer is too coarse,
+  not that the model looks elsewhere;
 - the sanity check of Adebayo et al. (2018): the same films explained by the model with its weights
   re-drawn at random; maps that barely change (high rank correlation) would not depend on what the
   model learned.
@@ -46,7 +47,7 @@ class Localization:
     pointing_game: float  # share of films whose map peak is inside an opacity
     mass_inside: float  # mean share of heatmap mass inside the opacities
     area_fraction: float  # mean share of the image the opacities cover: the baseline of both
-    pointing_game_ceiling: float  # pointing game of a perfect map at map_size: the most this layer allows
+    perfect_map_pointing_game: float  # pointing game of a perfect map at map_size: what this resolution allows
     randomized_rank_correlation: float  # median Spearman correlation, trained vs randomized-weights maps
     randomized_pointing_game: float  # pointing game of the randomized-weights maps
 
@@ -56,7 +57,7 @@ class Localization:
         return (
             f"grad-cam at {self.target_layer} ({height}x{width}) on {self.n_films} pneumonia films with drawn "
             f"opacities (random baseline = area fraction {self.area_fraction:.3f}):\n  pointing game "
-            f"{self.pointing_game:.3f} (a perfect {height}x{width} map: {self.pointing_game_ceiling:.3f})  mass inside "
+            f"{self.pointing_game:.3f} (a perfect {height}x{width} map: {self.perfect_map_pointing_game:.3f})  mass inside "
             f"{self.mass_inside:.3f}"
             f"\n  randomized weights: pointing game {self.randomized_pointing_game:.3f}, rank correlation with the "
             f"trained maps {self.randomized_rank_correlation:.3f}"
@@ -68,7 +69,7 @@ class Localization:
             "cam_pointing_game": self.pointing_game,
             "cam_mass_inside": self.mass_inside,
             "cam_area_fraction": self.area_fraction,
-            "cam_pointing_game_ceiling": self.pointing_game_ceiling,
+            "cam_perfect_map_pointing_game": self.perfect_map_pointing_game,
             "cam_randomized_rank_correlation": self.randomized_rank_correlation,
             "cam_randomized_pointing_game": self.randomized_pointing_game,
         }
@@ -104,7 +105,7 @@ def mass_inside(maps: np.ndarray, masks: np.ndarray) -> np.ndarray:
     return np.divide(inside, total, out=np.zeros_like(total), where=total > 0)
 
 
-def resolution_ceiling(masks: np.ndarray, map_size: tuple[int, int]) -> float:
+def perfect_map_pointing_game(masks: np.ndarray, map_size: tuple[int, int]) -> float:
     """Pointing game of the masks themselves seen through a map of map_size cells: each mask's share of
     every cell, brought back to the input size the way Explainer brings Grad-CAM maps."""
     cells = torch.nn.functional.adaptive_avg_pool2d(torch.from_numpy(masks[:, None].astype(np.float32)), map_size)
@@ -153,7 +154,7 @@ def score_localization(
         pointing_game=float(peak_inside(maps, masks).mean()),
         mass_inside=float(mass_inside(maps, masks).mean()),
         area_fraction=float(masks.mean()),
-        pointing_game_ceiling=resolution_ceiling(masks, explainer.map_size),
+        perfect_map_pointing_game=perfect_map_pointing_game(masks, explainer.map_size),
         randomized_rank_correlation=float(np.median(rank_correlations(maps, randomized))),
         randomized_pointing_game=float(peak_inside(randomized, masks).mean()),
     )

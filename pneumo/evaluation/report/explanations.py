@@ -82,8 +82,8 @@ def localization_table(found: Localization) -> str:
             f"{found.randomized_pointing_game:.3f}",
         ],
         [
-            f"pointing game of a perfect {found.map_size[0]}x{found.map_size[1]} map (the layer's ceiling)",
-            f"{found.pointing_game_ceiling:.3f}",
+            f"pointing game of a perfect {found.map_size[0]}x{found.map_size[1]} map (what the layer's resolution allows)",
+            f"{found.perfect_map_pointing_game:.3f}",
             "-",
             "-",
         ],
@@ -100,8 +100,8 @@ def localization_table(found: Localization) -> str:
         "uniform map lands inside the opacities as often as they cover the film (area fraction). Randomized "
         "weights: the same architecture with re-drawn weights (Adebayo et al. 2018); its maps should differ "
         "(low rank correlation) and lose the opacities. A perfect map at the target layer's resolution (each "
-        "opacity averaged over the layer's cells) bounds the pointing game: a low score near a low "
-        "ceiling means the layer is too coarse for the opacities.</p>"
+        "opacity averaged over the layer's cells) shows what that resolution allows: a low score next to a "
+        "low perfect-map score means the layer is too coarse for the opacities.</p>"
         + _table(["", "Grad-CAM", "random baseline", "randomized weights"], rows)
     )
 
