@@ -2,7 +2,7 @@
 Ray head, its stdout read as CI or `ray job logs` would read it, the dashboard's Train API and pages
 queried with the head's token while trials run, and the MLflow store read while the search goes on.
 
-Set PNEUMO_SCREENSHOT_DIR to keep the dashboard screenshot (docs/ uses it)."""
+Set PNEUMO_SCREENSHOT_DIR to keep the dashboard and MLflow pictures (docs/ uses them)."""
 
 import json
 import os
@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from conftest import write_smoke_yaml
 from mlflow.tracking import MlflowClient
+from mlflow_ui import CHROMIUM, mlflow_server, picture_run_metrics
 
 from pneumo.config import load_config
 
@@ -201,3 +202,20 @@ def test_dashboard_train_api_lists_each_trials_training_run(watched):
         assert len(workers) == cfg.scaling.num_workers and all(w["node_ip"] == "127.0.0.1" for w in workers)
         assert all(w["log_file_path"] for w in workers), "each worker's log is one click away"
     assert "RayTrainWorker" in seen["page_text"] and "TrainController" in seen["page_text"]
+
+
+def test_the_mlflow_ui_draws_the_searchs_progress(watched, tmp_path):
+    """The search run's "Model metrics" tab in the MLflow UI, as a user opens it: best so far and the
+    trial counts drawn as charts (the picture in README's "Watching a run")."""
+    if not Path(CHROMIUM).exists():
+        pytest.skip("the MLflow UI picture needs Chromium: apt-get install -y chromium (.ci/run installs it)")
+    _, cfg, client, _ = watched
+    experiment = client.get_experiment_by_name(cfg.mlflow.experiment_name)
+    parent = client.search_runs([experiment.experiment_id], "tags.`pneumo.kind` = 'search'")[0]
+    picture = Path(os.environ.get("PNEUMO_SCREENSHOT_DIR", tmp_path)) / "watch-mlflow.png"
+    with mlflow_server(cfg.mlflow.tracking_uri) as address:
+        text = picture_run_metrics(address, experiment.experiment_id, parent.info.run_id, "best_|trials_", picture)
+    assert parent.info.run_name in text
+    for chart in ("best_val_auroc", "trials_started", "trials_completed", "trials_failed"):
+        assert chart in text, f"no {chart} chart on the search run's page"
+    assert picture.stat().st_size > 10_000
