@@ -155,6 +155,13 @@ def end_trial_run(client: MlflowClient, run_id: str, state: str, failed: bool, s
     finish_run(client, run_id, failed=failed)
 
 
+def count_stopped_early(client: MlflowClient, cfg: ExperimentConfig, parent_run_id: str) -> int:
+    """Trial runs under the search run `parent_run_id` tagged as stopped before train.epochs."""
+    experiment = client.get_experiment_by_name(cfg.mlflow.experiment_name)
+    stopped = f"tags.`mlflow.parentRunId` = '{parent_run_id}' and tags.`{TAG_STOPPED_EARLY}` = 'true'"
+    return len(client.search_runs([experiment.experiment_id], filter_string=stopped, max_results=1000))
+
+
 def log_search_progress(client: MlflowClient, run_id: str, counts: dict[str, int], step: int) -> None:
     """Live trial counts on the search run: metrics `trials_<state>` at `step` and one readable tag."""
     log_metrics(client, run_id, {f"trials_{state.replace(' ', '_')}": n for state, n in counts.items()}, step=step)

@@ -40,6 +40,7 @@ from pneumo.tracking import (
     TAG_SEARCH_PARAMS,
     TAG_TRAIN_FOLDER,
     TAG_TRIAL_ID,
+    count_stopped_early,
     end_trial_run,
     find_trial_run,
     finish_run,
@@ -172,38 +173,39 @@ class SearchWatcher(tune.Callback):
             self.log_best(self.best)
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
-        epochs_run = int((trial.last_result or {}).get("training_iteration", 0))
+        run_id = self._trial_run(trial)
+        # the epochs in the trial's MLflow run, not Tune's last result: a search resumed after its driver was
+        # killed restores the results Tune last saved (every 10 s), so a trial that finished looked stopped early
+        epochs_run = next_step(self.client, run_id, self.cfg.tune.metric)
         early = epochs_run < self.cfg.train.epochs
         how = f"stopped by {self.cfg.tune.scheduler.upper()} at epoch {epochs_run}" if early else COMPLETED
         self.progress.trial_ended(trial.trial_id, STOPPED_EARLY if early else COMPLETED, how if early else "")
-        self._end_run(trial, how, failed=False, early=early)
+        end_trial_run(self.client, run_id, how, failed=False, stopped_early=early)
         self._count(trial, **{"stopped_early" if early else "completed": 1})
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
         reason = _trial_error(trial)
         self.progress.trial_ended(trial.trial_id, FAILED, reason)
-        self._end_run(trial, f"failed: {reason}", failed=True, early=False)
+        end_trial_run(self.client, self._trial_run(trial), f"failed: {reason}", failed=True, stopped_early=False)
         self._count(trial, failed=1)
 
     def log_best(self, value: float) -> None:
         log_metrics(self.client, self.parent_run_id, {self.best_key: value}, step=self.best_step)
         self.best_step += 1
 
-    def _end_run(self, trial, how: str, failed: bool, early: bool) -> None:
+    def _trial_run(self, trial) -> str:
+        """The trial's MLflow run id; created here for a trial that failed before it opened its run."""
         found = find_trial_run(self.client, self.cfg, self.parent_run_id, trial.trial_id)
-        run_id = (
-            found.info.run_id
-            if found
-            else start_run(  # a trial that failed before it opened its run
-                self.client,
-                self.cfg,
-                "trial",
-                str(trial),
-                self.parent_run_id,
-                tags={TAG_TRIAL_ID: trial.trial_id, TAG_SEARCH_PARAMS: str(trial.config)},
-            )
+        if found:
+            return found.info.run_id
+        return start_run(
+            self.client,
+            self.cfg,
+            "trial",
+            str(trial),
+            self.parent_run_id,
+            tags={TAG_TRIAL_ID: trial.trial_id, TAG_SEARCH_PARAMS: str(trial.config)},
         )
-        end_trial_run(self.client, run_id, how, failed=failed, stopped_early=early)
 
     def _count(self, trial, **changes: int) -> None:
         if "started" not in changes:
@@ -280,14 +282,6 @@ def _best_trial(results, cfg: ExperimentConfig) -> tuple[str, dict, float]:
     return str(row["checkpoint_path"]), params, float(row[cfg.tune.metric])
 
 
-def _count_stopped_early(results, cfg: ExperimentConfig) -> int:
-    """Trials of the whole search (resumed ones included) that ended without error before train.epochs."""
-    return sum(
-        result.error is None and int((result.metrics or {}).get("training_iteration", 0)) < cfg.train.epochs
-        for result in results
-    )
-
-
 def _fit_or_raise_if_interrupted(tuner: tune.Tuner):
     """tuner.fit(), raising KeyboardInterrupt when Ctrl-C (SIGINT) stopped the search.
 
@@ -350,7 +344,7 @@ def search(
     except BaseException:
         finish_run(client, parent_run_id, failed=True)
         raise
-    n_stopped = _count_stopped_early(results, cfg)
+    n_stopped = count_stopped_early(client, cfg, parent_run_id)  # as SearchWatcher tagged them, resumed ones too
     checkpoint, params, metric = _best_trial(results, cfg)
     watcher.log_best(metric)  # the series ends on the best epoch of any trial, resumed ones included
     log_metrics(client, parent_run_id, {"n_trials": len(results), "n_trials_stopped_early": n_stopped})
