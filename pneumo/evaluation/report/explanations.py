@@ -9,18 +9,17 @@ from typing import Optional
 
 import numpy as np
 import torch
-from matplotlib.figure import Figure
 
 from pneumo.checkpoints import LoadedModel
 from pneumo.evaluation.evaluate import Evaluation, confident_mistakes
 from pneumo.evaluation.explain import METHOD, Explainer, ExplanationError, overlay_image
 from pneumo.evaluation.localization import Localization
 from pneumo.evaluation.report.html import _figure, _table
+from pneumo.evaluation.report.plots import film_grid, save
 
 OVERLAYS_SHOWN = 8  # mistakes with their maps (false negatives first)
 CORRECT_SHOWN = 4  # confident correct films with their maps: half pneumonia, half normal
 COLUMNS = 4
-DPI = 110
 
 
 def confident_correct(labels: np.ndarray, probabilities: np.ndarray, threshold: float, limit: int) -> np.ndarray:
@@ -34,17 +33,11 @@ def confident_correct(labels: np.ndarray, probabilities: np.ndarray, threshold: 
 
 def plot_overlays(films: list[np.ndarray], maps: np.ndarray, captions: list[str], path: Path) -> Path:
     """A grid of (C, H, W) uint8 films with their maps blended in, each with a caption."""
-    rows = max(1, -(-len(films) // COLUMNS))
-    figure = Figure(figsize=(2.4 * COLUMNS, 2.6 * rows))
-    grid = np.atleast_1d(figure.subplots(rows, COLUMNS)).ravel()
-    for axes in grid:
-        axes.axis("off")
+    figure, grid = film_grid(len(films), COLUMNS)
     for axes, film, cam, caption in zip(grid, films, maps, captions):
         axes.imshow(overlay_image(film[0], cam))
         axes.set_title(caption, fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=DPI)
-    return path
+    return save(figure, path)
 
 
 def _caption(label: int, probability: float, threshold: float) -> str:

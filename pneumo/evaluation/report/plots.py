@@ -18,10 +18,20 @@ from pneumo.evaluation.calibration import Calibration, ReliabilityBins
 DPI = 110
 
 
-def _save(figure: Figure, path: Path) -> Path:
+def save(figure: Figure, path: Path) -> Path:
     figure.tight_layout()
     figure.savefig(path, dpi=DPI)
     return path
+
+
+def film_grid(n_films: int, columns: int) -> tuple[Figure, list]:
+    """A figure of film-sized panels, `columns` wide, every axis hidden until a film is drawn on it."""
+    rows = max(1, -(-n_films // columns))
+    figure = Figure(figsize=(2.4 * columns, 2.6 * rows))
+    grid = list(np.atleast_1d(figure.subplots(rows, columns)).ravel())
+    for axes in grid:
+        axes.axis("off")
+    return figure, grid
 
 
 def plot_roc(labels: np.ndarray, probabilities: np.ndarray, metrics: dict[str, float], path: Path) -> Path:
@@ -41,7 +51,7 @@ def plot_roc(labels: np.ndarray, probabilities: np.ndarray, metrics: dict[str, f
     )
     axes.set(xlabel="1 - specificity", ylabel="sensitivity", title="ROC (test)", xlim=(0, 1), ylim=(0, 1.01))
     axes.legend(loc="lower right")
-    return _save(figure, path)
+    return save(figure, path)
 
 
 def plot_precision_recall(labels: np.ndarray, probabilities: np.ndarray, metrics: dict[str, float], path: Path) -> Path:
@@ -63,7 +73,7 @@ def plot_precision_recall(labels: np.ndarray, probabilities: np.ndarray, metrics
         xlabel="recall (sensitivity)", ylabel="precision", title="Precision-recall (test)", xlim=(0, 1), ylim=(0, 1.01)
     )
     axes.legend(loc="lower left")
-    return _save(figure, path)
+    return save(figure, path)
 
 
 def plot_confusion(metrics: dict[str, float], path: Path) -> Path:
@@ -92,7 +102,7 @@ def plot_confusion(metrics: dict[str, float], path: Path) -> Path:
         ylabel="true",
         title=f"Confusion at threshold {metrics['threshold']:.2f}",
     )
-    return _save(figure, path)
+    return save(figure, path)
 
 
 def plot_reliability(bins: ReliabilityBins, calibration: Calibration, path: Path) -> Path:
@@ -115,7 +125,7 @@ def plot_reliability(bins: ReliabilityBins, calibration: Calibration, path: Path
     top.legend(loc="upper left")
     bottom.bar(centres, bins.counts, width=width * 0.9, color="grey")
     bottom.set(xlabel="predicted P(pneumonia)", ylabel="images")
-    return _save(figure, path)
+    return save(figure, path)
 
 
 def plot_training_curves(history: dict[str, list[tuple[int, float]]], path: Path) -> Path:
@@ -131,7 +141,7 @@ def plot_training_curves(history: dict[str, list[tuple[int, float]]], path: Path
         axes.set(xlabel="epoch", title=title)
         if any(history.get(key) for key in keys):
             axes.legend()
-    return _save(figure, path)
+    return save(figure, path)
 
 
 def plot_mistakes(
@@ -143,11 +153,7 @@ def plot_mistakes(
     columns: int = 4,
 ) -> Path:
     """A grid of (C, H, W) uint8 films, each titled with its truth and predicted probability."""
-    rows = max(1, -(-len(images) // columns))
-    figure = Figure(figsize=(2.4 * columns, 2.6 * rows))
-    grid = np.atleast_1d(figure.subplots(rows, columns)).ravel()
-    for axes in grid:
-        axes.axis("off")
+    figure, grid = film_grid(len(images), columns)
     for axes, image, label, probability in zip(grid, images, labels, probabilities):
         film = image[0] if image.shape[0] == 1 else np.transpose(image, (1, 2, 0))
         axes.imshow(film, cmap="gray", vmin=0, vmax=255)
@@ -159,4 +165,4 @@ def plot_mistakes(
         )
     if not images:
         grid[0].text(0.5, 0.5, "no mistakes on test", ha="center", va="center")
-    return _save(figure, path)
+    return save(figure, path)
