@@ -37,8 +37,10 @@ def full_size_film(
     return (np.clip(film, 0, 1) * top + 0.5).astype(np.uint8 if bits == 8 else np.uint16)
 
 
-def dicom_bytes(pixels: np.ndarray, bits: int, photometric: str = "MONOCHROME2", **elements) -> bytes:
-    """A DICOM Part 10 file (digital X-ray, explicit little endian) holding uint16 `pixels` of `bits` bits."""
+def dicom_bytes(pixels: np.ndarray, bits: int = 12, photometric: str = "MONOCHROME2", **elements) -> bytes:
+    """A DICOM Part 10 file (digital X-ray, explicit little endian) holding uint16 `pixels` of `bits` bits:
+    (rows, columns), or (frames, rows, columns) for a multi-frame file; `elements` set or override any
+    element (Modality="CT", RescaleSlope=2, ...)."""
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = DigitalXRayImageStorageForPresentation
     meta.MediaStorageSOPInstanceUID = generate_uid()
@@ -47,7 +49,9 @@ def dicom_bytes(pixels: np.ndarray, bits: int, photometric: str = "MONOCHROME2",
     dataset.file_meta = meta
     dataset.SOPClassUID, dataset.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
     dataset.Modality = "DX"
-    dataset.Rows, dataset.Columns = pixels.shape
+    dataset.Rows, dataset.Columns = pixels.shape[-2:]
+    if pixels.ndim == 3:
+        dataset.NumberOfFrames = pixels.shape[0]
     dataset.SamplesPerPixel, dataset.PhotometricInterpretation = 1, photometric
     dataset.BitsAllocated, dataset.BitsStored, dataset.HighBit, dataset.PixelRepresentation = 16, bits, bits - 1, 0
     for key, value in elements.items():

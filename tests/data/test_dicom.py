@@ -1,39 +1,14 @@
-"""DICOM films written here with pydicom: rescale, windowing, MONOCHROME1 inversion, bad files."""
-
-import io
+"""DICOM films written with pydicom (bench/films.py): rescale, windowing, MONOCHROME1 inversion, bad files."""
 
 import numpy as np
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
+from bench.films import dicom_bytes
 from pneumo.data.dicom import DicomError, decode_dicom, is_dicom
 from pneumo.data.transforms import ImageDecodeError, Preprocessing, decode_image
 
 GRAY = Preprocessing(in_chans=1, image_size=16, mean=(0.5,), std=(0.25,))
 RAMP = np.tile(np.linspace(0, 4000, 64), (32, 1)).astype(np.uint16)  # dark left, bright right, 12 bits
-
-
-def dicom_bytes(pixels: np.ndarray, photometric: str = "MONOCHROME2", frames: int = 1, **elements) -> bytes:
-    """A Part 10 file (preamble + DICM) holding 16-bit unsigned `pixels` and any extra elements."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    dataset = Dataset()
-    dataset.file_meta = meta
-    dataset.SOPClassUID, dataset.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    dataset.Rows, dataset.Columns = pixels.shape[-2:]
-    dataset.SamplesPerPixel, dataset.PhotometricInterpretation = 1, photometric
-    dataset.BitsAllocated, dataset.BitsStored, dataset.HighBit, dataset.PixelRepresentation = 16, 12, 11, 0
-    if frames > 1:
-        dataset.NumberOfFrames = frames
-    for key, value in elements.items():
-        setattr(dataset, key, value)
-    dataset.PixelData = np.ascontiguousarray(pixels, dtype="<u2").tobytes()
-    buffer = io.BytesIO()
-    dataset.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
 
 
 def test_is_dicom_needs_the_magic_after_the_preamble():
@@ -50,7 +25,7 @@ def test_monochrome2_without_window_is_stretched_by_min_max():
 
 def test_monochrome1_with_rescale_is_inverted():
     """Rescale slope/intercept change units but not the picture; MONOCHROME1 stores bright air."""
-    film = np.asarray(decode_dicom(dicom_bytes(RAMP, "MONOCHROME1", RescaleSlope=2, RescaleIntercept=-1024)))
+    film = np.asarray(decode_dicom(dicom_bytes(RAMP, 12, "MONOCHROME1", RescaleSlope=2, RescaleIntercept=-1024)))
     assert film[:, 0].min() == 255 and film[:, -1].max() == 0
 
 
@@ -66,7 +41,7 @@ def test_window_sets_contrast_and_applies_after_rescale():
 
 def test_multi_frame_is_rejected_with_a_clear_error():
     with pytest.raises(DicomError, match="multi-frame DICOM \\(2 frames\\)"):
-        decode_dicom(dicom_bytes(np.stack([RAMP, RAMP]), frames=2))
+        decode_dicom(dicom_bytes(np.stack([RAMP, RAMP])))
 
 
 def test_decode_image_reads_dicom_and_keeps_the_pixel_limit():
