@@ -58,12 +58,13 @@ def write_images(out: Path, n_images: int, image_size: int) -> Path:
 
 
 def wait_ready(url: str, timeout_s: float = 180) -> None:
+    """Until /readyz answers 200 (a loaded machine may take seconds to answer at all)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
-            if requests.get(f"{url}/readyz", timeout=5).status_code == 200:
+            if requests.get(f"{url}/readyz", timeout=10).status_code == 200:
                 return
-        except requests.ConnectionError:
+        except requests.RequestException:
             pass
         time.sleep(0.5)
     raise RuntimeError(f"{url}/readyz did not answer 200 within {timeout_s} s")

@@ -39,10 +39,9 @@ from pathlib import Path
 import aiohttp
 import numpy as np
 import psutil
-import requests
 from PIL import Image
 
-from bench.serve_bench import untrained_checkpoint, write_images
+from bench.serve_bench import untrained_checkpoint, wait_ready, write_images
 from pneumo.cli import free_local_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -203,19 +202,6 @@ def summarize(soak: Soak, duration_s: float, bucket_s: float = BUCKET_S, timeout
             "last_p99_le_1.2x_second": None if second is None or last is None else last <= P99_DRIFT_LIMIT * second,
         },
     }
-
-
-def wait_ready(url: str, timeout_s: float) -> None:
-    """Until /readyz answers 200 (a loaded machine may take seconds to answer at all)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if requests.get(f"{url}/readyz", timeout=10).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(1)
-    raise RuntimeError(f"{url}/readyz did not answer 200 within {timeout_s} s")
 
 
 def start_server(checkpoint: Path, port: int, workdir: Path) -> tuple[subprocess.Popen, str]:
