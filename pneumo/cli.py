@@ -19,7 +19,12 @@ import logging
 import os
 import socket
 import sys
+import time
 from typing import Optional
+
+from pneumo.timeline import mark
+
+STARTED_AT = time.time()  # this module imported: Python and the CLI are up (the run's timeline starts here)
 
 QUIET_DEFAULTS = {  # set only when the user has not: no telemetry, no hub calls that cannot succeed offline
     "RAY_USAGE_STATS_ENABLED": "0",
@@ -114,6 +119,7 @@ def _ray_shut_down_at_exit():
     finally:
         if not was_running and "ray" in sys.modules and sys.modules["ray"].is_initialized():
             sys.modules["ray"].shutdown()
+            mark("ray_stopped")
 
 
 def _load(items: list[str]):
@@ -137,13 +143,17 @@ def cmd_run(args: argparse.Namespace) -> None:
     from pneumo.progress import run_log_path, watch_run
 
     cfg = anchor_paths(_load(args.config))  # relative paths made absolute and durable (not in a Ray job's package)
+    config_loaded = time.time()
     log_path = None if args.verbose else run_log_path(_log_folder(cfg), cfg.name)
     with (
         watch_run(log_path, cfg.tune.metric, cfg.tune.mode, cfg.train.epochs, is_user_error) as progress,
         _ray_shut_down_at_exit(),  # inside the redirect: Ray's last lines go to the log
     ):
         progress.note(describe_storage(cfg))
+        mark("cli_started", STARTED_AT)
+        mark("config_loaded", config_loaded)
         dashboard = init_ray()
+        mark("ray_started")
         if dashboard:
             progress.note(
                 f"dashboard:    {dashboard}  (training runs, workers, logs; login token: `ray get-auth-token`)"
@@ -151,6 +161,7 @@ def cmd_run(args: argparse.Namespace) -> None:
         from pneumo.experiment import run_experiment
         from pneumo.tracking import resolve_tracking_uri
 
+        mark("pipeline_imported")
         outcome = run_experiment(cfg, resume=args.resume, progress=progress)
         uri = resolve_tracking_uri(cfg.mlflow)
         progress.note(

@@ -26,6 +26,7 @@ from pneumo.models import model_preprocessing
 from pneumo.monitoring.profile import profile_checkpoint
 from pneumo.progress import RunProgress
 from pneumo.serve.pyfunc import register_checkpoint
+from pneumo.timeline import mark
 from pneumo.tracking import (
     TAG_BEST_CHECKPOINT,
     client_for,
@@ -65,11 +66,14 @@ def finalize(
     if data.assigned_split:
         (Path(results_path) / "split.csv").write_text(split_csv(data.assigned_split))
     evaluation = evaluate_checkpoint(cfg, data, checkpoint_dir, model_dir)
+    mark("evaluated")
     profile_checkpoint(model_dir, data, cfg.eval.batch_size)  # the monitoring reference, registered with it
+    mark("profiled")
     client.set_tag(run_id, TAG_BEST_CHECKPOINT, checkpoint_dir)
     test_metrics = evaluation.metrics
     explained = load_checkpoint(model_dir)  # Grad-CAM maps in the report; localization on a synthetic set
     localization = localize_split(explained, data, "test", cfg.data.path)
+    mark("localized")
     log_metrics(
         client,
         run_id,
@@ -82,6 +86,7 @@ def finalize(
         version = register_checkpoint(
             client, cfg, run_id, model_dir, {f"test_{k}": v for k, v in test_metrics.items()}, data.fingerprint
         )
+    mark("registered")
     report = None
     if cfg.eval.report:
         history = metric_history(client, training_run_for(client, run_id))
@@ -97,6 +102,7 @@ def finalize(
             localization=localization,
         )
         client.log_artifacts(run_id, str(report.parent), "report")
+        mark("report_written")
     progress.note(format_metrics_table(test_metrics, evaluation.intervals))
     return ExperimentOutcome(
         run_id, str(model_dir), test_metrics, results_path, version, str(report) if report else None
@@ -113,7 +119,9 @@ def run_experiment(
     preprocessing = model_preprocessing(cfg.model, cfg.data.image_size)
     ensure_dataset(cfg.data)
     check_shared_paths(cfg)
+    mark("data_listed")
     data = prepare_data(cfg.data, preprocessing, cfg.serve.max_image_pixels)
+    mark("data_prepared")
     logger.info("data: %s, fingerprint %s", data.counts, data.fingerprint[:12])
     if cfg.tune.num_samples > 0:
         from pneumo.tune import search
@@ -126,13 +134,16 @@ def run_experiment(
 
         run_id, ray_run_name = open_run(client, cfg, "train", resume)
         log_data_summary(client, run_id, data)
+        mark("mlflow_run_opened")
         try:
             trained = fit(cfg, data, preprocessing, ray_run_name, resolve_tracking_uri(cfg.mlflow), run_id, progress)
         except BaseException:
             finish_run(client, run_id, failed=True)
             raise
         checkpoint_dir, results_path = trained.best_checkpoint, trained.results_path
+    mark("training_returned")
     progress.stop()  # the final table of trials; evaluation follows
     outcome = finalize(cfg, data, client, run_id, checkpoint_dir, results_path, progress)
     finish_run(client, run_id)
+    mark("run_finished")
     return outcome

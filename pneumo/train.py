@@ -38,7 +38,10 @@ from pneumo.models import create_model, unwrap
 from pneumo.paths import durable_path
 from pneumo.progress import COMPLETED, FAILED, RunProgress, first_line
 from pneumo.storage import storage_full_error
-from pneumo.tracking import log_epoch_metrics, record_worker_failure, start_system_metrics
+from pneumo.tracking import start_system_metrics
+from pneumo.train_callbacks import EpochLogger
+
+IMPORTED_AT = time.time()  # in a Ray Train worker: its process has imported torch, timm, Ray Train and pneumo
 
 # ---------------------------------------------------------------- per-worker pieces
 
@@ -113,7 +116,7 @@ def _forward(ctx: WorkerContext, images: torch.Tensor) -> torch.Tensor:
 def train_one_epoch(ctx: WorkerContext, shard, optimizer, scheduler, generator: torch.Generator, epoch: int) -> dict:
     """One pass over this worker's train shard; returns mean loss and throughput."""
     ctx.model.train()
-    total_loss, n_images, start = 0.0, 0, time.perf_counter()
+    total_loss, n_images, start, first_batch_at = 0.0, 0, time.perf_counter(), None
     batches = shard.iter_torch_batches(
         batch_size=ctx.cfg.train.batch_size,
         device=ctx.device,
@@ -122,6 +125,7 @@ def train_one_epoch(ctx: WorkerContext, shard, optimizer, scheduler, generator: 
         prefetch_batches=2,
     )
     for batch in batches:
+        first_batch_at = first_batch_at or time.time()  # the data pipeline's start-up ends here
         images = augment(batch["image"].float().div_(255.0), ctx.cfg.data.augment, generator)
         logits = _forward(ctx, normalize(images, ctx.preprocessing))
         loss = ctx.loss_fn(logits, batch["label"].float())
@@ -136,7 +140,11 @@ def train_one_epoch(ctx: WorkerContext, shard, optimizer, scheduler, generator: 
         total_loss += loss.item() * len(logits)
         n_images += len(logits)
     seconds = time.perf_counter() - start
-    return {"train_loss": total_loss / max(n_images, 1), "train_images_per_s": n_images / max(seconds, 1e-9)}
+    return {
+        "train_loss": total_loss / max(n_images, 1),
+        "train_images_per_s": n_images / max(seconds, 1e-9),
+        "first_batch_at": first_batch_at or time.time(),
+    }
 
 
 def _gather(values: np.ndarray) -> np.ndarray:
@@ -228,16 +236,17 @@ def _start_system_metrics(loop_config: dict[str, Any]):
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """What each Ray Train worker runs. `loop_config` holds only plain values (see `fit`)."""
+    entered_at = time.time()  # the worker process is up, imported and in torch's process group
     _quiet_report_log()
     monitor = _start_system_metrics(loop_config)
     try:
-        _train_epochs(loop_config)
+        _train_epochs(loop_config, entered_at)
     finally:
         if monitor is not None:
             monitor.finish()
 
 
-def _train_epochs(loop_config: dict[str, Any]) -> None:
+def _train_epochs(loop_config: dict[str, Any], entered_at: float) -> None:
     cfg = from_dict(loop_config["experiment"])
     rank = ray.train.get_context().get_world_rank()
     torch.set_num_threads(loop_config["torch_threads"])
@@ -246,6 +255,11 @@ def _train_epochs(loop_config: dict[str, Any]) -> None:
     channels_last = cfg.train.channels_last
     model = create_model(cfg.model).to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     model = ray.train.torch.prepare_model(model)  # [1] DDP (NCCL on GPUs, gloo on CPUs) + device placement
+    start_up = {  # unix s, sent with the first epoch: where a worker's start-up went (bench/overhead_bench.py)
+        "worker_imported_at": IMPORTED_AT,
+        "loop_started_at": entered_at,
+        "model_ready_at": time.time(),
+    }
     pos_weight = torch.tensor(loop_config["positive_weight"] if cfg.train.class_weighting == "balanced" else 1.0)
     amp_dtype = autocast_dtype(cfg.train.precision, device)
     ctx = WorkerContext(
@@ -274,54 +288,13 @@ def _train_epochs(loop_config: dict[str, Any]) -> None:
             lr=optimizer.param_groups[0]["lr"],
             epoch_started_at=started_at,
             epoch_finished_at=time.time(),
+            **start_up,
         )
+        start_up = {}
         _report(ctx, metrics, optimizer, scheduler, epoch)  # [4] metrics + checkpoint to Ray Train
 
 
 # ---------------------------------------------------------------- driver side
-
-
-class EpochLogger(UserCallback):
-    """Runs in the Ray Train controller: logs rank 0's metrics of each epoch to one MLflow run, prints
-    one line per epoch (it reaches the run's log) and, given an `events` queue, sends the epoch to the
-    driver's progress table."""
-
-    def __init__(self, tracking_uri: str, run_id: str, epochs: int, label: str = "", events: Optional[Queue] = None):
-        self.tracking_uri, self.run_id, self.epochs, self.label = tracking_uri, run_id, epochs, label
-        self.events = events
-        self.last_report_s: Optional[float] = None
-        self.failures = 0
-
-    def after_report(self, run_context, metrics: list[dict[str, Any]], checkpoint) -> None:
-        log_epoch_metrics(self.tracking_uri, self.run_id, metrics[0])
-        if self.events is not None:
-            self.events.put(("epoch", metrics[0]))
-        print(self._progress_line(metrics[0]), flush=True)
-
-    def after_exception(self, run_context, worker_exceptions: dict[int, Exception]) -> None:
-        """A worker died or raised: record it in MLflow; Ray Train restarts the worker group from the
-        latest checkpoint while scaling.max_failures allows."""
-        self.failures += 1
-        summary = "; ".join(
-            f"rank {rank}: {type(error).__name__}: {str(error)[:300]}"
-            for rank, error in sorted(worker_exceptions.items())
-        )
-        record_worker_failure(self.tracking_uri, self.run_id, self.failures, summary)
-        line = f"{self.label}worker failure {self.failures}: {summary.splitlines()[0][:200]}"
-        if self.events is not None:
-            self.events.put(("note", line))
-        print(line, flush=True)
-
-    def _progress_line(self, m: dict[str, Any]) -> str:
-        now = time.monotonic()
-        epoch_s = now - self.last_report_s if self.last_report_s is not None else None
-        self.last_report_s = now
-        left = f", ~{epoch_s * (self.epochs - m['epoch'] - 1):.0f} s left" if epoch_s else ""
-        return (
-            f"{self.label}epoch {m['epoch'] + 1}/{self.epochs}  train_loss {m['train_loss']:.4f}  "
-            f"val_loss {m['val_loss']:.4f}  val_auroc {m['val_auroc']:.4f}  "
-            f"{m['train_images_per_s']:.0f} img/s/worker{left}"
-        )
 
 
 @dataclass

@@ -79,6 +79,19 @@ def test_two_worker_run_logs_to_mlflow_and_registers(trained, synthetic_root):
     assert list(predicted["label"]) == [int(p >= loaded.meta.decision_threshold) for p in offline]
 
 
+def test_first_epoch_carries_where_the_start_up_went(trained):
+    """Rank 0's first epoch logs when its process had imported, entered the loop, had the model,
+    started the epoch and got its first batch (bench/overhead_bench.py splits start-up by these)."""
+    cfg, outcome, _ = trained
+    client = MlflowClient(cfg.mlflow.tracking_uri)
+    order = ("worker_imported_at", "loop_started_at", "model_ready_at", "epoch_started_at", "first_batch_at")
+    first_epoch = {key: client.get_metric_history(outcome.mlflow_run_id, key) for key in (*order, "epoch_finished_at")}
+    assert [m.step for m in first_epoch["worker_imported_at"]] == [0], "sent with the first epoch only"
+    times = [first_epoch[key][0].value for key in order] + [min(m.value for m in first_epoch["epoch_finished_at"])]
+    assert times == sorted(times)
+    assert times[-1] - times[0] < 3600
+
+
 def test_eval_scores_a_registered_model_and_a_checkpoint_folder(trained, tmp_path, capsys):
     cfg, outcome, yaml = trained
     from pneumo.evaluation.run import evaluate_model
