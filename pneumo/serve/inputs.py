@@ -157,45 +157,30 @@ def _binary(description: str) -> dict[str, Any]:
 
 
 IMAGE_PARTS = {"contentType": ", ".join(RAW_IMAGE_TYPES)}  # what a multipart file part should carry
-SINGLE_UPLOAD_DOC = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": [SINGLE_FIELD],
-                    "properties": {SINGLE_FIELD: _binary("one JPEG, PNG or DICOM file")},
-                },
-                "encoding": {SINGLE_FIELD: IMAGE_PARTS},
-            },
-            **{kind: {"schema": _binary("the image itself")} for kind in RAW_IMAGE_TYPES},
-        },
+
+
+def _upload_doc(field: str, schema: dict[str, Any], raw_body: bool) -> dict[str, Any]:
+    """An OpenAPI requestBody: multipart with the required `field`, and the raw image types if `raw_body`."""
+    multipart = {
+        "schema": {"type": "object", "required": [field], "properties": {field: schema}},
+        "encoding": {field: IMAGE_PARTS},
     }
-}
-BATCH_UPLOAD_DOC = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": [BATCH_FIELD],
-                    "properties": {
-                        BATCH_FIELD: {
-                            "type": "array",
-                            "minItems": 1,
-                            "maxItems": ServeConfig.max_images_per_request,
-                            "items": _binary("a JPEG, PNG or DICOM file"),
-                            "description": "one part per image, at most serve.max_images_per_request",
-                        }
-                    },
-                },
-                "encoding": {BATCH_FIELD: IMAGE_PARTS},
-            },
-        },
-    }
-}
+    raw = {kind: {"schema": _binary("the image itself")} for kind in RAW_IMAGE_TYPES} if raw_body else {}
+    return {"requestBody": {"required": True, "content": {"multipart/form-data": multipart, **raw}}}
+
+
+SINGLE_UPLOAD_DOC = _upload_doc(SINGLE_FIELD, _binary("one JPEG, PNG or DICOM file"), raw_body=True)
+BATCH_UPLOAD_DOC = _upload_doc(
+    BATCH_FIELD,
+    {
+        "type": "array",
+        "minItems": 1,
+        "maxItems": ServeConfig.max_images_per_request,
+        "items": _binary("a JPEG, PNG or DICOM file"),
+        "description": "one part per image, at most serve.max_images_per_request",
+    },
+    raw_body=False,
+)
 BEARER_SCHEME = {
     "bearer": {"type": "http", "scheme": "bearer", "description": "serve.auth_token_env / auth_token_file"}
 }
