@@ -400,6 +400,9 @@ def main() -> None:
             f"{m['total_s']:.1f} s |"
         )
     print_phases(result)
+    lost = [r for rs in result["runs"].values() for r in rs if r.get("dashboard_lost")]
+    if lost:
+        print(f"\n{len(lost)} run(s) lost the dashboard port to another Ray while starting: ray.init waited 60 s")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2))
 
