@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -444,6 +445,10 @@ def main(argv: Optional[list[str]] = None) -> None:
             raise
         message = error.message if hasattr(error, "message") and isinstance(error.message, str) else str(error)
         raise SystemExit(f"pneumo: {kind}: {message}") from None
+    if argv is None:  # the process's own command, about to exit (tests call main([...]) and go on)
+        # Python's exit traverses every object torch, timm, Ray and MLflow created, in a final garbage
+        # collection; frozen ones are skipped: the exit after `pneumo run` is ~1.5 s shorter here.
+        gc.freeze()
 
 
 if __name__ == "__main__":
