@@ -73,7 +73,7 @@ RUN_SIZES = (
 BENCH_SIZES = {  # module -> options set (replaced when the README gives them, else appended)
     "bench.train_bench": {"--image-size": "48", "--images": "96", "--epochs": "2"},
     "bench.overhead_bench": {"--repeats": "1", "--epochs": "1"},
-    "bench.data_bench": {"--n": "64", "--full-size-n": "8", "--passes": "2"},
+    "bench.data_bench": {"--n": "64", "--full-size-n": "20", "--passes": "2"},  # 20: the fewest with a test/ split
     "bench.serve_bench": {"--duration-s": "1", "--concurrency": "1", "--image-size": "48"},
     "bench.monitoring_bench": {"--fresh": "250", "--shifted": "250", "--null-windows": "3", "--shift-windows": "2"},
 }
