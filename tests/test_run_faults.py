@@ -1,20 +1,17 @@
 """Faults of a training run and of a search, each with real processes and bounded in time: the disk under
-scaling.storage_path filling up while a checkpoint is written, two trials at once on the default sqlite
-MLflow store, and the search's driver SIGKILLed mid-search then resumed with `pneumo run … --resume`."""
+scaling.storage_path filling up while a checkpoint is written, and two trials at once on the default
+sqlite MLflow store. (A search's driver SIGKILLed mid-search, then resumed: tests/test_tune_run.py.)"""
 
 import os
-import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from conftest import write_smoke_yaml
 from mlflow.tracking import MlflowClient
-from test_tune_run import child_runs, wait_for_finished_trial
+from test_tune_run import child_runs
 
 from pneumo.config import load_config
-from pneumo.tracking import TAG_TRIAL_ID
 
 pytestmark = pytest.mark.slow
 QUICK = ["eval.bootstrap_samples=0", "eval.report=false", "mlflow.register=false", "export.onnx=false"]
@@ -114,43 +111,3 @@ def test_two_trials_at_once_on_sqlite_lose_nothing(ray_session, synthetic_root, 
         assert len(client.get_metric_history(child.info.run_id, "system/cpu_utilization_percentage")) >= 2
     assert parent.data.tags["pneumo.search_progress"] == "2 started, 2 completed"
     assert parent.data.metrics["n_trials"] == 2 and "test_auroc" in parent.data.metrics
-
-
-def test_a_search_whose_driver_is_killed_resumes_without_logging_twice(ray_session, synthetic_root, tmp_path):
-    yaml = write_smoke_yaml(tmp_path, synthetic_root, "killed", SEARCH % (1, "[1.0e-2, 3.0e-3]"))
-    overrides = [*QUICK, "train.epochs=2"]
-    cfg = load_config([yaml], overrides)
-    client = MlflowClient(cfg.mlflow.tracking_uri)
-    driver = pneumo_run([str(yaml), *overrides], ray_session)
-    try:
-        parent_id = wait_for_finished_trial(client, cfg, timeout_s=300)
-    finally:
-        os.killpg(driver.pid, signal.SIGKILL)  # no handler runs: nothing saved, nothing closed
-        driver.wait(timeout=60)
-    finished_before = {
-        c.data.tags[TAG_TRIAL_ID]: client.get_metric_history(c.info.run_id, "val_auroc")
-        for c in child_runs(client, parent_id)
-        if c.info.status == "FINISHED"
-    }
-    assert len(finished_before) == 1 and client.get_run(parent_id).info.status == "RUNNING"
-
-    resumed = pneumo_run([str(yaml), *overrides, "--resume"], ray_session)
-    output, _ = resumed.communicate(timeout=600)
-    assert resumed.returncode == 0, output[-3000:]
-
-    experiment_id = client.get_experiment_by_name(cfg.mlflow.experiment_name).experiment_id
-    searches = client.search_runs([experiment_id], "tags.`pneumo.kind` = 'search'")
-    assert [s.info.run_id for s in searches] == [parent_id], "the same search run continued"
-    parent = client.get_run(parent_id)
-    assert parent.info.status == "FINISHED" and parent.data.metrics["n_trials"] == 2
-    assert parent.data.metrics["n_trials_stopped_early"] == 0, "FIFO stops no trial, before or after the kill"
-    children = child_runs(client, parent_id)
-    assert len(children) == 2 and len({c.data.tags[TAG_TRIAL_ID] for c in children}) == 2, "no duplicate trial runs"
-    for child in children:
-        history = client.get_metric_history(child.info.run_id, "val_auroc")
-        assert sorted(m.step for m in history) == [0, 1], "each epoch logged once"
-        assert child.info.status == "FINISHED" and child.data.tags["pneumo.trial_state"] == "completed"
-        before = finished_before.get(child.data.tags[TAG_TRIAL_ID])
-        if before is not None:  # a finished trial is not redone: its epochs are the ones logged before the kill
-            assert sorted((m.step, m.timestamp) for m in history) == sorted((m.step, m.timestamp) for m in before)
-    assert Path(parent.data.tags["pneumo.best_checkpoint"]).is_dir()

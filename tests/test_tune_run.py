@@ -1,5 +1,5 @@
 """Real searches on a local Ray (2 CPUs): ASHA stops weak trials, nested MLflow runs, the registry's
-champion alias, and an interrupted search that resumes."""
+champion alias, and a search whose driver is killed, then resumed."""
 
 import os
 import signal
@@ -108,37 +108,52 @@ def wait_for_finished_trial(client: MlflowClient, cfg, timeout_s: float) -> str:
     raise AssertionError("no trial finished in time")
 
 
-def test_interrupted_worse_search_resumes_and_leaves_champion(first_search, ray_session, synthetic_root):
+def test_killed_worse_search_resumes_without_logging_twice_and_leaves_champion(
+    first_search, ray_session, synthetic_root
+):
+    """The search's driver SIGKILLed once a trial has finished (no handler runs: nothing saved, nothing
+    closed), then resumed: the same search run goes on, no trial run is duplicated, the finished trial is
+    not redone, every epoch is logged once, and the worse result leaves the champion alone."""
     directory, first_cfg, first = first_search
     path = write_smoke_yaml(directory, synthetic_root, "worse", SEARCH % "[1.0e-6, 2.0e-6, 3.0e-6]")
-    cfg = load_config([path], ["train.epochs=2", "tune.scheduler=fifo"])
+    overrides = ["train.epochs=2", "tune.scheduler=fifo"]
+    cfg = load_config([path], overrides)
     env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
     driver = subprocess.Popen(
-        [sys.executable, "-m", "pneumo.cli", "run", str(path), "train.epochs=2", "tune.scheduler=fifo"],
+        [sys.executable, "-m", "pneumo.cli", "run", str(path), *overrides],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        start_new_session=True,  # its own process group: the kill takes the driver and its children
     )
     client = MlflowClient(cfg.mlflow.tracking_uri)
     try:
         parent_id = wait_for_finished_trial(client, cfg, timeout_s=300)
     finally:
-        driver.send_signal(signal.SIGINT)
+        os.killpg(driver.pid, signal.SIGKILL)
         driver.wait(timeout=120)
     finished_before = {
-        c.data.tags[TAG_TRIAL_ID]: c for c in child_runs(client, parent_id) if c.info.status == "FINISHED"
+        c.data.tags[TAG_TRIAL_ID]: client.get_metric_history(c.info.run_id, "val_auroc")
+        for c in child_runs(client, parent_id)
+        if c.info.status == "FINISHED"
     }
-    assert 1 <= len(finished_before) < 3 and client.get_run(parent_id).info.status != "FINISHED"
+    assert 1 <= len(finished_before) < 3 and client.get_run(parent_id).info.status == "RUNNING"
 
     outcome = run_experiment(cfg, resume=True)
 
-    assert outcome.mlflow_run_id == parent_id
+    assert outcome.mlflow_run_id == parent_id, "the same search run continued"
+    parent = client.get_run(parent_id)
+    assert parent.info.status == "FINISHED" and parent.data.metrics["n_trials"] == 3
+    assert parent.data.metrics["n_trials_stopped_early"] == 0, "FIFO stops no trial, before or after the kill"
     children = child_runs(client, parent_id)
-    assert len(children) == 3, "no duplicate trial runs after resuming"
-    for trial_id, before in finished_before.items():
-        after = next(c for c in children if c.data.tags[TAG_TRIAL_ID] == trial_id)
-        assert after.info.run_id == before.info.run_id
-        assert len(client.get_metric_history(after.info.run_id, "val_auroc")) == 2, "finished trial not redone"
+    assert len({c.data.tags[TAG_TRIAL_ID] for c in children}) == len(children) == 3, "no duplicate trial runs"
+    for child in children:
+        history = client.get_metric_history(child.info.run_id, "val_auroc")
+        assert sorted(m.step for m in history) == [0, 1], "each epoch logged once"
+        assert child.info.status == "FINISHED" and child.data.tags["pneumo.trial_state"] == "completed"
+        before = finished_before.get(child.data.tags[TAG_TRIAL_ID])
+        if before is not None:  # not redone: its epochs are the ones logged before the kill
+            assert sorted((m.step, m.timestamp) for m in history) == sorted((m.step, m.timestamp) for m in before)
     assert outcome.test_metrics["auroc"] < first.test_metrics["auroc"]
     name = cfg.mlflow.registered_model_name
     assert client.get_model_version_by_alias(name, "champion").version == first.model_version.version
