@@ -174,9 +174,13 @@ class SearchWatcher(tune.Callback):
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
         run_id = self._trial_run(trial)
-        # the epochs in the trial's MLflow run, not Tune's last result: a search resumed after its driver was
-        # killed restores the results Tune last saved (every 10 s), so a trial that finished looked stopped early
-        epochs_run = next_step(self.client, run_id, self.cfg.tune.metric)
+        # the larger of Tune's count and the epochs in the trial's MLflow run: a search resumed after its driver
+        # was killed restores the results Tune last saved (every 10 s), so a finished trial looked stopped early
+        # by Tune's count alone; and the last epoch's metrics may reach MLflow after Tune hears of the end
+        epochs_run = max(
+            int((trial.last_result or {}).get("training_iteration", 0)),
+            next_step(self.client, run_id, self.cfg.tune.metric),
+        )
         early = epochs_run < self.cfg.train.epochs
         how = f"stopped by {self.cfg.tune.scheduler.upper()} at epoch {epochs_run}" if early else COMPLETED
         self.progress.trial_ended(trial.trial_id, STOPPED_EARLY if early else COMPLETED, how if early else "")
