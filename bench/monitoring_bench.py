@@ -31,11 +31,11 @@ from scipy.stats import ks_2samp
 from sklearn.neighbors import NearestNeighbors
 
 from bench.non_chest import REAL_CHEST_FILE, dicom_files, non_chest_images
-from pneumo.checkpoints import PROFILE_FILE
 from pneumo.config import load_config
 from pneumo.data.synthetic import Acquisition, generate_chest_xrays
 from pneumo.data.transforms import ImageDecodeError, decode_image
 from pneumo.evaluation.metrics import binary_metrics
+from pneumo.models.checkpoints import PROFILE_FILE
 from pneumo.monitoring.drift import DRIFT_ALPHA, WindowData, drift_report
 from pneumo.monitoring.features import Observations, observe, observe_dataset
 from pneumo.monitoring.ood import OOD_PARTS, VAL_QUANTILE
@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> dict:
     started = time.time()
     from pneumo.cli import init_ray
     from pneumo.data.dataset import prepare_data
-    from pneumo.model_uri import fetch_model
+    from pneumo.models.uri import fetch_model
     from pneumo.tracking import resolve_tracking_uri
 
     cfg = load_config([args.config])

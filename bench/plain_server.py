@@ -2,7 +2,7 @@
 
     python -m bench.plain_server --checkpoint results/…/best_model --port 8100 [--torch-threads 1] [--runtime openvino]
 
-Same checkpoint, same decoding, the same runtime (pneumo.runtimes; PyTorch fp32 eager by default)
+Same checkpoint, same decoding, the same runtime (pneumo.models.runtimes; PyTorch fp32 eager by default)
 and (from serve_bench) the same thread count as a Serve replica, so the benchmark compares only the
 serving design: no batching, one event loop, inference inline.
 """
@@ -18,9 +18,9 @@ import torch
 import uvicorn
 from fastapi import FastAPI, Request
 
-from pneumo.checkpoints import load_checkpoint
 from pneumo.data.transforms import decode_image
-from pneumo.runtimes import RUNTIMES, create_predictor
+from pneumo.models.checkpoints import load_checkpoint
+from pneumo.models.runtimes import RUNTIMES, create_predictor
 
 
 def create_app(checkpoint: Path, runtime: str = "torch", threads: int = 1) -> FastAPI:

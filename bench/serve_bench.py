@@ -37,9 +37,9 @@ EXPLAIN_LEVELS = [1, 8]  # concurrency for /explain: a reader at a time, and a b
 
 
 def untrained_checkpoint(out: Path, model_name: str, image_size: int) -> Path:
-    from pneumo.checkpoints import CheckpointMeta, save_checkpoint
     from pneumo.config import ModelConfig
-    from pneumo.models import create_model, resolve_preprocessing
+    from pneumo.models.checkpoints import CheckpointMeta, save_checkpoint
+    from pneumo.models.networks import create_model, resolve_preprocessing
 
     cfg = ModelConfig(name=model_name, in_chans=1)
     model = create_model(cfg)

@@ -58,7 +58,7 @@ def forward_flops_per_image(model_name: str, image_size: int) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
     from pneumo.config import ModelConfig
-    from pneumo.models import create_model
+    from pneumo.models.networks import create_model
 
     model = create_model(ModelConfig(name=model_name)).eval()
     with FlopCounterMode(display=False) as counter, torch.no_grad():
@@ -71,8 +71,8 @@ def plain_loop(
 ) -> list[float]:
     """The loop pneumo replaces; returns images/s of each epoch."""
     from pneumo.data.batch_transforms import augment, normalize
-    from pneumo.models import create_model
-    from pneumo.train import build_lr_schedule, build_optimizer, seed_everything
+    from pneumo.models.networks import create_model
+    from pneumo.training.train import build_lr_schedule, build_optimizer, seed_everything
 
     torch.set_num_threads(threads)
     seed_everything(cfg.train.seed)
@@ -110,7 +110,7 @@ def pneumo_loop(cfg, data, preprocessing, workers: int, precision: str, tracking
 
     from pneumo.config import with_updates
     from pneumo.tracking import client_for, start_run
-    from pneumo.train import fit
+    from pneumo.training.train import fit
 
     cfg = with_updates(
         cfg, {"scaling.num_workers": workers, "train.precision": precision, "name": f"bench-{workers}w-{precision}"}
@@ -127,7 +127,7 @@ def run(model: str, image_size: int, n_images: int, batch_size: int, epochs: int
     from pneumo.config import load_config
     from pneumo.data.dataset import prepare_data
     from pneumo.data.synthetic import generate_chest_xrays
-    from pneumo.models import model_preprocessing
+    from pneumo.models.networks import model_preprocessing
 
     threads = os.cpu_count() or 1
     work = Path(tempfile.mkdtemp(prefix="pneumo-train-bench-"))

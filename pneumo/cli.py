@@ -23,7 +23,7 @@ import sys
 import time
 from typing import Optional
 
-from pneumo.timeline import mark
+from pneumo.training.timeline import mark
 
 STARTED_AT = time.time()  # this module imported: Python and the CLI are up (the run's timeline starts here)
 
@@ -141,7 +141,7 @@ def _log_folder(cfg) -> str:
 
 def cmd_run(args: argparse.Namespace) -> None:
     from pneumo.paths import anchor_paths, describe_storage
-    from pneumo.progress import run_log_path, watch_run
+    from pneumo.training.progress import run_log_path, watch_run
 
     cfg = anchor_paths(_load(args.config))  # relative paths made absolute and durable (not in a Ray job's package)
     config_loaded = time.time()
@@ -267,8 +267,8 @@ def check_model_loads(model_uri: str, tracking_uri: str) -> None:
     """A corrupted checkpoint stops `pneumo serve` here, before Ray starts, with the file named; a
     registry model that is not there yet, or a registry out of reach, is left to the replica's loader,
     which waits and retries (/readyz says why)."""
-    from pneumo.checkpoints import CheckpointError
-    from pneumo.model_uri import fetch_model
+    from pneumo.models.checkpoints import CheckpointError
+    from pneumo.models.uri import fetch_model
 
     try:
         fetch_model(model_uri, tracking_uri)
@@ -282,7 +282,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     import ray
     from ray import serve
 
-    from pneumo.model_uri import resolve_model_uri
+    from pneumo.models.uri import resolve_model_uri
     from pneumo.serve.builder import ServeArgs, build_app, load_serving_config
     from pneumo.serve.security import check_exposure, read_token
     from pneumo.serve.shutdown import serve_until_signalled
@@ -409,8 +409,8 @@ USER_ERRORS = {  # errors a user causes (a config, a dataset, an image, a model)
     ("pneumo.data.folder", "DatasetLayoutError"): "data error",
     ("pneumo.data.dataset", "BadImageError"): "data error",
     ("pneumo.data.transforms", "ImageDecodeError"): "image error",
-    ("pneumo.checkpoints", "CheckpointError"): "model error",
-    ("pneumo.storage", "StorageFullError"): "storage error",
+    ("pneumo.models.checkpoints", "CheckpointError"): "model error",
+    ("pneumo.training.storage", "StorageFullError"): "storage error",
     ("mlflow.exceptions", "MlflowException"): "MLflow error",
 }
 

@@ -13,7 +13,6 @@ from typing import Any, Optional
 
 from mlflow.tracking import MlflowClient
 
-from pneumo.checkpoints import load_checkpoint
 from pneumo.cluster import check_shared_paths
 from pneumo.config import ExperimentConfig
 from pneumo.data.dataset import PreparedData, ensure_dataset, prepare_data
@@ -22,11 +21,10 @@ from pneumo.evaluation.evaluate import evaluate_checkpoint
 from pneumo.evaluation.localization import localize_split
 from pneumo.evaluation.metrics import format_metrics_table
 from pneumo.evaluation.report.build import training_model_rows, write_evaluation_report
-from pneumo.models import model_preprocessing
+from pneumo.models.checkpoints import load_checkpoint
+from pneumo.models.networks import model_preprocessing
 from pneumo.monitoring.profile import profile_checkpoint
-from pneumo.progress import RunProgress
 from pneumo.serve.pyfunc import register_checkpoint
-from pneumo.timeline import mark
 from pneumo.tracking import (
     TAG_BEST_CHECKPOINT,
     client_for,
@@ -38,6 +36,8 @@ from pneumo.tracking import (
     resolve_tracking_uri,
     training_run_for,
 )
+from pneumo.training.progress import RunProgress
+from pneumo.training.timeline import mark
 
 logger = logging.getLogger(__name__)
 
@@ -124,13 +124,13 @@ def run_experiment(
     mark("data_prepared")
     logger.info("data: %s, fingerprint %s", data.counts, data.fingerprint[:12])
     if cfg.tune.num_samples > 0:
-        from pneumo.tune import search
+        from pneumo.training.tune import search
 
         run_id, found = search(cfg, data, preprocessing, client, resume, progress)
         log_data_summary(client, run_id, data)
         checkpoint_dir, results_path = found.best_checkpoint, found.results_path
     else:
-        from pneumo.train import fit
+        from pneumo.training.train import fit
 
         run_id, ray_run_name = open_run(client, cfg, "train", resume)
         log_data_summary(client, run_id, data)

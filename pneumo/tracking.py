@@ -21,7 +21,7 @@ from mlflow.tracking import MlflowClient
 
 from pneumo.config import ConfigError, ExperimentConfig, MlflowConfig, flatten, improves, to_dict, to_yaml
 from pneumo.data.split import split_csv
-from pneumo.model_card import checkpoint_meta, model_card
+from pneumo.models.card import checkpoint_meta, model_card
 from pneumo.paths import durable_tracking_uri
 
 if TYPE_CHECKING:
@@ -38,7 +38,7 @@ TAG_STOPPED_EARLY = "pneumo.stopped_early"  # true when ASHA stopped the trial b
 TAG_TRIAL_STATE = "pneumo.trial_state"  # how a trial ended: completed | stopped by ASHA at epoch N | failed: reason
 TAG_SEARCH_PROGRESS = "pneumo.search_progress"  # on a search run while it runs: "2 running, 1 completed, …"
 TAG_LAST_WORKER_FAILURE = "pneumo.last_worker_failure"
-TAG_MODEL_URI = "pneumo.model_uri"  # the model an `eval` run scored
+TAG_MODEL_URI = "pneumo.models.uri"  # the model an `eval` run scored
 TAG_DATA_FINGERPRINT = "data_fingerprint"  # on runs and model versions: digest of the files and labels
 TAG_CONFIG = "config"  # on model versions: the resolved YAML
 CHAMPION, CHALLENGER = "champion", "challenger"

@@ -10,10 +10,10 @@ import sys
 import pytest
 import torch
 
-from pneumo.checkpoints import CheckpointMeta, save_checkpoint
 from pneumo.cli import main
 from pneumo.config import ModelConfig
-from pneumo.models import create_model, resolve_preprocessing
+from pneumo.models.checkpoints import CheckpointMeta, save_checkpoint
+from pneumo.models.networks import create_model, resolve_preprocessing
 
 
 def one_line_exit(argv: list[str]) -> str:

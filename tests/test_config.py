@@ -15,7 +15,7 @@ from pneumo.config import (
     to_dict,
     with_updates,
 )
-from pneumo.models import create_model
+from pneumo.models.networks import create_model
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -9,7 +9,6 @@ from PIL import Image
 from timm.models.densenet import DenseNet
 from timm.models.vgg import VGG
 
-from pneumo.checkpoints import CheckpointMeta, LoadedModel
 from pneumo.data.batch_transforms import normalize
 from pneumo.data.synthetic import (
     generate_chest_xrays,
@@ -34,7 +33,8 @@ from pneumo.evaluation.localization import (
     read_opacity_mask,
     score_localization,
 )
-from pneumo.models import resolve_preprocessing
+from pneumo.models.checkpoints import CheckpointMeta, LoadedModel
+from pneumo.models.networks import resolve_preprocessing
 
 SIZE = 48
 

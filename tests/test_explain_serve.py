@@ -10,7 +10,7 @@ import requests
 from conftest import SERVE_LIMITS
 from PIL import Image
 
-from pneumo.checkpoints import load_checkpoint
+from pneumo.models.checkpoints import load_checkpoint
 from pneumo.serve.page import PAGE_FILES
 
 pytestmark = pytest.mark.slow

@@ -16,7 +16,7 @@ from conftest import register_champion, wait_for_state
 from mlflow.tracking import MlflowClient
 
 from bench.serve_bench import untrained_checkpoint
-from pneumo.checkpoints import META_FILE, WEIGHTS_FILE
+from pneumo.models.checkpoints import META_FILE, WEIGHTS_FILE
 
 pytestmark = pytest.mark.slow
 

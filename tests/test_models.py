@@ -5,9 +5,9 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from pneumo.checkpoints import CheckpointError, CheckpointMeta, load_checkpoint, save_checkpoint
 from pneumo.config import ConfigError, ModelConfig
-from pneumo.models import create_model, resolve_preprocessing
+from pneumo.models.checkpoints import CheckpointError, CheckpointMeta, load_checkpoint, save_checkpoint
+from pneumo.models.networks import create_model, resolve_preprocessing
 
 
 def imagenet_like_weights(name: str) -> dict:

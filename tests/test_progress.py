@@ -12,7 +12,7 @@ import textwrap
 import time
 from pathlib import Path
 
-from pneumo.progress import COMPLETED, RunProgress, first_line, run_log_path
+from pneumo.training.progress import COMPLETED, RunProgress, first_line, run_log_path
 
 CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")  # anything but \t and \n
 
@@ -20,7 +20,7 @@ CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")  # anything but \t and \n
 SCRIPT = textwrap.dedent("""\
     import logging, os, sys
     from pathlib import Path
-    from pneumo.progress import COMPLETED, FAILED, STOPPED_EARLY, watch_run
+    from pneumo.training.progress import COMPLETED, FAILED, STOPPED_EARLY, watch_run
 
     with watch_run(Path(sys.argv[1]), "val_auroc", "max", 3) as progress:
         logging.getLogger("pneumo.experiment").setLevel(logging.INFO)

@@ -34,10 +34,10 @@ def storage_for_one_checkpoint(tmp_path):
 def test_a_full_disk_under_checkpoints_names_storage_path_and_resume_skips_the_partial_one(
     ray_session, synthetic_root, tmp_path, storage_for_one_checkpoint
 ):
-    from pneumo.checkpoints import load_checkpoint
     from pneumo.cli import user_error_kind
     from pneumo.experiment import run_experiment
-    from pneumo.storage import StorageFullError
+    from pneumo.models.checkpoints import load_checkpoint
+    from pneumo.training.storage import StorageFullError
 
     storage = storage_for_one_checkpoint
     yaml = write_smoke_yaml(tmp_path, synthetic_root, "full-disk")

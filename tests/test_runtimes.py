@@ -8,12 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from pneumo.checkpoints import CheckpointMeta, load_checkpoint, save_checkpoint
 from pneumo.config import ConfigError, ModelConfig, ServeConfig
 from pneumo.evaluation.prediction import predict_probabilities
-from pneumo.models import create_model, resolve_preprocessing
-from pneumo.monitoring.features import observe
-from pneumo.runtimes import (
+from pneumo.models.checkpoints import CheckpointMeta, load_checkpoint, save_checkpoint
+from pneumo.models.networks import create_model, resolve_preprocessing
+from pneumo.models.runtimes import (
     INT8_FILE,
     ONNX_FILE,
     RUNTIMES,
@@ -23,6 +22,7 @@ from pneumo.runtimes import (
     onnx_path,
     require_runtime,
 )
+from pneumo.monitoring.features import observe
 
 IMAGE_SIZE = 32
 TOLERANCE = {"torch": 0.0, "onnxruntime": 1e-5, "openvino": 1e-5}  # |P| difference; every runtime computes fp32

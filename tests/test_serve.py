@@ -22,11 +22,11 @@ from conftest import SERVE_LIMITS, SERVED_MODEL_NAME, png_bytes, wait_for_state
 from PIL import Image
 from starlette.datastructures import Headers
 
-from pneumo.checkpoints import load_checkpoint
 from pneumo.config import ConfigError, MlflowConfig, ServeConfig, load_config
 from pneumo.data.transforms import decode_image
 from pneumo.evaluation.prediction import predict_probabilities
-from pneumo.model_uri import fetch_model, resolve_model_uri
+from pneumo.models.checkpoints import load_checkpoint
+from pneumo.models.uri import fetch_model, resolve_model_uri
 from pneumo.serve.inputs import RequestError, parse_multipart
 
 REPO = Path(__file__).resolve().parents[1]

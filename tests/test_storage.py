@@ -3,7 +3,7 @@
 import errno
 
 from pneumo.cli import user_error_kind
-from pneumo.storage import StorageFullError, storage_full_error
+from pneumo.training.storage import StorageFullError, storage_full_error
 
 
 class WorkerGroupError(Exception):

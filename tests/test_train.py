@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from pneumo.train import lr_factor
+from pneumo.training.train import lr_factor
 
 
 def test_warmup_rises_linearly_to_one():

@@ -8,8 +8,8 @@ import torch
 
 from pneumo.config import DataConfig, ExperimentConfig, ModelConfig, TrainConfig
 from pneumo.data.transforms import Preprocessing
-from pneumo.models import create_model
-from pneumo.train import (
+from pneumo.models.networks import create_model
+from pneumo.training.train import (
     WorkerContext,
     autocast_dtype,
     build_lr_schedule,

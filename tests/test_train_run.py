@@ -14,12 +14,12 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from pneumo.checkpoints import load_checkpoint
 from pneumo.cli import main as pneumo_main
 from pneumo.config import load_config
 from pneumo.data.transforms import decode_image
 from pneumo.evaluation.prediction import predict_probabilities
 from pneumo.experiment import run_experiment
+from pneumo.models.checkpoints import load_checkpoint
 
 pytestmark = pytest.mark.slow
 

@@ -4,7 +4,7 @@ import pytest
 from ray.tune.search.sample import Categorical, Float, Integer, LogUniform, Uniform
 
 from pneumo.config import ConfigError
-from pneumo.tune import DISTRIBUTIONS, build_search_space
+from pneumo.training.tune import DISTRIBUTIONS, build_search_space
 
 
 def test_each_distribution_kind_builds_its_tune_domain():

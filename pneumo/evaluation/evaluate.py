@@ -14,7 +14,6 @@ from typing import Optional
 
 import numpy as np
 
-from pneumo.checkpoints import TRAIN_STATE_FILE, load_checkpoint, read_meta, write_meta
 from pneumo.config import EvalConfig, ExperimentConfig
 from pneumo.data.dataset import PreparedData
 from pneumo.evaluation.calibration import (
@@ -33,6 +32,7 @@ from pneumo.evaluation.metrics import (
 )
 from pneumo.evaluation.prediction import Predictions, predict_dataset
 from pneumo.evaluation.runtime_check import check_runtimes
+from pneumo.models.checkpoints import TRAIN_STATE_FILE, load_checkpoint, read_meta, write_meta
 
 
 @dataclass

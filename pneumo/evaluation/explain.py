@@ -41,8 +41,8 @@ from captum.attr import LayerGradCam
 from matplotlib import colormaps
 from PIL import Image
 
-from pneumo.checkpoints import LoadedModel
 from pneumo.data.batch_transforms import normalize
+from pneumo.models.checkpoints import LoadedModel
 
 METHOD = "grad-cam"  # what the maps are, as answers name it
 EXPLAINED_CLASS = "PNEUMONIA"  # the logit whose evidence the maps show

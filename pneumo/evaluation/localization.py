@@ -29,9 +29,9 @@ import torch
 from PIL import Image
 from scipy.stats import spearmanr
 
-from pneumo.checkpoints import LoadedModel
 from pneumo.data.synthetic import OPACITY_MASKS_DIR, opacity_mask_path
 from pneumo.evaluation.explain import Explainer, ExplanationError, to_input_size
+from pneumo.models.checkpoints import LoadedModel
 
 if TYPE_CHECKING:
     from pneumo.data.dataset import PreparedData

@@ -9,14 +9,14 @@ from typing import TYPE_CHECKING, Optional
 import numpy as np
 import torch
 
-from pneumo.checkpoints import LoadedModel
 from pneumo.data.batch_transforms import normalize
 from pneumo.data.transforms import Preprocessing
+from pneumo.models.checkpoints import LoadedModel
 
 if TYPE_CHECKING:
     import ray.data
 
-    from pneumo.runtimes import Predictor
+    from pneumo.models.runtimes import Predictor
 
 
 @dataclass
@@ -41,7 +41,7 @@ def predict_dataset(
     loaded: LoadedModel, dataset: ray.data.Dataset, batch_size: int = 64, predictor: Optional[Predictor] = None
 ) -> Predictions:
     """Score every row of a prepared split (columns image, label, path) in this process, with PyTorch
-    or with `predictor` (an ONNX Runtime or OpenVINO one from pneumo.runtimes)."""
+    or with `predictor` (an ONNX Runtime or OpenVINO one from pneumo.models.runtimes)."""
     preprocessing = loaded.meta.preprocessing_spec
     labels, logits, paths = [], [], []
     for batch in dataset.iter_batches(batch_size=batch_size, batch_format="numpy"):

@@ -23,10 +23,10 @@ from pneumo.evaluation.evaluate import Evaluation, evaluate_predictions
 from pneumo.evaluation.localization import Localization, localize_split
 from pneumo.evaluation.prediction import predict_dataset
 from pneumo.evaluation.report.build import write_evaluation_report
-from pneumo.model_uri import FetchedModel, fetch_model
+from pneumo.models.runtimes import choose_runtime
+from pneumo.models.uri import FetchedModel, fetch_model
 from pneumo.monitoring.profile import gate_summary
 from pneumo.paths import durable_path
-from pneumo.runtimes import choose_runtime
 from pneumo.tracking import (
     TAG_DATA_FINGERPRINT,
     TAG_MODEL_URI,

@@ -18,12 +18,19 @@ from typing import Optional
 
 import numpy as np
 
-from pneumo.checkpoints import LoadedModel
 from pneumo.config import ExperimentConfig
 from pneumo.data.dataset import PreparedData
 from pneumo.evaluation.metrics import binary_metrics
 from pneumo.evaluation.prediction import Predictions, predict_dataset
-from pneumo.runtimes import INT8_FILE, ONNX_FILE, create_predictor, export_onnx, installed_runtimes, time_per_call_ms
+from pneumo.models.checkpoints import LoadedModel
+from pneumo.models.runtimes import (
+    INT8_FILE,
+    ONNX_FILE,
+    create_predictor,
+    export_onnx,
+    installed_runtimes,
+    time_per_call_ms,
+)
 
 SPEED_BATCH = 16  # films per call when timing fp32 against int8
 

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from pneumo.checkpoints import LoadedModel
-from pneumo.runtimes import FilmsToOutputs
+from pneumo.models.checkpoints import LoadedModel
+from pneumo.models.runtimes import FilmsToOutputs
 
 if TYPE_CHECKING:
     import ray.data

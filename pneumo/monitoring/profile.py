@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Optional
 import numpy as np
 from sklearn.decomposition import PCA
 
-from pneumo.checkpoints import LoadedModel, load_checkpoint, write_profile_arrays
+from pneumo.models.checkpoints import LoadedModel, load_checkpoint, write_profile_arrays
 from pneumo.monitoring.features import INTENSITY_NAMES, Observations, observe_dataset
 from pneumo.monitoring.ood import Mahalanobis, OodGate, fit_gate
 

@@ -50,7 +50,7 @@ def monitor_dataset(
 ) -> MonitorOutcome:
     """Compare the films of `split` (or every split) of cfg.data with the model's reference profile."""
     from pneumo.data.dataset import prepare_data
-    from pneumo.model_uri import fetch_model
+    from pneumo.models.uri import fetch_model
     from pneumo.tracking import (
         TAG_DATA_FINGERPRINT,
         TAG_MODEL_URI,

@@ -15,8 +15,8 @@ from pydantic import BaseModel, field_validator
 from ray.serve import Application
 
 from pneumo.config import ConfigError, MlflowConfig, ServeConfig, load_config
-from pneumo.model_uri import resolve_model_uri
-from pneumo.runtimes import require_runtime
+from pneumo.models.runtimes import require_runtime
+from pneumo.models.uri import resolve_model_uri
 from pneumo.serve.app import PneumoniaService
 from pneumo.serve.security import check_exposure, read_token, token_digest
 from pneumo.tracking import resolve_tracking_uri

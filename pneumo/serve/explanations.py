@@ -18,7 +18,6 @@ from pydantic import Field
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from pneumo.checkpoints import LoadedModel
 from pneumo.evaluation.explain import (
     EXPLAINED_CLASS,
     METHOD,
@@ -28,6 +27,7 @@ from pneumo.evaluation.explain import (
     heatmap_png,
     overlay_png,
 )
+from pneumo.models.checkpoints import LoadedModel
 from pneumo.serve.inputs import RequestError
 from pneumo.serve.schemas import Prediction
 

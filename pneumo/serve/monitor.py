@@ -28,11 +28,11 @@ import torch
 from ray.serve import metrics
 
 from pneumo.config import ServeConfig
-from pneumo.model_uri import FetchedModel
+from pneumo.models.runtimes import Outputs
+from pneumo.models.uri import FetchedModel
 from pneumo.monitoring.drift import FAMILIES, ObservationWindow, drift_report
 from pneumo.monitoring.features import observations, observe
 from pneumo.monitoring.profile import NO_PROFILE, ReferenceProfile, profile_of
-from pneumo.runtimes import Outputs
 from pneumo.serve.inputs import RequestError, Upload
 
 logger = logging.getLogger(__name__)

@@ -43,7 +43,7 @@ class PneumoniaClassifier(mlflow.pyfunc.PythonModel):
     """Wraps a checkpoint folder; applies the preprocessing, calibration and threshold stored with it."""
 
     def load_context(self, context) -> None:
-        from pneumo.checkpoints import load_checkpoint
+        from pneumo.models.checkpoints import load_checkpoint
         from pneumo.monitoring.profile import profile_of
 
         self.loaded = load_checkpoint(context.artifacts[CHECKPOINT_ARTIFACT])

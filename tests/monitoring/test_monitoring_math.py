@@ -4,7 +4,7 @@ and size bound, the MMD test and the drift report. No model, no Ray: millisecond
 import numpy as np
 import pytest
 
-from pneumo.checkpoints import read_profile_arrays
+from pneumo.models.checkpoints import read_profile_arrays
 from pneumo.monitoring.drift import ObservationWindow, WindowData, drift_report, mmd_test
 from pneumo.monitoring.features import INTENSITY_NAMES, Observations, intensity_statistics
 from pneumo.monitoring.ood import Mahalanobis

@@ -12,10 +12,10 @@ import pytest
 import requests
 from mlflow.tracking import MlflowClient
 
-from pneumo.checkpoints import PROFILE_FILE
 from pneumo.config import load_config
 from pneumo.data.synthetic import Acquisition, generate_chest_xrays
-from pneumo.model_uri import fetch_model
+from pneumo.models.checkpoints import PROFILE_FILE
+from pneumo.models.uri import fetch_model
 from pneumo.monitoring.profile import NO_PROFILE, profile_of
 from pneumo.tracking import TAG_KIND
 

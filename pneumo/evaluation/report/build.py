@@ -7,7 +7,6 @@ from typing import Any, Optional
 
 import numpy as np
 
-from pneumo.checkpoints import LoadedModel
 from pneumo.config import ExperimentConfig, to_yaml
 from pneumo.data.dataset import PreparedData
 from pneumo.evaluation.calibration import describe_calibration
@@ -18,6 +17,7 @@ from pneumo.evaluation.report import plots
 from pneumo.evaluation.report.baselines import resolve_baseline_dataset
 from pneumo.evaluation.report.explanations import explanation_section, films_to_explain
 from pneumo.evaluation.report.html import ReportContent, render_report
+from pneumo.models.checkpoints import LoadedModel
 
 REPORT_FILE = "report.html"
 

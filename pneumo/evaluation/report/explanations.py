@@ -10,12 +10,12 @@ from typing import Optional
 import numpy as np
 import torch
 
-from pneumo.checkpoints import LoadedModel
 from pneumo.evaluation.evaluate import Evaluation, confident_mistakes
 from pneumo.evaluation.explain import METHOD, Explainer, ExplanationError, overlay_image
 from pneumo.evaluation.localization import Localization
 from pneumo.evaluation.report.html import _figure, _table
 from pneumo.evaluation.report.plots import film_grid, save
+from pneumo.models.checkpoints import LoadedModel
 
 OVERLAYS_SHOWN = 8  # mistakes with their maps (false negatives first)
 CORRECT_SHOWN = 4  # confident correct films with their maps: half pneumonia, half normal

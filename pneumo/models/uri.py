@@ -20,8 +20,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
 from mlflow.tracking import MlflowClient
 
-from pneumo.checkpoints import LoadedModel, load_checkpoint
 from pneumo.config import ConfigError, MlflowConfig, ServeConfig
+from pneumo.models.checkpoints import LoadedModel, load_checkpoint
 from pneumo.paths import is_uri
 from pneumo.tracking import CHAMPION, TAG_CONFIG, TAG_DATA_FINGERPRINT, TAG_EXPERIMENT, download_model_checkpoint
 

@@ -28,18 +28,18 @@ from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig,
 from ray.train.torch import TorchTrainer
 from ray.util.queue import Queue
 
-from pneumo.checkpoints import CheckpointMeta, load_train_state, save_checkpoint
 from pneumo.config import ExperimentConfig, TrainConfig, from_dict, to_dict
 from pneumo.data.batch_transforms import augment, normalize
 from pneumo.data.dataset import PreparedData
 from pneumo.data.transforms import Preprocessing
 from pneumo.evaluation.metrics import binary_metrics
-from pneumo.models import create_model, unwrap
+from pneumo.models.checkpoints import CheckpointMeta, load_train_state, save_checkpoint
+from pneumo.models.networks import create_model, unwrap
 from pneumo.paths import durable_path
-from pneumo.progress import COMPLETED, FAILED, RunProgress, first_line
-from pneumo.storage import storage_full_error
 from pneumo.tracking import start_system_metrics
-from pneumo.train_callbacks import EpochLogger
+from pneumo.training.callbacks import EpochLogger
+from pneumo.training.progress import COMPLETED, FAILED, RunProgress, first_line
+from pneumo.training.storage import storage_full_error
 
 IMPORTED_AT = time.time()  # in a Ray Train worker: its process has imported torch, timm, Ray Train and pneumo
 
@@ -177,7 +177,7 @@ def _restore(ctx: WorkerContext, optimizer, scheduler) -> int:
     if checkpoint is None:
         return 0
     with checkpoint.as_directory() as directory:
-        from pneumo.checkpoints import load_checkpoint
+        from pneumo.models.checkpoints import load_checkpoint
 
         unwrap(ctx.model).load_state_dict(load_checkpoint(directory).model.state_dict())
         state = load_train_state(directory)

@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 from pneumo.config import ModelConfig
 from pneumo.data.transforms import Preprocessing
 from pneumo.evaluation.calibration import Calibration
-from pneumo.models import create_model, unwrap
+from pneumo.models.networks import create_model, unwrap
 
 WEIGHTS_FILE = "model.safetensors"
 META_FILE = "pneumo.json"

@@ -17,7 +17,7 @@ from pneumo.data.folder import CLASS_NAMES, SPLITS
 from pneumo.data.synthetic import SYNTHETIC_MARKER
 from pneumo.evaluation.metrics import SCORES
 
-META_NAME = "pneumo.json"  # pneumo.checkpoints.META_FILE, read here without importing torch
+META_NAME = "pneumo.json"  # pneumo.models.checkpoints.META_FILE, read here without importing torch
 
 INTENDED_USE = (
     "Research and engineering on chest X-ray classification (frontal films, NORMAL vs PNEUMONIA): "

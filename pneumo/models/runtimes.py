@@ -28,10 +28,10 @@ from typing import Optional, Protocol
 import numpy as np
 import torch
 
-from pneumo.checkpoints import LoadedModel
 from pneumo.config import ConfigError
 from pneumo.data.batch_transforms import normalize
 from pneumo.data.transforms import Preprocessing
+from pneumo.models.checkpoints import LoadedModel
 
 RUNTIMES = ("torch", "onnxruntime", "openvino")
 RUNTIME_PACKAGES = {"torch": "torch", "onnxruntime": "onnxruntime", "openvino": "openvino"}  # pip names

@@ -35,7 +35,6 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from pneumo.config import ConfigError, ExperimentConfig, from_dict, improves, to_dict, with_updates
 from pneumo.data.dataset import PreparedData
 from pneumo.data.transforms import Preprocessing
-from pneumo.progress import COMPLETED, FAILED, RUNNING, STOPPED_EARLY, RunProgress
 from pneumo.tracking import (
     TAG_SEARCH_PARAMS,
     TAG_TRAIN_FOLDER,
@@ -50,7 +49,8 @@ from pneumo.tracking import (
     open_run,
     start_run,
 )
-from pneumo.train import EpochLogger, build_trainer, storage_path
+from pneumo.training.progress import COMPLETED, FAILED, RUNNING, STOPPED_EARLY, RunProgress
+from pneumo.training.train import EpochLogger, build_trainer, storage_path
 
 logger = logging.getLogger(__name__)
 

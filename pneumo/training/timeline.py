@@ -2,10 +2,10 @@
 bench/overhead_bench.py) can see where the seconds before the first training step and after the last
 one went, without a profiler.
 
-    2026-11-30 04:02:55,554 pneumo.timeline: ray_started 1796011375.554
+    2026-11-30 04:02:55,554 pneumo.training.timeline: ray_started 1796011375.554
 
 The workers' side (entering the training loop, model ready, first batch) travels with epoch metrics
-instead (`*_at` in pneumo/train.py), since worker log lines carry no time of their own.
+instead (`*_at` in pneumo/training/train.py), since worker log lines carry no time of their own.
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ import sys
 import time
 from typing import Optional
 
-PREFIX = "pneumo.timeline:"
+PREFIX = "pneumo.training.timeline:"
 _MARK = re.compile(rf"{re.escape(PREFIX)} (\w+) (\d+\.\d+)")
 
-logger = logging.getLogger("pneumo.timeline")
+logger = logging.getLogger("pneumo.training.timeline")
 logger.propagate = False  # not through the "pneumo" display handler: the terminal shows the table, not these
 logger.setLevel(logging.INFO)
 

@@ -2,7 +2,7 @@
 log and the driver's progress table.
 
 A module of its own because the controller unpickles its callbacks, importing their module: from
-here that is Ray Train and MLflow, not pneumo.train's timm, torchvision and scikit-learn (~1.7 s of
+here that is Ray Train and MLflow, not pneumo.training.train's timm, torchvision and scikit-learn (~1.7 s of
 CPU on this project's 2-core machine, paid again by every Tune trial's controller).
 """
 
