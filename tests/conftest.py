@@ -14,6 +14,8 @@ Session fixtures for tests that need a trained model (each starts Ray; mark such
 import io
 import os
 import shutil
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,6 +113,21 @@ mlflow:
   tracking_uri: sqlite:///{directory / "mlflow.db"}
 {tune_section}""")
     return path
+
+
+def pneumo_run(args: list[str], ray_session, quiet: bool = False) -> subprocess.Popen:
+    """`pneumo run ARGS` in its own process and process group (a test may kill it and its children),
+    joining the session's Ray; stdout and stderr come back together as text, or go nowhere if `quiet`
+    (for a test that never reads them: a full pipe would stall the run)."""
+    output = subprocess.DEVNULL if quiet else subprocess.PIPE
+    return subprocess.Popen(
+        [sys.executable, "-m", "pneumo.cli", "run", *args],
+        env={**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address},
+        stdout=output,
+        stderr=subprocess.DEVNULL if quiet else subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
 
 
 @pytest.fixture

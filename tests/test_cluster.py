@@ -13,7 +13,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import QUICKSTART, REPO, write_smoke_yaml
+from conftest import QUICKSTART, REPO, pneumo_run, write_smoke_yaml
 from mlflow.tracking import MlflowClient
 
 from pneumo.cli import free_local_port
@@ -196,14 +196,7 @@ def test_killed_training_worker_restarts_from_checkpoint(ray_session, tmp_path, 
     yaml = write_smoke_yaml(tmp_path, synthetic_root, "worker-kill")
     overrides = ["train.epochs=12", "scaling.max_failures=2"]  # ~1 s epochs: the kill lands mid-run
     cfg = load_config([yaml], overrides)
-    env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
-    driver = subprocess.Popen(
-        [sys.executable, "-m", "pneumo.cli", "run", str(yaml), *overrides],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    driver = pneumo_run([str(yaml), *overrides], ray_session)
     client = MlflowClient(cfg.mlflow.tracking_uri)
     deadline = time.monotonic() + 300
     run_id = None

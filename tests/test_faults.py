@@ -193,7 +193,7 @@ def test_training_outlives_30_s_without_its_tracking_server(ray_session, synthet
     """The MLflow server is killed after the first epoch and back 30 s later on the same port and
     store: training goes on, every epoch's metrics arrive (MLflow's client retries with backoff:
     MLFLOW_HTTP_REQUEST_MAX_RETRIES=7, factor 2, ~4 min in all) and the run ends with its checkpoint."""
-    from conftest import write_smoke_yaml
+    from conftest import pneumo_run, write_smoke_yaml
 
     from pneumo.cli import free_local_port
 
@@ -201,14 +201,7 @@ def test_training_outlives_30_s_without_its_tracking_server(ray_session, synthet
     server = start_mlflow_server(backend, tmp_path / "artifacts", port)
     yaml = write_smoke_yaml(tmp_path, synthetic_root, "outage")
     overrides = ["train.epochs=8", f"mlflow.tracking_uri=http://127.0.0.1:{port}", "eval.bootstrap_samples=0"]
-    env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
-    driver = subprocess.Popen(
-        [sys.executable, "-m", "pneumo.cli", "run", str(yaml), *overrides],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    driver = pneumo_run([str(yaml), *overrides], ray_session)
     client = MlflowClient(backend)  # the store itself, readable while the server is down
     try:
         deadline = time.monotonic() + 300

@@ -2,12 +2,10 @@
 scaling.storage_path filling up while a checkpoint is written, and two trials at once on the default
 sqlite MLflow store. (A search's driver SIGKILLed mid-search, then resumed: tests/test_tune_run.py.)"""
 
-import os
 import subprocess
-import sys
 
 import pytest
-from conftest import write_smoke_yaml
+from conftest import pneumo_run, write_smoke_yaml
 from mlflow.tracking import MlflowClient
 from test_tune_run import child_runs
 
@@ -71,19 +69,6 @@ tune:
   search_space:
     train.lr: {grid: %s}
 """
-
-
-def pneumo_run(args: list[str], ray_session) -> subprocess.Popen:
-    """`pneumo run` in its own process, joining the session's Ray (its workers' lines come back on stdout)."""
-    env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
-    return subprocess.Popen(
-        [sys.executable, "-m", "pneumo.cli", "run", *args],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
 
 
 def test_two_trials_at_once_on_sqlite_lose_nothing(ray_session, synthetic_root, tmp_path):

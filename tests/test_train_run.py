@@ -1,9 +1,6 @@
 """End-to-end training on a real local Ray: 2 workers on Ray Data, MLflow run, checkpoint, resume."""
 
-import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -12,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import pneumo_run
 from mlflow.tracking import MlflowClient
 
 from pneumo.cli import main as pneumo_main
@@ -148,13 +146,7 @@ def test_interrupted_run_resumes_from_latest_checkpoint(ray_session, smoke_yaml)
     # smoke epochs take about a second: 12 of them leave the interrupt after epoch 0 ample time
     overrides = ["train.epochs=12"]
     cfg = load_config([smoke_yaml], overrides)
-    env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
-    driver = subprocess.Popen(
-        [sys.executable, "-m", "pneumo.cli", "run", str(smoke_yaml), *overrides],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    driver = pneumo_run([str(smoke_yaml), *overrides], ray_session, quiet=True)
     client = MlflowClient(cfg.mlflow.tracking_uri)
     try:
         run_id = wait_for_epoch(client, cfg.mlflow.experiment_name, 0, timeout_s=240)

@@ -3,15 +3,13 @@ champion alias, and a search whose driver is killed, then resumed."""
 
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import mlflow
 import pandas as pd
 import pytest
-from conftest import write_smoke_yaml
+from conftest import pneumo_run, write_smoke_yaml
 from mlflow.tracking import MlflowClient
 
 from pneumo.config import load_config
@@ -118,14 +116,7 @@ def test_killed_worse_search_resumes_without_logging_twice_and_leaves_champion(
     path = write_smoke_yaml(directory, synthetic_root, "worse", SEARCH % "[1.0e-6, 2.0e-6, 3.0e-6]")
     overrides = ["train.epochs=2", "tune.scheduler=fifo"]
     cfg = load_config([path], overrides)
-    env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
-    driver = subprocess.Popen(
-        [sys.executable, "-m", "pneumo.cli", "run", str(path), *overrides],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,  # its own process group: the kill takes the driver and its children
-    )
+    driver = pneumo_run([str(path), *overrides], ray_session, quiet=True)  # killpg takes its children too
     client = MlflowClient(cfg.mlflow.tracking_uri)
     try:
         parent_id = wait_for_finished_trial(client, cfg, timeout_s=300)
