@@ -14,6 +14,7 @@ import pytest
 import requests
 from conftest import register_champion, wait_for_state
 from mlflow.tracking import MlflowClient
+from mlflow_ui import start_mlflow_server, stop
 
 from bench.serve_bench import untrained_checkpoint
 from pneumo.models.checkpoints import META_FILE, WEIGHTS_FILE
@@ -153,42 +154,6 @@ def test_a_full_disk_leaves_no_partial_cache_entry_and_the_run_goes_on(ray_sessi
     assert list((small_disk / "cache").iterdir()) == [], "no partial entry (not even a staging folder) is left"
 
 
-def start_mlflow_server(backend: str, artifacts: Path, port: int) -> subprocess.Popen:
-    server = subprocess.Popen(
-        [
-            Path(sys.executable).parent / "mlflow",
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--backend-store-uri",
-            backend,
-            "--artifacts-destination",
-            str(artifacts),
-            "--workers",
-            "1",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            if requests.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code == 200:
-                return server
-        except requests.RequestException:
-            pass
-        assert time.monotonic() < deadline and server.poll() is None, "mlflow server did not start"
-        time.sleep(1)
-
-
-def stop(process: subprocess.Popen) -> None:
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait(timeout=30)
-
-
 def test_training_outlives_30_s_without_its_tracking_server(ray_session, synthetic_root, tmp_path):
     """The MLflow server is killed after the first epoch and back 30 s later on the same port and
     store: training goes on, every epoch's metrics arrive (MLflow's client retries with backoff:
@@ -198,7 +163,7 @@ def test_training_outlives_30_s_without_its_tracking_server(ray_session, synthet
     from pneumo.cli import free_local_port
 
     port, backend = free_local_port(), f"sqlite:///{tmp_path / 'server.db'}"
-    server = start_mlflow_server(backend, tmp_path / "artifacts", port)
+    server = start_mlflow_server(backend, port, tmp_path / "artifacts")
     yaml = write_smoke_yaml(tmp_path, synthetic_root, "outage")
     overrides = ["train.epochs=8", f"mlflow.tracking_uri=http://127.0.0.1:{port}", "eval.bootstrap_samples=0"]
     driver = pneumo_run([str(yaml), *overrides], ray_session)
@@ -214,7 +179,7 @@ def test_training_outlives_30_s_without_its_tracking_server(ray_session, synthet
             time.sleep(0.5)
         stop(server)
         time.sleep(30)
-        server = start_mlflow_server(backend, tmp_path / "artifacts", port)
+        server = start_mlflow_server(backend, port, tmp_path / "artifacts")
         output, _ = driver.communicate(timeout=600)
     finally:
         if driver.poll() is None:
