@@ -49,8 +49,9 @@ from pneumo.tracking import (
     open_run,
     start_run,
 )
+from pneumo.training.callbacks import EpochLogger
 from pneumo.training.progress import COMPLETED, FAILED, RUNNING, STOPPED_EARLY, RunProgress
-from pneumo.training.train import EpochLogger, build_trainer, storage_path
+from pneumo.training.train import build_trainer, storage_path
 
 logger = logging.getLogger(__name__)
 
@@ -92,13 +93,21 @@ def _example_value(cfg: ExperimentConfig, key: str) -> Any:
     return value
 
 
-def _trial_run_id(
-    client: MlflowClient, cfg: ExperimentConfig, parent_run_id: str, trial_id: str, trial_name: str, params: dict
+def trial_run_id(
+    client: MlflowClient,
+    cfg: ExperimentConfig,
+    parent_run_id: str,
+    trial_id: str,
+    trial_name: str,
+    params: dict,
+    reopen: bool = False,
 ) -> str:
-    """The trial's MLflow child run: found again by trial id on a restart, else created."""
+    """The trial's MLflow child run: found again by trial id (set RUNNING again if `reopen`, as a trial
+    that restarts does), else created."""
     found = find_trial_run(client, cfg, parent_run_id, trial_id)
     if found is not None:
-        client.update_run(found.info.run_id, "RUNNING")
+        if reopen:
+            client.update_run(found.info.run_id, "RUNNING")
         return found.info.run_id
     return start_run(
         client, cfg, "trial", trial_name, parent_run_id, tags={TAG_TRIAL_ID: trial_id, TAG_SEARCH_PARAMS: str(params)}
@@ -118,7 +127,9 @@ def run_trial(
     cfg = with_updates(from_dict(base_config), params, source="tune.search_space")
     context = tune.get_context()
     client = MlflowClient(tracking_uri)
-    run_id = _trial_run_id(client, cfg, parent_run_id, context.get_trial_id(), context.get_trial_name(), params)
+    run_id = trial_run_id(
+        client, cfg, parent_run_id, context.get_trial_id(), context.get_trial_name(), params, reopen=True
+    )
     client.set_tag(run_id, TAG_TRAIN_FOLDER, f"{train_storage}/{context.get_trial_id()}")
     trainer = build_trainer(
         cfg,
@@ -199,17 +210,7 @@ class SearchWatcher(tune.Callback):
 
     def _trial_run(self, trial) -> str:
         """The trial's MLflow run id; created here for a trial that failed before it opened its run."""
-        found = find_trial_run(self.client, self.cfg, self.parent_run_id, trial.trial_id)
-        if found:
-            return found.info.run_id
-        return start_run(
-            self.client,
-            self.cfg,
-            "trial",
-            str(trial),
-            self.parent_run_id,
-            tags={TAG_TRIAL_ID: trial.trial_id, TAG_SEARCH_PARAMS: str(trial.config)},
-        )
+        return trial_run_id(self.client, self.cfg, self.parent_run_id, trial.trial_id, str(trial), trial.config)
 
     def _count(self, trial, **changes: int) -> None:
         if "started" not in changes:
