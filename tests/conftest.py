@@ -130,6 +130,20 @@ def pneumo_run(args: list[str], ray_session, quiet: bool = False) -> subprocess.
     )
 
 
+AGENT_NOT_UP = "No available agent to submit job"  # the head's job agent is not registered yet
+
+
+def submit_job(argv: list, env: dict[str, str], timeout_s: float = 600) -> subprocess.CompletedProcess:
+    """`ray job submit …` from the repository, tried again for up to a minute while the new head's job
+    agent is still starting (its address reaches the head a few seconds after `ray start` returns)."""
+    deadline = time.monotonic() + 60
+    while True:
+        submitted = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout_s)
+        if AGENT_NOT_UP not in submitted.stdout + submitted.stderr or time.monotonic() > deadline:
+            return submitted
+        time.sleep(2)
+
+
 @pytest.fixture
 def smoke_yaml(tmp_path, synthetic_root) -> Path:
     return write_smoke_yaml(tmp_path, synthetic_root)

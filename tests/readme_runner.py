@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Optional
 
 import requests
+from conftest import AGENT_NOT_UP
 from readme_blocks import Command
 
 from pneumo.cli import free_local_port
@@ -79,7 +80,6 @@ BENCH_SIZES = {  # module -> options set (replaced when the README gives them, e
 }
 README_PORTS = (8000, 8080, 8265, 5000)
 SERVER_PROGRAMS = {("pneumo", "serve"): 8000, ("mlflow", "ui"): 5000}  # long-running command -> README port
-AGENT_NOT_UP = "No available agent to submit job"
 QUICKSTART_PLACEHOLDERS = ("RUN_ID", "results/<run>/best_model", "results/quickstart-search-…/best_model")
 ANSI_CODE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # colour and cursor codes a terminal interprets
 TIMEOUT_S = {"pneumo": 600, "ray": 600, "python": 600}  # per command; anything else 120 s
@@ -208,16 +208,14 @@ class Scratch:
             text = re.sub(r"\s--port[ =]\d+", "", text)
             extra += ["--port", str(self.ports[readme_port])]
         if head == ("ray", "start"):  # the same ports each time it is mapped: the line names one command
-            gcs, agent, metrics, client = self.head_ports.setdefault(
-                command.where, [free_local_port() for _ in range(4)]
-            )
+            gcs, client = self.head_ports.setdefault(command.where, [free_local_port() for _ in range(2)])
             extra += [
                 "--node-ip-address=127.0.0.1",
                 f"--port={gcs}",
                 f"--dashboard-port={self.ports[8265]}",
                 "--dashboard-host=127.0.0.1",
-                f"--dashboard-agent-listen-port={agent}",
-                f"--metrics-export-port={metrics}",
+                "--dashboard-agent-listen-port=0",  # the agent's own pick: a probed port can be taken
+                "--metrics-export-port=0",  # before it binds, and then it never takes jobs
                 f"--ray-client-server-port={client}",
             ]
         if argv[0] == "curl":

@@ -13,7 +13,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import QUICKSTART, REPO, pneumo_run, write_smoke_yaml
+from conftest import QUICKSTART, REPO, pneumo_run, submit_job, write_smoke_yaml
 from mlflow.tracking import MlflowClient
 
 from pneumo.cli import free_local_port
@@ -72,10 +72,11 @@ def start_head(env: dict[str, str], client_env: dict[str, str]) -> tuple[subproc
             f"--dashboard-port={dashboard_port}",
             "--num-cpus=2",
             "--disable-usage-stats",
-            # the session's Ray already holds the default agent port: without its own,
-            # this head's job agent never starts ("No available agent to submit job")
-            f"--dashboard-agent-listen-port={free_local_port()}",
-            f"--metrics-export-port={free_local_port()}",
+            # 0: ports the agent binds itself. The session's Ray holds the defaults, and a port probed
+            # free here can be taken before the agent binds it; the agent then stays up without its
+            # HTTP server, and every submission fails ("No available agent to submit job")
+            "--dashboard-agent-listen-port=0",
+            "--metrics-export-port=0",
         ],
         env=env,
         stdout=subprocess.DEVNULL,
@@ -153,11 +154,7 @@ def test_ray_job_submit_runs_an_experiment_and_logs_it_to_mlflow(ray_head, tmp_p
         "experiments/quickstart.yaml",
         *overrides,
     ]
-    for _ in range(30):  # the head's job agent comes up a few seconds after its API answers
-        submitted = subprocess.run(submit, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-        if "No available agent to submit job" not in submitted.stdout + submitted.stderr:
-            break
-        time.sleep(2)
+    submitted = submit_job(submit, env)
     assert submitted.returncode == 0, submitted.stdout[-3000:] + submitted.stderr[-3000:]
     status = subprocess.run(
         [BIN / "ray", "job", "status", "--address", address, "pneumo-job-test"], env=env, capture_output=True, text=True

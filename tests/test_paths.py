@@ -4,12 +4,10 @@ The fast tests fake a Ray job package folder by its path; the slow one submits a
 token-authenticated head and checks that its MLflow store, results and cache outlive the job.
 """
 
-import subprocess
-import time
 from pathlib import Path
 
 import pytest
-from conftest import QUICKSTART, REPO
+from conftest import QUICKSTART, submit_job
 from mlflow.tracking import MlflowClient
 from test_cluster import BIN, ray_head  # noqa: F401  (ray_head: the token-authenticated head fixture)
 
@@ -105,11 +103,7 @@ def test_ray_job_without_storage_settings_writes_to_pneumo_home(ray_head, tmp_pa
         "experiments/quickstart.yaml",
         *overrides,
     ]
-    for _ in range(30):  # the head's job agent comes up a few seconds after its API answers
-        submitted = subprocess.run(submit, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-        if "No available agent to submit job" not in submitted.stdout + submitted.stderr:
-            break
-        time.sleep(2)
+    submitted = submit_job(submit, env)
     log = submitted.stdout + submitted.stderr
     assert submitted.returncode == 0, log[-3000:]
     assert "is Ray's unpacked job package" in log and f"PNEUMO_HOME={home}" in log, "the user is told where"
