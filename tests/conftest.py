@@ -11,9 +11,11 @@ Session fixtures for tests that need a trained model (each starts Ray; mark such
   registered, so `before_registration` holds the honest 503 answers of /readyz and /predict.
 """
 
+import contextlib
 import io
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -128,6 +130,29 @@ def pneumo_run(args: list[str], ray_session, quiet: bool = False) -> subprocess.
         text=True,
         start_new_session=True,
     )
+
+
+def stop_ray_under(tmpdir: str, timeout_s: float = 20) -> None:
+    """Stop the Ray processes whose command line names `tmpdir` (a Ray of our own), and only those."""
+
+    def ours() -> list[int]:
+        pids = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit() and int(entry.name) != os.getpid():
+                try:
+                    if tmpdir.encode() in (entry / "cmdline").read_bytes():
+                        pids.append(int(entry.name))
+                except OSError:
+                    continue
+        return pids
+
+    for sig, wait_s in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, 5)):
+        for pid in ours():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + wait_s
+        while ours() and time.monotonic() < deadline:
+            time.sleep(0.5)
 
 
 AGENT_NOT_UP = "No available agent to submit job"  # the head's job agent is not registered yet

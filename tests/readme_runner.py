@@ -33,7 +33,6 @@ The command line that runs is the README's; the harness changes only what this m
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import shlex
@@ -47,7 +46,7 @@ from pathlib import Path
 from typing import Optional
 
 import requests
-from conftest import AGENT_NOT_UP
+from conftest import AGENT_NOT_UP, stop_ray_under
 from readme_blocks import Command
 
 from pneumo.cli import free_local_port
@@ -106,29 +105,6 @@ class Server:
     ray_tmpdir: str
     log: Path
     line: str  # the command line that started it
-
-
-def stop_ray_under(tmpdir: str, timeout_s: float = 20) -> None:
-    """Stop the Ray processes whose command line names `tmpdir` (a Ray of our own), and only those."""
-
-    def ours() -> list[int]:
-        pids = []
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit() and int(entry.name) != os.getpid():
-                try:
-                    if tmpdir.encode() in (entry / "cmdline").read_bytes():
-                        pids.append(int(entry.name))
-                except OSError:
-                    continue
-        return pids
-
-    for sig, wait_s in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, 5)):
-        for pid in ours():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, sig)
-        deadline = time.monotonic() + wait_s
-        while ours() and time.monotonic() < deadline:
-            time.sleep(0.5)
 
 
 def copy_checkout(target: Path) -> None:

@@ -13,7 +13,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import QUICKSTART, REPO, pneumo_run, submit_job, write_smoke_yaml
+from conftest import QUICKSTART, REPO, pneumo_run, stop_ray_under, submit_job, write_smoke_yaml
 from mlflow.tracking import MlflowClient
 
 from pneumo.cli import free_local_port
@@ -111,7 +111,12 @@ def ray_head(tmp_path):
     head, address = started
     yield address, client_env
     head.send_signal(signal.SIGTERM)
-    head.wait(timeout=60)
+    try:
+        head.wait(timeout=5)
+    except subprocess.TimeoutExpired:  # after a job its raylet can take 30 s to let go of the workers
+        stop_ray_under(env["RAY_TMPDIR"], timeout_s=5)
+        head.kill()
+        head.wait(timeout=10)
     shutil.rmtree(env["RAY_TMPDIR"], ignore_errors=True)
 
 
