@@ -195,6 +195,7 @@ def format_table(results: dict[str, list[dict]]) -> str:
 def run(args: argparse.Namespace) -> dict:
     """Both servers on the same checkpoint and images; the settings and rows that go to the JSON."""
     from pneumo.serve.builder import ServeArgs, load_serving_config
+    from pneumo.serve.ingress import use_ingress
 
     load_before = os.getloadavg()  # other jobs on the machine move these numbers a lot
     with tempfile.TemporaryDirectory(prefix="pneumo-bench-") as tmp:
@@ -202,7 +203,9 @@ def run(args: argparse.Namespace) -> dict:
         checkpoint = args.checkpoint or untrained_checkpoint(work / "checkpoint", args.model, args.image_size)
         images = write_images(work / "images", n_images=60, image_size=128)
         serve_args = ServeArgs(model_uri=str(checkpoint), config=[str(QUICKSTART)], overrides=args.serve_override)
-        torch_threads = load_serving_config(serve_args)[0].torch_threads  # the plain server gets the same
+        serve_cfg = load_serving_config(serve_args)[0]
+        torch_threads = serve_cfg.torch_threads  # the plain server gets the same
+        use_ingress(serve_cfg.ingress)  # before bench_runtimes starts Ray
         results = bench_runtimes(
             checkpoint, images, args.concurrency, args.duration_s, serve_args, args.runtimes, torch_threads
         )

@@ -2,6 +2,7 @@
 
     python -m bench.serve_cost                       # untrained resnet10t at 64 px, OpenVINO, 400 requests
     python -m bench.serve_cost --runtime torch --requests 1000
+    python -m bench.serve_cost --ingress haproxy       # Serve behind Ray's HAProxy ingress
 
 One client sends requests one after another (the 1-client case of bench/serve_bench.py) to three
 servers in turn: the plain FastAPI + uvicorn server (bench/plain_server.py) with the runtime, the
@@ -65,13 +66,16 @@ def measure(url: str, bodies: list[bytes], n_requests: int, processes: dict[str,
 
 def serve_processes() -> dict[str, psutil.Process]:
     """Serve's proxy, replica and controller in the Ray this process started (its descendants), by their
-    process titles (`ray::ProxyActor`, `ray::ServeReplica:…`)."""
+    process titles (`ray::ProxyActor`, `ray::ServeReplica:…`), and HAProxy with serve.ingress=haproxy
+    (the newest: Serve reloads it by starting another)."""
     found = {}
     for process in psutil.Process().children(recursive=True):
         title = " ".join(process.cmdline())
         for name, marker in SERVE_ACTORS.items():
             if title.startswith("ray::") and marker in title:
                 found[name] = process
+        if process.name() == "haproxy":
+            found["haproxy"] = max(process, found.get("haproxy", process), key=lambda p: p.create_time())
     return found
 
 
@@ -92,6 +96,7 @@ def run(args: argparse.Namespace) -> dict:
     import ray
 
     from pneumo.serve.builder import ServeArgs, build_app
+    from pneumo.serve.ingress import use_ingress
 
     load_before = os.getloadavg()
     rows = {}
@@ -115,6 +120,7 @@ def run(args: argparse.Namespace) -> dict:
             plain.terminate()
             plain.wait(timeout=30)
 
+        use_ingress(args.ingress)
         ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level="WARNING")
         try:
             port = free_local_port()
@@ -124,7 +130,9 @@ def run(args: argparse.Namespace) -> dict:
             rows["serve echo (floor)"] = measure(f"{url}/predict", bodies, args.requests, serve_processes())
             serve.delete("echo")
             app_args = ServeArgs(
-                model_uri=str(checkpoint), config=[str(QUICKSTART)], overrides=[f"serve.runtime={args.runtime}"]
+                model_uri=str(checkpoint),
+                config=[str(QUICKSTART)],
+                overrides=[f"serve.runtime={args.runtime}", f"serve.ingress={args.ingress}"],
             )
             serve.run(build_app(app_args), name="pneumo", route_prefix="/")
             wait_ready(url)
@@ -136,6 +144,7 @@ def run(args: argparse.Namespace) -> dict:
         "model": args.model,
         "image_size": args.image_size,
         "runtime": args.runtime,
+        "ingress": args.ingress,
         "requests": args.requests,
         "cpus": os.cpu_count(),
         "load_average_before": load_before,
@@ -157,6 +166,7 @@ def main() -> None:
     parser.add_argument("--model", default="resnet10t", help="timm model of the untrained checkpoint")
     parser.add_argument("--image-size", type=int, default=64, help="model input side, px")
     parser.add_argument("--runtime", default="openvino", help="serve.runtime of both servers")
+    parser.add_argument("--ingress", default="proxy", choices=("proxy", "haproxy"), help="serve.ingress of Serve")
     parser.add_argument("--requests", type=int, default=400, help="measured requests per server")
     result = run(parser.parse_args())
     print(format_table(result))

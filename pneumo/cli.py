@@ -284,6 +284,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
     from pneumo.models.uri import resolve_model_uri
     from pneumo.serve.builder import ServeArgs, build_app, load_serving_config
+    from pneumo.serve.ingress import use_ingress
     from pneumo.serve.security import check_exposure, read_token
     from pneumo.serve.shutdown import serve_until_signalled
     from pneumo.tracking import resolve_tracking_uri
@@ -296,6 +297,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     check_exposure(host, serve_cfg, read_token(serve_cfg))  # no open endpoint beyond loopback by accident
     check_model_loads(model_uri, resolve_tracking_uri(mlflow_cfg))
     app = build_app(serve_args.model_copy(update={"model_uri": model_uri}))
+    use_ingress(serve_cfg.ingress)  # before Ray starts: its Serve controller reads it once
     init_ray()
     serve.start(http_options={"host": host, "port": port})
     url = f"http://{host}:{port}"

@@ -251,6 +251,9 @@ class ServeConfig:
     max_body_bytes: int = 10_000_000  # larger uploads get 413
     max_image_pixels: int = MAX_IMAGE_PIXELS  # larger images are refused as decompression bombs
     max_images_per_request: int = 32  # cap of /predict/batch
+    ingress: str = (
+        "proxy"  # proxy (Ray Serve's Python proxy) | haproxy (Ray's HAProxy ingress; replicas on all interfaces)
+    )
     runtime: str = "auto"  # auto (fastest installed, measured at load) | torch | onnxruntime | openvino
     int8: bool = False  # serve model.int8.onnx (written at registration with export.int8; not with torch)
     challenger: Optional[str] = "challenger"  # registry alias served beside the champion; null: champion only
@@ -272,6 +275,7 @@ class ServeConfig:
     def __post_init__(self) -> None:
         if self.max_ongoing_requests < self.max_batch_size:
             raise ConfigError("serve.max_ongoing_requests must be >= serve.max_batch_size")
+        _check_choice("serve.ingress", self.ingress, ("proxy", "haproxy"))
         _check_choice("serve.runtime", self.runtime, ("auto", "torch", "onnxruntime", "openvino"))
         _check_range("serve.traffic", self.traffic, 0.0, 1.0)
         if (self.traffic > 0 or self.shadow) and not self.challenger:

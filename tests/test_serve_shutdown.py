@@ -1,5 +1,6 @@
 """`pneumo serve` in a real subprocess (its own local Ray) stops gracefully on SIGTERM and Ctrl-C:
 requests in flight are answered, then it exits 0 without Ray's native `*** SIGTERM received ***` dump.
+Behind Ray's HAProxy ingress (serve.ingress=haproxy) too, and then no HAProxy process outlives it.
 
 Requests are held in flight by a long serve.batch_wait_timeout_s (each waits that long for company).
 """
@@ -12,6 +13,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import psutil
 import pytest
 import requests
 from conftest import png_bytes
@@ -44,17 +46,31 @@ def wait_ready(url: str, server: subprocess.Popen, timeout_s: float = 240) -> No
     raise AssertionError(f"{url}/readyz not 200 within {timeout_s} s")
 
 
+def haproxies_since(started: float) -> list[psutil.Process]:
+    """HAProxy processes started since `started` (Serve reloads HAProxy by starting a new one), wherever
+    they were re-parented."""
+    return [
+        p
+        for p in psutil.process_iter(["name", "create_time"])
+        if p.info["name"] == "haproxy" and p.info["create_time"] >= started
+    ]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_serve_drains_requests_in_flight_and_exits_0(tmp_path, signum):
+@pytest.mark.parametrize(
+    "signum, ingress",
+    [(signal.SIGTERM, "proxy"), (signal.SIGINT, "proxy"), (signal.SIGTERM, "haproxy")],
+    ids=["SIGTERM", "SIGINT", "SIGTERM-haproxy"],
+)
+def test_serve_drains_requests_in_flight_and_exits_0(tmp_path, signum, ingress):
     checkpoint = untrained_checkpoint(tmp_path / "checkpoint", "test_resnet", 32)
     film = png_bytes(Image.linear_gradient("L"))
     yaml = tmp_path / "serve.yaml"
     yaml.write_text(
         f"name: stop-test\ndata: {{path: {tmp_path}}}\n"
-        f"serve: {{batch_wait_timeout_s: {IN_FLIGHT_S}, runtime: torch, drain_timeout_s: 30}}\n"
+        f"serve: {{batch_wait_timeout_s: {IN_FLIGHT_S}, runtime: torch, drain_timeout_s: 30, ingress: {ingress}}}\n"
     )
-    port = free_local_port()
+    port, started = free_local_port(), time.time()
     server = subprocess.Popen(
         [BIN / "pneumo", "serve", str(checkpoint), "--config", str(yaml), "--port", str(port)],
         env=own_env(tmp_path),
@@ -67,6 +83,7 @@ def test_serve_drains_requests_in_flight_and_exits_0(tmp_path, signum):
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(url, server)
+        assert bool(haproxies_since(started)) == (ingress == "haproxy"), "HAProxy is in front exactly when asked"
         with ThreadPoolExecutor(3) as pool:
             in_flight = [
                 pool.submit(
@@ -86,3 +103,4 @@ def test_serve_drains_requests_in_flight_and_exits_0(tmp_path, signum):
     assert "draining in-flight" in output and "SIGTERM received" not in output, output
     with pytest.raises(requests.ConnectionError):  # nothing listens any more
         requests.get(f"{url}/healthz", timeout=5)
+    assert not haproxies_since(started), "no HAProxy outlives the server"
