@@ -58,15 +58,18 @@ def test_search_stops_weak_trials_and_logs_nested_runs(first_search):
     stopped = [c for c in children if c.data.tags.get("pneumo.stopped_early") == "true"]
     assert stopped, "ASHA stopped no trial"
     for child in stopped:  # closed by the driver's SearchWatcher when ASHA stopped it, saying at which epoch
-        epochs_run = len(client.get_metric_history(child.info.run_id, "val_auroc"))
-        assert child.data.tags["pneumo.trial_state"] == f"stopped by ASHA at epoch {epochs_run}"
+        state = child.data.tags["pneumo.trial_state"]
+        assert state.startswith("stopped by ASHA at epoch "), state
+        decided, logged = int(state.rsplit(" ", 1)[1]), len(client.get_metric_history(child.info.run_id, "val_auroc"))
+        # the workers train on while the stop travels from Tune's driver to them: the epoch under way when
+        # ASHA decided can still finish and log its metrics, after the watcher closed the run
+        assert 1 <= decided < cfg.train.epochs and decided <= logged <= decided + 1, (state, logged)
     assert parent.data.metrics["n_trials_stopped_early"] == len(stopped)
     for child in children:
         steps = [m.step for m in client.get_metric_history(child.info.run_id, "val_auroc")]
         assert steps == sorted(set(steps)) and steps[0] == 0, "one value per epoch, no duplicates"
         assert child.data.params["train.lr"] in ("0.01", "1e-06")
         assert child.info.status == "FINISHED"
-    assert all(len(client.get_metric_history(c.info.run_id, "val_auroc")) < 3 for c in stopped)
     assert "test_auroc" in parent.data.metrics and "best_val_auroc" in parent.data.metrics
 
     # the report draws the training curves of the trial whose checkpoint won
