@@ -32,8 +32,8 @@ lint: install
 test: lint
 	$(BIN)/python -m pytest -m "not readme" --cov=pneumo --cov-report=term --cov-fail-under=$(COVERAGE_FLOOR)
 
-# the README's commands run end to end in a scratch copy (tests/readme_runner.py): 45+ min on the
-# loaded 2-core machine, so outside `make test`; one step: pytest -m readme -k "README.md:LINE:"
+# the README's commands run end to end in a scratch copy (tests/readme_runner.py): 36 min on the
+# quiet 2-core machine, so outside `make test`; one step: pytest -m readme -k "README.md:LINE:"
 test-readme: install
 	$(BIN)/python -m pytest -m readme
 
