@@ -295,9 +295,9 @@ def cmd_serve(args: argparse.Namespace) -> None:
     model_uri = resolve_model_uri(args.model, serve_cfg, mlflow_cfg)
     host, port = args.host or serve_cfg.host, args.port or serve_cfg.port
     check_exposure(host, serve_cfg, read_token(serve_cfg))  # no open endpoint beyond loopback by accident
+    use_ingress(serve_cfg.ingress)  # before Ray starts (its Serve controller reads it once); a config error first
     check_model_loads(model_uri, resolve_tracking_uri(mlflow_cfg))
     app = build_app(serve_args.model_copy(update={"model_uri": model_uri}))
-    use_ingress(serve_cfg.ingress)  # before Ray starts: its Serve controller reads it once
     init_ray()
     serve.start(http_options={"host": host, "port": port})
     url = f"http://{host}:{port}"

@@ -251,9 +251,7 @@ class ServeConfig:
     max_body_bytes: int = 10_000_000  # larger uploads get 413
     max_image_pixels: int = MAX_IMAGE_PIXELS  # larger images are refused as decompression bombs
     max_images_per_request: int = 32  # cap of /predict/batch
-    ingress: str = (
-        "proxy"  # proxy (Ray Serve's Python proxy) | haproxy (Ray's HAProxy ingress; replicas on all interfaces)
-    )
+    ingress: str = "proxy"  # proxy (Ray Serve's Python proxy) | haproxy (Ray's HAProxy ingress, C)
     runtime: str = "auto"  # auto (fastest installed, measured at load) | torch | onnxruntime | openvino
     int8: bool = False  # serve model.int8.onnx (written at registration with export.int8; not with torch)
     challenger: Optional[str] = "challenger"  # registry alias served beside the champion; null: champion only

@@ -19,9 +19,10 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 for key, value in {
     "RAY_USAGE_STATS_ENABLED": "0",
@@ -155,18 +156,27 @@ def stop_ray_under(tmpdir: str, timeout_s: float = 20) -> None:
             time.sleep(0.5)
 
 
+T = TypeVar("T")
 AGENT_NOT_UP = "No available agent to submit job"  # the head's job agent is not registered yet
 
 
-def submit_job(argv: list, env: dict[str, str], timeout_s: float = 600) -> subprocess.CompletedProcess:
-    """`ray job submit …` from the repository, tried again for up to a minute while the new head's job
-    agent is still starting (its address reaches the head a few seconds after `ray start` returns)."""
-    deadline = time.monotonic() + 60
+def until_agent_up(attempt: Callable[[], T], output_of: Callable[[T], str], timeout_s: float = 60) -> T:
+    """`attempt()` (a job submission), tried again for up to `timeout_s` while a new head's job agent is
+    still starting (its address reaches the head a few seconds after `ray start` returns)."""
+    deadline = time.monotonic() + timeout_s
     while True:
-        submitted = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout_s)
-        if AGENT_NOT_UP not in submitted.stdout + submitted.stderr or time.monotonic() > deadline:
-            return submitted
+        outcome = attempt()
+        if AGENT_NOT_UP not in output_of(outcome) or time.monotonic() > deadline:
+            return outcome
         time.sleep(2)
+
+
+def submit_job(argv: list, env: dict[str, str], timeout_s: float = 600) -> subprocess.CompletedProcess:
+    """`ray job submit …` from the repository, once the head's job agent takes it."""
+    return until_agent_up(
+        lambda: subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout_s),
+        lambda submitted: submitted.stdout + submitted.stderr,
+    )
 
 
 @pytest.fixture

@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Optional
 
 import requests
-from conftest import AGENT_NOT_UP, stop_ray_under
+from conftest import stop_ray_under, until_agent_up
 from readme_blocks import Command
 
 from pneumo.cli import free_local_port
@@ -235,12 +235,7 @@ class Scratch:
         if command.text.strip() == "ray stop":
             stop_ray_under(env["RAY_TMPDIR"])
             return Outcome(line, 0, f"stopped the Ray under {env['RAY_TMPDIR']}")
-        outcome = self._run_once(command, line, env)
-        for _ in range(30):  # a new head's job agent starts a few seconds after `ray start` returns
-            if AGENT_NOT_UP not in outcome.output:
-                break
-            time.sleep(2)
-            outcome = self._run_once(command, line, env)
+        outcome = until_agent_up(lambda: self._run_once(command, line, env), lambda done: done.output)
         self._learn(command, outcome)
         self.outputs[line] = outcome
         with (self.root.parent / "outcomes.log").open("a") as log:  # read while a long run is still going
