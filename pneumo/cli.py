@@ -18,6 +18,7 @@ import gc
 import json
 import logging
 import os
+import random
 import socket
 import sys
 import time
@@ -43,9 +44,8 @@ def split_paths_and_overrides(items: list[str]) -> tuple[list[str], list[str]]:
 
 
 def free_local_port(preferred: int = 0) -> int:
-    """`preferred` when it is free on 127.0.0.1, else any free loopback port (0: any).
-
-    The one port probe: local Ray's dashboard here, and the servers tests and benchmarks start."""
+    """`preferred` when it is free on 127.0.0.1, else any free loopback port (0: any): for the servers
+    tests and benchmarks start. A local Ray's dashboard gets free_dashboard_port."""
     with socket.socket() as probe:
         try:
             probe.bind(("127.0.0.1", preferred))
@@ -54,19 +54,24 @@ def free_local_port(preferred: int = 0) -> int:
         return probe.getsockname()[1]
 
 
-def _prepare_local_ray_env() -> int:
-    """Environment for a Ray started here; returns its dashboard port.
+DASHBOARD_PORT = 8265  # Ray's default: the local dashboard's port when it is free
+# Fallback dashboard ports: above Ray's worker ports (10002-19999) and below Linux's ephemeral range
+# (32768+), so no bind to port 0 and no outgoing connection is handed one between the probe and Ray's
+# bind; drawn at random, so two runs starting together rarely probe the same one.
+FALLBACK_DASHBOARD_PORTS = range(20000, 32768)
+DASHBOARD_ATTEMPTS = 3  # ray.init tries when the probed port was taken before the dashboard bound it
 
-    RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 keeps every Ray process on 127.0.0.1 (Ray reads it at import,
-    so `main` sets it first too). RAY_API_SERVER_ADDRESS, inherited by every Ray process started
-    here, lets Ray Train's placement-group cleaner find *this* Ray even when other Ray instances run
-    on the machine (otherwise it fails, and Tune trials stopped by ASHA leak their CPUs until the
-    search hangs).
-    """
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    dashboard_port = free_local_port(8265)
-    os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{dashboard_port}"
-    return dashboard_port
+
+def free_dashboard_port() -> int:
+    """DASHBOARD_PORT when free on 127.0.0.1, else a free one of FALLBACK_DASHBOARD_PORTS."""
+    for port in [DASHBOARD_PORT, *random.sample(FALLBACK_DASHBOARD_PORTS, 50)]:
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+                return port
+            except OSError:
+                continue
+    return free_local_port()
 
 
 STATE_TRACKING = "RAY_TRAIN_ENABLE_STATE_TRACKING"  # Ray Train's state actor: the dashboard's Train page
@@ -82,25 +87,41 @@ def _state_tracking_runtime_env() -> Optional[dict]:
     return {"env_vars": {STATE_TRACKING: os.environ.get(STATE_TRACKING, "1")}}
 
 
+def _start_local_ray(settings: dict):
+    """ray.init of a Ray started here, its dashboard on a port chosen before Ray starts.
+
+    RAY_API_SERVER_ADDRESS, inherited by every Ray process started here, lets Ray Train's
+    placement-group cleaner find *this* Ray even when other Ray instances run on the machine
+    (otherwise it fails, and Tune trials stopped by ASHA leak their CPUs until the search hangs), so
+    the port cannot be left to Ray's own search. When another process binds the probed port before
+    the dashboard does, Ray starts without a dashboard: it is started again on another port.
+    """
+    import ray
+
+    for attempt in range(1, DASHBOARD_ATTEMPTS + 1):
+        port = free_dashboard_port()
+        os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
+        context = ray.init(dashboard_host="127.0.0.1", dashboard_port=port, **settings)
+        if (context.dashboard_url or "").endswith(f":{port}") or attempt == DASHBOARD_ATTEMPTS:
+            return context
+        logging.getLogger(__name__).warning("dashboard port %d was taken as Ray started: starting Ray again", port)
+        ray.shutdown()
+
+
 def init_ray() -> Optional[str]:
     """Join $RAY_ADDRESS (a cluster or `ray job submit`), else start a local Ray in-process; returns the
     dashboard address of a Ray started here. Either way Ray Train's state tracking is on."""
     if "ray" in sys.modules and sys.modules["ray"].is_initialized():
         return None
     joining = bool(os.environ.get("RAY_ADDRESS"))
-    dashboard_port = None if joining else _prepare_local_ray_env()
     runtime_env = _state_tracking_runtime_env() if joining else None
     os.environ.setdefault(STATE_TRACKING, "1")  # a local Ray's processes inherit it
+    if not joining:  # a local Ray on 127.0.0.1 only (read at import)
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     import ray
 
-    extra = {"dashboard_host": "127.0.0.1", "dashboard_port": dashboard_port} if dashboard_port else {}
-    context = ray.init(
-        address=os.environ.get("RAY_ADDRESS"),
-        log_to_driver=True,
-        logging_level=logging.WARNING,
-        runtime_env=runtime_env,
-        **extra,
-    )
+    settings = {"log_to_driver": True, "logging_level": logging.WARNING, "runtime_env": runtime_env}
+    context = ray.init(address=os.environ["RAY_ADDRESS"], **settings) if joining else _start_local_ray(settings)
     data_context = ray.data.DataContext.get_current()
     data_context.execution_options.preserve_order = True  # same seed, same batches
     data_context.enable_progress_bars = sys.stderr.isatty()
