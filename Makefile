@@ -30,7 +30,7 @@ lint: install
 	$(BIN)/ruff format --check .
 
 test: lint
-	$(BIN)/python -m pytest -m "not readme" --cov=pneumo --cov-report=term --cov-fail-under=$(COVERAGE_FLOOR)
+	$(BIN)/python -m pytest -m "not readme" --durations=20 --cov=pneumo --cov-report=term --cov-fail-under=$(COVERAGE_FLOOR)
 
 # the README's commands run end to end in a scratch copy (tests/readme_runner.py): 36 min on the
 # quiet 2-core machine, so outside `make test`; one step: pytest -m readme -k "README.md:LINE:"

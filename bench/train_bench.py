@@ -213,7 +213,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="resnet18")
     parser.add_argument("--image-size", type=int, default=128)
-    parser.add_argument("--images", type=int, default=800, help="synthetic films generated (~80% train)")
+    parser.add_argument("--images", type=int, default=800, help="synthetic films generated (~80%% train)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--epochs", type=int, default=4, help="the first is warm-up")
     args = parser.parse_args()

@@ -115,6 +115,10 @@ def check_python_module(module: str, args: Sequence[str]) -> None:
     original = argparse.ArgumentParser.parse_args
 
     def parse_then_stop(self, args=None, namespace=None):
+        try:
+            self.format_help()  # what --help prints: argparse fails on a help text with a bare %
+        except ValueError as error:
+            raise CommandRejected(f"python -m {module} --help: {error}") from None
         raise _Parsed(original(self, args, namespace))
 
     errors = io.StringIO()
