@@ -117,7 +117,7 @@ def test_killed_worse_search_resumes_without_logging_twice_and_leaves_champion(
     not redone, every epoch is logged once, and the worse result leaves the champion alone."""
     directory, first_cfg, first = first_search
     path = write_smoke_yaml(directory, synthetic_root, "worse", SEARCH % "[1.0e-6, 2.0e-6, 3.0e-6]")
-    overrides = ["train.epochs=2", "tune.scheduler=fifo"]
+    overrides = ["train.epochs=2", "tune.scheduler=fifo", "scaling.num_workers=1"]  # 2 trials at once
     cfg = load_config([path], overrides)
     driver = pneumo_run([str(path), *overrides], ray_session, quiet=True)  # killpg takes its children too
     client = MlflowClient(cfg.mlflow.tracking_uri)
