@@ -27,7 +27,7 @@ def run_bench(module: str, *args: str) -> dict:
 
 
 def train_rows() -> list[dict]:
-    result = run_bench("train")  # resnet18 at 128 px, batch 32, 4 epochs
+    result = run_bench("train")  # resnet18 at 128 px, batch 32, 6 epochs
     return [
         {
             "benchmark": "training step throughput",
