@@ -1,4 +1,4 @@
-"""Grad-CAM: the target layer found from each CNN family, maps of the right shape and range, the
+"""The maps (Grad-CAM x input gradient): the target layer found from each CNN family, maps of the right shape and range, the
 localization math on hand-made cases, and the Adebayo et al. sanity check on a tiny trained model."""
 
 import numpy as np

@@ -1,4 +1,4 @@
-"""`pneumo eval` on a synthetic set: Grad-CAM overlays in report.html and localization scores against
+"""`pneumo eval` on a synthetic set: map overlays in report.html and localization scores against
 the drawn opacities, logged to the eval run (conftest's smoke_run model)."""
 
 from pathlib import Path
@@ -25,5 +25,5 @@ def test_eval_on_a_synthetic_set_shows_maps_and_scores_them(smoke_run, tmp_path)
     assert metrics["test_cam_perfect_map_pointing_game"] == pytest.approx(found.perfect_map_pointing_game)
     page = (tmp_path / "report" / "report.html").read_text()
     assert "Where the model looked" in page and "pointing game" in page and "random baseline" in page
-    assert "what the layer&#x27;s resolution allows" in page
+    assert "Grad-CAM&#x27;s ceiling at the layer" in page
     assert (tmp_path / "report" / "cam_mistakes.png").is_file() or (tmp_path / "report" / "cam_correct.png").is_file()

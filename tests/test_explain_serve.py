@@ -42,7 +42,7 @@ def test_explain_answers_the_prediction_and_its_map(serve_app, film):
     heatmap, seen = decode_png(body["heatmap_png"]), decode_png(body["film_png"])
     assert heatmap.mode == "RGBA" and heatmap.size == (size, size)
     assert seen.mode == "L" and seen.size == (size, size)
-    assert (body["method"], body["explained_class"]) == ("grad-cam", "PNEUMONIA")
+    assert (body["method"], body["explained_class"]) == ("grad-cam x gradient", "PNEUMONIA")
     assert body["target_layer"].startswith("layer") and body["time_ms"] > 0
 
 

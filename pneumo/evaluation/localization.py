@@ -1,4 +1,4 @@
-"""Are the maps right? Grad-CAM scored against where the synthetic generator drew each opacity.
+"""Are the maps right? Explanations scored against where the synthetic generator drew each opacity.
 
 A synthetic set (pneumo.data.synthetic) keeps a mask per pneumonia film in opacity_masks/. On those
 films:
@@ -8,9 +8,9 @@ films:
   area fraction there (its baseline);
 - a perfect map at the layer's resolution: the pointing game of the masks themselves seen through the
   target layer's cells (each mask averaged over the cells, then brought to the input size like a
-  Grad-CAM map). A map of 4x4 cells peaks at one of 16 cell centres, and a small opacity may hold
-  none of them: a low pointing game next to a low perfect-map score means the layer is too coarse,
-  not that the model looks elsewhere;
+  Grad-CAM map): what Grad-CAM alone could reach there. A map of 4x4 cells peaks at one of 16 cell
+  centres, and a small opacity may hold none of them; the input-gradient factor of the maps
+  (pneumo.evaluation.explain) is at full resolution, which is how they can score above it;
 - the sanity check of Adebayo et al. (2018): the same films explained by the model with its weights
   re-drawn at random; maps that barely change (high rank correlation) would not depend on what the
   model learned.
@@ -30,7 +30,7 @@ from PIL import Image
 from scipy.stats import spearmanr
 
 from pneumo.data.synthetic import OPACITY_MASKS_DIR, opacity_mask_path
-from pneumo.evaluation.explain import Explainer, ExplanationError, to_input_size
+from pneumo.evaluation.explain import METHOD, Explainer, ExplanationError, to_input_size
 from pneumo.models.checkpoints import LoadedModel
 
 if TYPE_CHECKING:
@@ -47,7 +47,7 @@ class Localization:
     pointing_game: float  # share of films whose map peak is inside an opacity
     mass_inside: float  # mean share of heatmap mass inside the opacities
     area_fraction: float  # mean share of the image the opacities cover: the baseline of both
-    perfect_map_pointing_game: float  # pointing game of a perfect map at map_size: what this resolution allows
+    perfect_map_pointing_game: float  # pointing game of a perfect map at map_size: Grad-CAM's ceiling there
     randomized_rank_correlation: float  # median Spearman correlation, trained vs randomized-weights maps
     randomized_pointing_game: float  # pointing game of the randomized-weights maps
 
@@ -55,9 +55,10 @@ class Localization:
         """What `pneumo eval` prints."""
         height, width = self.map_size
         return (
-            f"grad-cam at {self.target_layer} ({height}x{width}) on {self.n_films} pneumonia films with drawn "
+            f"{METHOD} at {self.target_layer} ({height}x{width}) on {self.n_films} pneumonia films with drawn "
             f"opacities (random baseline = area fraction {self.area_fraction:.3f}):\n  pointing game "
-            f"{self.pointing_game:.3f} (a perfect {height}x{width} map: {self.perfect_map_pointing_game:.3f})  mass inside "
+            f"{self.pointing_game:.3f} (Grad-CAM's ceiling, a perfect {height}x{width} map: "
+            f"{self.perfect_map_pointing_game:.3f})  mass inside "
             f"{self.mass_inside:.3f}"
             f"\n  randomized weights: pointing game {self.randomized_pointing_game:.3f}, rank correlation with the "
             f"trained maps {self.randomized_rank_correlation:.3f}"

@@ -29,7 +29,7 @@ LIMITATIONS = (
     "Performance holds for data like its test split; other hospitals, scanners, ages, views and "
     "populations change it. Measure first: `pneumo eval MODEL DATA`.",
     "The probability is calibrated on validation films of the same source; elsewhere it can drift.",
-    "Grad-CAM maps (`POST /explain`) show where evidence for pneumonia was found at a coarse layer; they "
+    "Maps (`POST /explain`, Grad-CAM x input gradient) show where evidence for pneumonia was found; they "
     "are not a segmentation and can miss or misplace findings.",
 )
 

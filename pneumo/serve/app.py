@@ -112,7 +112,7 @@ class PneumoniaService:
             self.metrics.batch_size.observe,
         )
         self._shadow_tasks: set[asyncio.Task] = set()  # held so they are not garbage-collected mid-flight
-        self.explainers = ExplainerCache()  # Grad-CAM for /explain, built on first use (explanations.py)
+        self.explainers = ExplainerCache()  # the maps of /explain, built on first use (explanations.py)
 
     @api.get("/", include_in_schema=False)
     def page(self) -> Response:
@@ -169,7 +169,7 @@ class PneumoniaService:
         responses={**ERROR_DOCS, 200: EXPLAIN_PNG_DOC, 501: {"model": ErrorBody}},
     )
     async def explain(self, request: Request) -> Response:
-        """/predict's inputs, refusals and answer, plus where the model looked: a Grad-CAM map as a base64
+        """/predict's inputs, refusals and answer, plus where the model looked: a map as a base64
         PNG (heatmap_png), or with ?format=png the film with the map over it (prediction in X- headers)."""
         return as_png(await self._answer("explain", lambda started: self._explain_one(request, started)))
 

@@ -1,4 +1,4 @@
-"""POST /explain: the prediction of /predict plus its Grad-CAM map (pneumo/evaluation/explain.py).
+"""POST /explain: the prediction of /predict plus its map (Grad-CAM x input gradient, pneumo/evaluation/explain.py).
 
 The route in app.py runs the /predict path (same inputs, same refusals, same batched probability)
 and then this module: one Explainer per served version, built on first use, the map computed in a
@@ -37,12 +37,12 @@ OVERLAY_KEY = "overlay_png"  # carries the overlay from the handler to the route
 
 class Explanation(Prediction):
     heatmap_png: str = Field(
-        description="the Grad-CAM map as a base64 RGBA PNG at the model's input size: colour "
+        description="the map (Grad-CAM x input gradient) as a base64 RGBA PNG at the model's input size: colour "
         "and opacity rise with the evidence; stretch it over the film to overlay"
     )
-    method: str = Field(description=f"{METHOD} (Captum LayerGradCam)")
+    method: str = Field(description=f"{METHOD} (Captum LayerGradCam x Saliency)")
     explained_class: str = Field(description=f"{EXPLAINED_CLASS}: the map shows evidence for it")
-    target_layer: str = Field(description="the model layer the map comes from")
+    target_layer: str = Field(description="the model layer of the map's Grad-CAM part")
     film_png: str = Field(description="the film as the model saw it (its input size and channels), base64 PNG")
 
 

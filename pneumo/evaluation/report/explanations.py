@@ -1,4 +1,4 @@
-"""The report's "Where the model looked" section: Grad-CAM overlays of the most confident mistakes and
+"""The report's "Where the model looked" section: overlays of the most confident mistakes and
 of a few confident correct films, and, on a synthetic set, how well the maps find the drawn opacities."""
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def localization_table(found: Localization) -> str:
             f"{found.randomized_pointing_game:.3f}",
         ],
         [
-            f"pointing game of a perfect {found.map_size[0]}x{found.map_size[1]} map (what the layer's resolution allows)",
+            f"pointing game of a perfect {found.map_size[0]}x{found.map_size[1]} map (Grad-CAM's ceiling at the layer)",
             f"{found.perfect_map_pointing_game:.3f}",
             "-",
             "-",
@@ -93,9 +93,9 @@ def localization_table(found: Localization) -> str:
         "uniform map lands inside the opacities as often as they cover the film (area fraction). Randomized "
         "weights: the same architecture with re-drawn weights (Adebayo et al. 2018); its maps should differ "
         "(low rank correlation) and lose the opacities. A perfect map at the target layer's resolution (each "
-        "opacity averaged over the layer's cells) shows what that resolution allows: a low score next to a "
-        "low perfect-map score means the layer is too coarse for the opacities.</p>"
-        + _table(["", "Grad-CAM", "random baseline", "randomized weights"], rows)
+        "opacity averaged over the layer's cells) is what Grad-CAM alone could reach there; the maps' input-"
+        "gradient factor is at full resolution.</p>"
+        + _table(["", METHOD, "random baseline", "randomized weights"], rows)
     )
 
 
@@ -131,8 +131,9 @@ def explanation_section(
     pictures = "".join(_figure(caption, path) for caption, path in figures.items() if path is not None)
     located = localization_table(localization) if localization else ""
     return (
-        "<h2>Where the model looked</h2><p class='note'>Grad-CAM maps of the PNEUMONIA logit at layer "
-        f"<code>{html.escape(explainer.target_layer)}</code>: brighter is more evidence for pneumonia.</p>"
+        "<h2>Where the model looked</h2><p class='note'>Maps of the PNEUMONIA logit (Grad-CAM at layer "
+        f"<code>{html.escape(explainer.target_layer)}</code> x the input gradient): brighter is more evidence "
+        "for pneumonia.</p>"
         f"<div class='figures'>{pictures}</div>{located}"
     )
 
