@@ -14,7 +14,7 @@ libGL into a server image):
   film's full resolution.
 Their product is Guided Grad-CAM's fusion (same paper) with the plain gradient in place of guided
 backpropagation, whose maps barely depend on the weights (Adebayo et al. 2018). On the quickstart's
-champion the product points into a drawn opacity on 0.685 of the films against Grad-CAM's 0.378, and
+champion the product points into a drawn opacity on 0.669 of the films against Grad-CAM's 0.378, and
 with randomized weights its maps no longer correlate with the trained ones (pneumo.evaluation.
 localization measures both; README, "Are the maps right?"). Both parts show evidence *for* pneumonia:
 a confident NORMAL film can have an empty map.
