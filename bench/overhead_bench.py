@@ -179,7 +179,7 @@ def timed_search(work: Path, name: str, epochs: int, env: dict) -> dict:
 def _free_port() -> int:
     from pneumo.cli import free_local_port
 
-    return free_local_port(0)
+    return free_local_port()
 
 
 @contextmanager

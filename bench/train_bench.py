@@ -11,8 +11,9 @@ clipping as pneumo's workers, using all cores, in fp32 with PyTorch's defaults; 
 with pneumo's fp32 settings (channels-last, the malloc tunables of scaling.worker_env) in a process
 started with them, before and again after pneumo's loops (the host's speed drifts), which isolates
 what pneumo's machinery costs: pneumo's ratio to it is taken against the mean of the two. Steady
-state = the median of the epochs after the first; the whole-run ratio counts every epoch. Utilisation = model FLOPs per image x 3 (forward + backward)
-x images/s over this machine's dense matmul peak in the same precision, measured in the same run.
+state = the median of the epochs after the first; the whole-run ratio counts every epoch.
+Utilisation = model FLOPs per image x 3 (forward + backward) x images/s over this machine's dense
+matmul peak in the same precision, measured in the same run.
 """
 
 from __future__ import annotations

@@ -43,14 +43,21 @@ def split_paths_and_overrides(items: list[str]) -> tuple[list[str], list[str]]:
     return [i for i in items if "=" not in i], [i for i in items if "=" in i]
 
 
-def free_local_port(preferred: int = 0) -> int:
-    """`preferred` when it is free on 127.0.0.1, else any free loopback port (0: any): for the servers
-    tests and benchmarks start. A local Ray's dashboard gets free_dashboard_port."""
+def _free_on_loopback(port: int) -> bool:
+    """Whether `port` can be bound on 127.0.0.1 now."""
     with socket.socket() as probe:
         try:
-            probe.bind(("127.0.0.1", preferred))
+            probe.bind(("127.0.0.1", port))
         except OSError:
-            probe.bind(("127.0.0.1", 0))
+            return False
+        return True
+
+
+def free_local_port() -> int:
+    """A free loopback port picked by the kernel: for the servers tests and benchmarks start. A local
+    Ray's dashboard gets free_dashboard_port."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
 
 
@@ -64,14 +71,8 @@ DASHBOARD_ATTEMPTS = 3  # ray.init tries when the probed port was taken before t
 
 def free_dashboard_port() -> int:
     """DASHBOARD_PORT when free on 127.0.0.1, else a free one of FALLBACK_DASHBOARD_PORTS."""
-    for port in [DASHBOARD_PORT, *random.sample(FALLBACK_DASHBOARD_PORTS, 50)]:
-        with socket.socket() as probe:
-            try:
-                probe.bind(("127.0.0.1", port))
-                return port
-            except OSError:
-                continue
-    return free_local_port()
+    candidates = [DASHBOARD_PORT, *random.sample(FALLBACK_DASHBOARD_PORTS, 50)]
+    return next((port for port in candidates if _free_on_loopback(port)), None) or free_local_port()
 
 
 STATE_TRACKING = "RAY_TRAIN_ENABLE_STATE_TRACKING"  # Ray Train's state actor: the dashboard's Train page

@@ -1,5 +1,6 @@
-"""The maps (Grad-CAM x input gradient): the target layer found from each CNN family, maps of the right shape and range, the
-localization math on hand-made cases, and the Adebayo et al. sanity check on a tiny trained model."""
+"""The maps (Grad-CAM x input gradient): the target layer found from each CNN family, maps of the
+right shape and range, the localization math on hand-made cases, and the Adebayo et al. sanity check
+on a tiny trained model."""
 
 import numpy as np
 import pytest

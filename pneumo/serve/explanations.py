@@ -1,4 +1,5 @@
-"""POST /explain: the prediction of /predict plus its map (Grad-CAM x input gradient, pneumo/evaluation/explain.py).
+"""POST /explain: the prediction of /predict plus its map (Grad-CAM x input gradient,
+pneumo/evaluation/explain.py).
 
 The route in app.py runs the /predict path (same inputs, same refusals, same batched probability)
 and then this module: one Explainer per served version, built on first use, the map computed in a
