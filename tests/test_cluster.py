@@ -177,7 +177,7 @@ def test_two_node_cluster_trains_with_workers_on_both_nodes(tmp_path, synthetic_
     yaml = write_smoke_yaml(tmp_path, synthetic_root, "two-node")
     env = own_ray_env("ray2n")
     finished = subprocess.run(
-        [sys.executable, str(Path(__file__).with_name("two_node_run.py")), str(yaml)],
+        [sys.executable, str(Path(__file__).with_name("two_node_run.py")), str(yaml), str(tmp_path / "result.json")],
         env=env,
         capture_output=True,
         text=True,
@@ -185,7 +185,7 @@ def test_two_node_cluster_trains_with_workers_on_both_nodes(tmp_path, synthetic_
     )
     shutil.rmtree(env["RAY_TMPDIR"], ignore_errors=True)
     assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
-    result = json.loads(finished.stdout.strip().splitlines()[-1])
+    result = json.loads((tmp_path / "result.json").read_text())
     assert result["nodes"] == 2
     assert len(set(result["worker_nodes"])) == 2, "one training worker on each node"
     assert result["epochs_logged"] == [0, 1] and result["status"] == "FINISHED"

@@ -30,7 +30,7 @@ def test_a_taken_default_dashboard_port_falls_back_outside_the_kernels_ephemeral
 
 RACE = textwrap.dedent(
     """
-    import json, os, socket, urllib.error, urllib.request
+    import json, os, pathlib, socket, sys, urllib.error, urllib.request
     import pneumo.cli as cli
 
     taken = socket.socket()
@@ -45,8 +45,8 @@ RACE = textwrap.dedent(
         status = 200
     except urllib.error.HTTPError as error:
         status = error.code
-    print(json.dumps({"taken": taken.getsockname()[1], "url": url, "api": os.environ["RAY_API_SERVER_ADDRESS"],
-                      "status": status}))
+    found = {"taken": taken.getsockname()[1], "url": url, "api": os.environ["RAY_API_SERVER_ADDRESS"], "status": status}
+    pathlib.Path(sys.argv[1]).write_text(json.dumps(found))  # not stdout: Ray's log lines can follow a print
     import ray; ray.shutdown()
     """
 )
@@ -57,9 +57,12 @@ def test_a_dashboard_port_taken_as_ray_starts_restarts_ray_on_another(tmp_path):
     env = {key: value for key, value in os.environ.items() if key not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")}
     script = tmp_path / "race.py"
     script.write_text(RACE)
-    done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=240)
+    result = tmp_path / "result.json"
+    done = subprocess.run(
+        [sys.executable, str(script), str(result)], env=env, capture_output=True, text=True, timeout=240
+    )
     assert done.returncode == 0, done.stderr[-3000:]
-    started = json.loads(done.stdout.strip().splitlines()[-1])
+    started = json.loads(result.read_text())
     assert f"dashboard port {started['taken']} was taken as Ray started" in done.stderr
     assert started["url"] and not started["url"].endswith(f":{started['taken']}")
     assert started["api"] == started["url"], "Ray's processes were told the dashboard the Ray really has"

@@ -1,6 +1,7 @@
 """Run by test_cluster.py in its own process: a two-node Ray cluster on this machine
 (ray.cluster_utils.Cluster), one smoke experiment with workers spread over both nodes, and the
-facts the test checks printed as one JSON line."""
+facts the test checks written as JSON to the file it names (stdout also carries Ray's own log
+lines, which can come after any line this script prints)."""
 
 import json
 import os
@@ -26,7 +27,7 @@ def watch_worker_nodes(found: set, stop: threading.Event) -> None:
         stop.wait(0.5)
 
 
-def main(yaml: str) -> None:
+def main(yaml: str, result_path: str) -> None:
     dashboard_port = free_local_port()
     # as `pneumo run` does for its own Ray: Ray Train's cleaner actor must find this cluster's API server
     os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{dashboard_port}"
@@ -54,7 +55,7 @@ def main(yaml: str) -> None:
         invisible = ""
     except ConfigError as error:
         invisible = str(error)
-    print(
+    Path(result_path).write_text(
         json.dumps(
             {
                 "nodes": len([n for n in ray.nodes() if n["Alive"]]),
@@ -70,4 +71,4 @@ def main(yaml: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], sys.argv[2])
