@@ -52,12 +52,13 @@ def tiny(name: str) -> torch.nn.Module:
 @pytest.mark.parametrize(
     "name, size, layer",
     [
-        ("test_resnet", 160, "layer4"),  # the last stage when its map is large enough
-        ("test_resnet", 48, "layer2"),  # layer4 would be 2x2, layer3 3x3: the deepest map >= 4 px a side
-        ("test_efficientnet", 160, "bn2"),  # the module that makes the final features, after the last stage
-        ("test_convnext", 64, "stages.2"),
-        ("densenet", 160, "features"),
-        ("densenet", 64, "features.denseblock3"),
+        ("test_resnet", 224, "layer4"),  # the last stage when its map is large enough (7x7)
+        ("test_resnet", 128, "layer3"),  # layer4 would be 4x4: the deepest map >= 6 cells a side is 8x8
+        ("test_resnet", 48, "layer2"),  # layer4 2x2, layer3 3x3, layer2 6x6
+        ("test_efficientnet", 224, "bn2"),  # the module that makes the final features, after the last stage
+        ("test_convnext", 64, "stages.1"),
+        ("densenet", 224, "features"),
+        ("densenet", 64, "features.denseblock2"),
         ("vgg", 224, "features"),
     ],
 )
@@ -119,6 +120,23 @@ def test_maps_have_the_input_size_and_lie_in_0_1(trained, films):
     assert maps.min() >= 0 and maps.max() <= 1
     assert all(m.max() in (0.0, pytest.approx(1.0)) for m in maps)  # each scaled to its own peak
     assert np.allclose(Explainer(trained).explain(images[:1])[0], maps[0], atol=1e-5)  # batch-independent
+
+
+def test_one_pass_maps_equal_captums_grad_cam_and_saliency(trained, films):
+    """The maps' two parts come from one backward pass; Captum (the maintained reference) computes each
+    with its own passes and must agree."""
+    from captum.attr import LayerGradCam, Saliency
+
+    explainer = Explainer(trained)
+    inputs = normalize(torch.from_numpy(films[0][:8]), trained.meta.preprocessing_spec).float()
+    with torch.enable_grad():
+        coarse, fine = explainer._gradcam_and_gradient(inputs.clone().requires_grad_(True))
+        layer = explainer.model.get_submodule(explainer.target_layer)
+        expected_coarse = LayerGradCam(explainer.model, layer).attribute(inputs, target=0, relu_attributions=True)
+        expected_fine = Saliency(explainer.model).attribute(inputs.clone(), target=0, abs=False).sum(dim=1)
+    assert coarse.abs().max() > 0 and fine.abs().max() > 0
+    torch.testing.assert_close(coarse, expected_coarse.detach(), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(fine, expected_fine.detach(), rtol=1e-4, atol=1e-6)
 
 
 def test_explaining_leaves_the_served_model_untouched(trained, films):
@@ -209,3 +227,5 @@ def test_randomized_weights_change_the_maps(trained, films):
     assert again == pytest.approx(np.ones(4))
     assert randomized_copy(trained).model is not trained.model
     assert 0 <= scored.pointing_game <= 1 and 0 < scored.area_fraction < 0.5
+    low, high = scored.pointing_game_ci  # Wilson's interval: around the share, inside [0, 1], ~+-0.2 on 24 films
+    assert 0 <= low <= scored.pointing_game <= high <= 1 and 0.1 < high - low < 0.45

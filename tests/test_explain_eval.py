@@ -21,6 +21,7 @@ def test_eval_on_a_synthetic_set_shows_maps_and_scores_them(smoke_run, tmp_path)
     metrics = MlflowClient(smoke_run.cfg.mlflow.tracking_uri).get_run(outcome.mlflow_run_id).data.metrics
     assert metrics["test_cam_pointing_game"] == pytest.approx(found.pointing_game)
     assert metrics["test_cam_area_fraction"] == pytest.approx(found.area_fraction)
+    assert metrics["test_cam_pointing_game_ci_low"] <= found.pointing_game <= metrics["test_cam_pointing_game_ci_high"]
     assert 0 <= found.perfect_map_pointing_game <= 1 and found.target_layer  # a perfect map at the layer's cells
     assert metrics["test_cam_perfect_map_pointing_game"] == pytest.approx(found.perfect_map_pointing_game)
     page = (tmp_path / "report" / "report.html").read_text()

@@ -4,28 +4,31 @@
     maps = explainer.explain(images)                   # uint8 (N, C, H, W) -> float (N, H, W) in [0, 1]
     png = overlay_png(images[0, 0].numpy(), maps[0])   # the film with the map over it
 
-A map is the product of two attributions of the PNEUMONIA logit, both computed by Captum (the PyTorch
-project's attribution library: pure PyTorch, no OpenCV, which pytorch-grad-cam needs and which drags
-libGL into a server image):
-- Grad-CAM (Selvaraju et al. 2017, LayerGradCam) at a convolutional layer: its channels weighed by
-  the logit's gradient, positive part kept. It says *where*, but only at the layer's cells (4x4 at
-  the quickstart's 64 px, 16 px apart), too coarse for small opacities;
-- the input gradient (Saliency), positive part: which pixels, brightened, raise P(pneumonia), at the
-  film's full resolution.
+A map is the product of two attributions of the PNEUMONIA logit:
+- Grad-CAM (Selvaraju et al. 2017) at a convolutional layer: its channels weighed by the logit's
+  gradient averaged over the map, positive part kept. It says *where*, but only at the layer's cells
+  (8x8 at the quickstart's 64 px, 8 px apart);
+- the input gradient, positive part: which pixels, brightened, raise P(pneumonia), at the film's
+  full resolution.
 Their product is Guided Grad-CAM's fusion (same paper) with the plain gradient in place of guided
-backpropagation, whose maps barely depend on the weights (Adebayo et al. 2018). On the quickstart's
-champion the product points into a drawn opacity on 0.669 of the films against Grad-CAM's 0.378, and
-with randomized weights its maps no longer correlate with the trained ones (pneumo.evaluation.
-localization measures both; README, "Are the maps right?"). Both parts show evidence *for* pneumonia:
-a confident NORMAL film can have an empty map.
+backpropagation, whose maps barely depend on the weights (Adebayo et al. 2018). On three quickstart
+champions the product points into a drawn opacity on 0.75-0.84 of the films, and with randomized
+weights its maps no longer correlate with the trained ones (pneumo.evaluation.localization measures
+both; README, "Are the maps right?"). Both parts show evidence *for* pneumonia: a confident NORMAL
+film can have an empty map.
+
+Both come from one forward and one backward pass (`torch.autograd.grad` to the layer's output and to
+the input): Captum's LayerGradCam and Saliency give the same maps (tests/test_explain.py pins that),
+but each runs its own passes, which made /explain 1.6-1.9x slower.
 
 The target layer is found from the model, with forward hooks over `forward_features` (so before
 global pooling): among the ends of timm's feature stages (`feature_info`) and the module that makes
 the final features, the deepest whose output is a spatial (N, C, H, W) map at least MIN_MAP_SIDE
-pixels a side (else the deepest map). No per-name tables: resnet, densenet, efficientnet, vgg and
-convnext all work. At 224 px that is the last stage (7x7 for a ResNet); at 64 px the last stage of a
-ResNet is 2x2, which can only point at a quadrant, so the stage before it (4x4) is taken. Models
-whose features are tokens (ViT) or channels-last (Swin) have no such map and are refused with
+cells a side (else the deepest map). No per-name tables: resnet, densenet, efficientnet, vgg and
+convnext all work. At 224 px that is the last stage (7x7 for a ResNet); at 64 px a ResNet's last
+stages are 2x2 and 4x4, and a 4x4 map peaks at one of 16 cell centres 16 px apart, which misses
+small opacities even when it is perfect, so the 8x8 stage before them is taken. Models whose
+features are tokens (ViT) or channels-last (Swin) have no such map and are refused with
 ExplanationError.
 
 Used by `pneumo eval` (report overlays, localization on synthetic sets) and by the Serve app's /explain.
@@ -40,7 +43,6 @@ import threading
 import numpy as np
 import torch
 import torch.nn.functional as F
-from captum.attr import LayerGradCam, Saliency
 from matplotlib import colormaps
 from PIL import Image
 
@@ -49,7 +51,10 @@ from pneumo.models.checkpoints import LoadedModel
 
 METHOD = "grad-cam x gradient"  # what the maps are, as answers name it
 EXPLAINED_CLASS = "PNEUMONIA"  # the logit whose evidence the maps show
-MIN_MAP_SIDE = 4  # smallest feature map side (pixels) taken as target layer, when a larger one exists
+# Smallest feature-map side (cells) taken as the target layer when a larger map exists. A perfect map
+# (each opacity averaged over the cells) points inside the synthetic set's opacities on 0.52 of the
+# films at 4x4 and on 0.93 at 6x6; 6 keeps a ResNet's 7x7 last stage at 224 px.
+MIN_MAP_SIDE = 6
 COLORMAP = "inferno"  # perceptually ordered: brighter is more evidence
 OVERLAY_ALPHA = 0.5  # heatmap opacity at full evidence in overlay images
 OVERLAY_MIN_SIDE = 320  # overlay images are scaled up to at least this many pixels a side
@@ -134,27 +139,40 @@ def scaled_to_peak(maps: torch.Tensor) -> np.ndarray:
 
 
 class Explainer:
-    """Grad-CAM x gradient maps of one loaded model, on a private copy of it: Captum hooks the target
-    layer while it runs, and those hooks must not fire in forward passes that serve predictions in
-    other threads. Calls are serialized for the same reason."""
+    """Grad-CAM x gradient maps of one loaded model, on a private copy of it: a hook on the target
+    layer records its output while a map is made, and must not fire in forward passes that serve
+    predictions in other threads. Calls are serialized for the same reason."""
 
     def __init__(self, loaded: LoadedModel):
         self.preprocessing = loaded.meta.preprocessing_spec
         self.model = copy.deepcopy(loaded.model).eval()
         spec = self.preprocessing
         self.target_layer, self.map_size = _target_layer_and_map_size(self.model, spec.in_chans, spec.image_size)
-        self._gradcam = LayerGradCam(self.model, self.model.get_submodule(self.target_layer))
-        self._saliency = Saliency(self.model)
+        self._layer = self.model.get_submodule(self.target_layer)
         self._lock = threading.Lock()
 
     def explain(self, images: torch.Tensor) -> np.ndarray:
         """uint8 (N, C, H, W) images at the model's input size -> maps (N, H, W), each scaled to [0, 1]
         (all zeros where neither part holds positive evidence for pneumonia at the same place)."""
-        inputs = normalize(images, self.preprocessing).float()
+        inputs = normalize(images, self.preprocessing).float().requires_grad_(True)
         with self._lock, torch.enable_grad():
-            coarse = self._gradcam.attribute(inputs, target=0, relu_attributions=True).detach()
-            fine = self._saliency.attribute(inputs.clone(), target=0, abs=False).detach().sum(dim=1)
+            coarse, fine = self._gradcam_and_gradient(inputs)
         return scaled_to_peak(_upsampled(coarse, tuple(images.shape[-2:])) * fine.clamp_min(0))
+
+    def _gradcam_and_gradient(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Grad-CAM at the target layer (N, 1, h, w), positive part, and the input gradient summed over
+        channels (N, H, W), of the PNEUMONIA logit. Each film's logit depends on its own input only
+        (eval mode), so one backward pass of their sum gives every film's gradients."""
+        activations: list[torch.Tensor] = []
+        hook = self._layer.register_forward_hook(lambda _module, _inputs, output: activations.append(output))
+        try:
+            logits = self.model(inputs)[:, 0]
+        finally:
+            hook.remove()
+        layer_gradient, input_gradient = torch.autograd.grad(logits.sum(), (activations[-1], inputs))
+        channel_weights = layer_gradient.mean(dim=(2, 3), keepdim=True)
+        coarse = (channel_weights * activations[-1]).sum(dim=1, keepdim=True).clamp_min(0)
+        return coarse.detach(), input_gradient.detach().sum(dim=1)
 
 
 def heatmap_rgba(cam: np.ndarray) -> np.ndarray:

@@ -41,7 +41,7 @@ class Explanation(Prediction):
         description="the map (Grad-CAM x input gradient) as a base64 RGBA PNG at the model's input size: colour "
         "and opacity rise with the evidence; stretch it over the film to overlay"
     )
-    method: str = Field(description=f"{METHOD} (Captum LayerGradCam x Saliency)")
+    method: str = Field(description=f"{METHOD}: Grad-CAM at target_layer times the positive input gradient")
     explained_class: str = Field(description=f"{EXPLAINED_CLASS}: the map shows evidence for it")
     target_layer: str = Field(description="the model layer of the map's Grad-CAM part")
     film_png: str = Field(description="the film as the model saw it (its input size and channels), base64 PNG")

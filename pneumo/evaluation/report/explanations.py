@@ -12,7 +12,7 @@ import torch
 
 from pneumo.evaluation.evaluate import Evaluation, confident_mistakes
 from pneumo.evaluation.explain import METHOD, Explainer, ExplanationError, overlay_image
-from pneumo.evaluation.localization import Localization
+from pneumo.evaluation.localization import CONFIDENCE_LEVEL, Localization
 from pneumo.evaluation.report.html import _figure, _table
 from pneumo.evaluation.report.plots import film_grid, save
 from pneumo.models.checkpoints import LoadedModel
@@ -70,7 +70,7 @@ def localization_table(found: Localization) -> str:
     rows = [
         [
             "pointing game (peak inside an opacity)",
-            f"{found.pointing_game:.3f}",
+            f"{found.pointing_game:.3f} [{found.pointing_game_ci[0]:.3f}, {found.pointing_game_ci[1]:.3f}]",
             f"{found.area_fraction:.3f}",
             f"{found.randomized_pointing_game:.3f}",
         ],
@@ -89,7 +89,8 @@ def localization_table(found: Localization) -> str:
         ],
     ]
     return (
-        f"<p class='note'>{found.n_films} pneumonia films with a drawn opacity. Random baseline: a point or a "
+        f"<p class='note'>{found.n_films} pneumonia films with a drawn opacity; the pointing game with its "
+        f"{CONFIDENCE_LEVEL:.0%} Wilson interval. Random baseline: a point or a "
         "uniform map lands inside the opacities as often as they cover the film (area fraction). Randomized "
         "weights: the same architecture with re-drawn weights (Adebayo et al. 2018); its maps should differ "
         "(low rank correlation) and lose the opacities. A perfect map at the target layer's resolution (each "
