@@ -133,7 +133,8 @@ def test_one_pass_maps_equal_captums_grad_cam_and_saliency(trained, films):
         coarse, fine = explainer._gradcam_and_gradient(inputs.clone().requires_grad_(True))
         layer = explainer.model.get_submodule(explainer.target_layer)
         expected_coarse = LayerGradCam(explainer.model, layer).attribute(inputs, target=0, relu_attributions=True)
-        expected_fine = Saliency(explainer.model).attribute(inputs.clone(), target=0, abs=False).sum(dim=1)
+        saliency = Saliency(explainer.model).attribute(inputs.clone().requires_grad_(True), target=0, abs=False)
+    expected_fine = saliency.sum(dim=1)
     assert coarse.abs().max() > 0 and fine.abs().max() > 0
     torch.testing.assert_close(coarse, expected_coarse.detach(), rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(fine, expected_fine.detach(), rtol=1e-4, atol=1e-6)

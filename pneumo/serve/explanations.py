@@ -81,7 +81,7 @@ class ExplainerCache:
 def explain_image(explainer: Explainer, image: np.ndarray, answer: dict[str, Any], fmt: str) -> dict[str, Any]:
     """The /predict answer plus the map of `image` (uint8 (C, H, W) at the model's input). Blocking:
     run it in a worker thread."""
-    cam = explainer.explain(torch.from_numpy(image[None]))[0]
+    cam = explainer.explain(torch.as_tensor(np.array(image[None])))[0]  # decoded arrays are read-only
     explained = {
         **answer,
         "heatmap_png": base64.b64encode(heatmap_png(cam)).decode(),
