@@ -19,7 +19,7 @@ film can have an empty map.
 
 Both come from one forward and one backward pass (`torch.autograd.grad` to the layer's output and to
 the input): Captum's LayerGradCam and Saliency give the same maps (tests/test_explain.py pins that),
-but each runs its own passes, which made /explain 1.6-1.9x slower.
+but each runs its own passes, which made a map 1.6-1.9x slower.
 
 The target layer is found from the model, with forward hooks over `forward_features` (so before
 global pooling): among the ends of timm's feature stages (`feature_info`) and the module that makes

@@ -57,11 +57,12 @@ class Localization:
     def summary(self) -> str:
         """What `pneumo eval` prints."""
         height, width = self.map_size
+        low, high = self.pointing_game_ci
         return (
             f"{METHOD} at {self.target_layer} ({height}x{width}) on {self.n_films} pneumonia films with drawn "
             f"opacities (random baseline = area fraction {self.area_fraction:.3f}):\n  pointing game "
-            f"{self.pointing_game:.3f} [{self.pointing_game_ci[0]:.3f}, {self.pointing_game_ci[1]:.3f}] (Grad-CAM's ceiling, a perfect {height}x{width} map: "
-            f"{self.perfect_map_pointing_game:.3f})  mass inside "
+            f"{self.pointing_game:.3f} [{low:.3f}, {high:.3f}] (Grad-CAM's ceiling, a perfect {height}x{width} "
+            f"map: {self.perfect_map_pointing_game:.3f})  mass inside "
             f"{self.mass_inside:.3f}"
             f"\n  randomized weights: pointing game {self.randomized_pointing_game:.3f}, rank correlation with the "
             f"trained maps {self.randomized_rank_correlation:.3f}"
