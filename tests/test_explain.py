@@ -130,7 +130,7 @@ def test_one_pass_maps_equal_captums_grad_cam_and_saliency(trained, films):
     explainer = Explainer(trained)
     inputs = normalize(torch.from_numpy(films[0][:8]), trained.meta.preprocessing_spec).float()
     with torch.enable_grad():
-        coarse, fine = explainer._gradcam_and_gradient(inputs.clone().requires_grad_(True))
+        coarse, fine = explainer._gradcam_and_gradient(inputs)
         layer = explainer.model.get_submodule(explainer.target_layer)
         expected_coarse = LayerGradCam(explainer.model, layer).attribute(inputs, target=0, relu_attributions=True)
         saliency = Saliency(explainer.model).attribute(inputs.clone().requires_grad_(True), target=0, abs=False)

@@ -11,11 +11,10 @@ A map is the product of two attributions of the PNEUMONIA logit:
 - the input gradient, positive part: which pixels, brightened, raise P(pneumonia), at the film's
   full resolution.
 Their product is Guided Grad-CAM's fusion (same paper) with the plain gradient in place of guided
-backpropagation, whose maps barely depend on the weights (Adebayo et al. 2018). On three quickstart
-champions the product points into a drawn opacity on 0.75-0.84 of the films, and with randomized
-weights its maps no longer correlate with the trained ones (pneumo.evaluation.localization measures
-both; README, "Are the maps right?"). Both parts show evidence *for* pneumonia: a confident NORMAL
-film can have an empty map.
+backpropagation, whose maps barely depend on the weights (Adebayo et al. 2018). How often the
+product points into a drawn opacity, and whether randomized weights change it, is measured by
+pneumo.evaluation.localization (figures: README, "Are the maps right?"). Both parts show evidence
+*for* pneumonia: a confident NORMAL film can have an empty map.
 
 Both come from one forward and one backward pass (`torch.autograd.grad` to the layer's output and to
 the input): Captum's LayerGradCam and Saliency give the same maps (tests/test_explain.py pins that),
@@ -154,15 +153,16 @@ class Explainer:
     def explain(self, images: torch.Tensor) -> np.ndarray:
         """uint8 (N, C, H, W) images at the model's input size -> maps (N, H, W), each scaled to [0, 1]
         (all zeros where neither part holds positive evidence for pneumonia at the same place)."""
-        inputs = normalize(images, self.preprocessing).float().requires_grad_(True)
+        inputs = normalize(images, self.preprocessing).float()
         with self._lock, torch.enable_grad():
             coarse, fine = self._gradcam_and_gradient(inputs)
         return scaled_to_peak(_upsampled(coarse, tuple(images.shape[-2:])) * fine.clamp_min(0))
 
     def _gradcam_and_gradient(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Grad-CAM at the target layer (N, 1, h, w), positive part, and the input gradient summed over
-        channels (N, H, W), of the PNEUMONIA logit. Each film's logit depends on its own input only
+        channels (N, H, W), of the PNEUMONIA logit, for normalized inputs. Each film's logit depends on its own input only
         (eval mode), so one backward pass of their sum gives every film's gradients."""
+        inputs = inputs.detach().requires_grad_(True)
         activations: list[torch.Tensor] = []
         hook = self._layer.register_forward_hook(lambda _module, _inputs, output: activations.append(output))
         try:

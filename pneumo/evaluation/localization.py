@@ -54,14 +54,18 @@ class Localization:
     randomized_rank_correlation: float  # median Spearman correlation, trained vs randomized-weights maps
     randomized_pointing_game: float  # pointing game of the randomized-weights maps
 
+    def pointing_game_text(self) -> str:
+        """The pointing game and its interval, as the summary and the report show them."""
+        low, high = self.pointing_game_ci
+        return f"{self.pointing_game:.3f} [{low:.3f}, {high:.3f}]"
+
     def summary(self) -> str:
         """What `pneumo eval` prints."""
         height, width = self.map_size
-        low, high = self.pointing_game_ci
         return (
             f"{METHOD} at {self.target_layer} ({height}x{width}) on {self.n_films} pneumonia films with drawn "
             f"opacities (random baseline = area fraction {self.area_fraction:.3f}):\n  pointing game "
-            f"{self.pointing_game:.3f} [{low:.3f}, {high:.3f}] (Grad-CAM's ceiling, a perfect {height}x{width} "
+            f"{self.pointing_game_text()} (Grad-CAM's ceiling, a perfect {height}x{width} "
             f"map: {self.perfect_map_pointing_game:.3f})  mass inside "
             f"{self.mass_inside:.3f}"
             f"\n  randomized weights: pointing game {self.randomized_pointing_game:.3f}, rank correlation with the "

@@ -70,7 +70,7 @@ def localization_table(found: Localization) -> str:
     rows = [
         [
             "pointing game (peak inside an opacity)",
-            f"{found.pointing_game:.3f} [{found.pointing_game_ci[0]:.3f}, {found.pointing_game_ci[1]:.3f}]",
+            found.pointing_game_text(),
             f"{found.area_fraction:.3f}",
             f"{found.randomized_pointing_game:.3f}",
         ],
