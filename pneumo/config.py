@@ -96,6 +96,7 @@ class ModelConfig:
     weights_path: Optional[str] = None  # local .safetensors/.pth/.bin weights, for offline clusters
     in_chans: int = 1  # 1: grayscale films; pretrained RGB stems are summed to one channel
     drop_rate: float = 0.0  # dropout before the classifier
+    global_pool: Optional[str] = None  # head pooling (timm): avg | max | avgmax | catavgmax; None: the model's own
 
 
 @dataclass

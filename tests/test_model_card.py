@@ -37,7 +37,7 @@ RUN_METRICS = {
     "data.test.PNEUMONIA": 124,
 }
 META = {
-    "model": {"name": "resnet10t"},
+    "model": {"name": "resnet10t", "global_pool": "max"},
     "preprocessing": {"image_size": 64},
     "decision_threshold": 0.2731,
     "temperature": 1.52,
@@ -70,7 +70,7 @@ def registered_description(tmp_path, mlflow_uri, synthetic: bool) -> str:
 
 def test_the_registered_version_carries_a_model_card(tmp_path, mlflow_uri):
     card = registered_description(tmp_path, mlflow_uri, synthetic=True)
-    assert "**resnet10t** at 64 px" in card and "Not for diagnostic use" in card
+    assert "**resnet10t** (max-pooled head) at 64 px" in card and "Not for diagnostic use" in card
     assert "fingerprint `f1ng3rpr1nt`" in card
     assert "- train: 969 films (268 NORMAL, 701 PNEUMONIA)" in card and "- test: 174 films" in card
     assert "**Trained on synthetic films**" in card

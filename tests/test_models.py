@@ -68,6 +68,21 @@ def test_forward_backward_gives_one_logit(name):
     assert out.shape == (2, 1)
 
 
+def test_global_pool_max_scores_the_strongest_cell_and_survives_a_checkpoint(tmp_path):
+    """model.global_pool reaches timm: a max-pooled head reads each channel's strongest cell, and the
+    checkpoint rebuilds the same head (its config travels in pneumo.json)."""
+    cfg = ModelConfig(name="test_resnet", global_pool="max")
+    model = create_model(cfg).eval()
+    x = torch.randn(2, 1, 32, 32)
+    features = model.forward_features(x)
+    assert torch.equal(model.forward_head(features, pre_logits=True), features.amax(dim=(2, 3)))
+    meta = CheckpointMeta(model=cfg.__dict__, preprocessing=resolve_preprocessing(model, 1, 32).to_dict())
+    loaded = load_checkpoint(save_checkpoint(tmp_path / "ckpt", model, meta))
+    assert torch.equal(loaded.model(x), model(x))
+    with pytest.raises(ConfigError, match="model.global_pool='median': test_resnet refuses it"):
+        create_model(ModelConfig(name="test_resnet", global_pool="median"))
+
+
 def test_checkpoint_round_trip_without_pickle(tmp_path):
     model = create_model(ModelConfig(name="test_resnet")).eval()
     spec = resolve_preprocessing(model, 1, 32)

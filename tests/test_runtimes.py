@@ -28,10 +28,10 @@ IMAGE_SIZE = 32
 TOLERANCE = {"torch": 0.0, "onnxruntime": 1e-5, "openvino": 1e-5}  # |P| difference; every runtime computes fp32
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
+@pytest.fixture(scope="module", params=[None, "max"], ids=["model's pooling", "global_pool max"])
+def checkpoint(tmp_path_factory, request):
     torch.manual_seed(0)
-    cfg = ModelConfig(name="test_resnet", in_chans=1)
+    cfg = ModelConfig(name="test_resnet", in_chans=1, global_pool=request.param)
     model = create_model(cfg)
     spec = resolve_preprocessing(model, in_chans=1, image_size=IMAGE_SIZE)
     meta = CheckpointMeta(model=cfg.__dict__, preprocessing=spec.to_dict(), temperature=1.7, logit_bias=-0.4)

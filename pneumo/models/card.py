@@ -121,10 +121,13 @@ def model_card(
     cfg: ExperimentConfig, run_metrics: dict[str, float], meta: Optional[dict[str, Any]], fingerprint: str
 ) -> str:
     """The Markdown card; `run_metrics` are the training run's logged metrics, `meta` its pneumo.json."""
-    architecture = (meta or {}).get("model", {}).get("name", cfg.model.name)
+    model = (meta or {}).get("model", {})
+    architecture = f"**{model.get('name', cfg.model.name)}**"
+    if model.get("global_pool"):
+        architecture += f" ({model['global_pool']}-pooled head)"
     size = (meta or {}).get("preprocessing", {}).get("image_size")
     lines = [
-        f"**{architecture}**" + (f" at {size} px" if size else "") + f", experiment `{cfg.name}`. "
+        architecture + (f" at {size} px" if size else "") + f", experiment `{cfg.name}`. "
         "**Not for diagnostic use.**",
         "",
     ]

@@ -32,14 +32,21 @@ def create_model(cfg: ModelConfig) -> torch.nn.Module:
     if cfg.weights_path:
         require_weights_file(cfg)
         overlay = {"file": str(Path(cfg.weights_path).resolve()), "hf_hub_id": None, "url": None}
-    return timm.create_model(
-        cfg.name,
-        pretrained=cfg.pretrained or overlay is not None,
-        pretrained_cfg_overlay=overlay,
-        num_classes=NUM_OUTPUTS,
-        in_chans=cfg.in_chans,
-        drop_rate=cfg.drop_rate,
-    )
+    pooling = {} if cfg.global_pool is None else {"global_pool": cfg.global_pool}
+    try:
+        return timm.create_model(
+            cfg.name,
+            pretrained=cfg.pretrained or overlay is not None,
+            pretrained_cfg_overlay=overlay,
+            num_classes=NUM_OUTPUTS,
+            in_chans=cfg.in_chans,
+            drop_rate=cfg.drop_rate,
+            **pooling,
+        )
+    except (AssertionError, TypeError) as error:  # timm's refusal: an unknown pool type, or a model without the argument
+        if not pooling:
+            raise
+        raise ConfigError(f"model.global_pool={cfg.global_pool!r}: {cfg.name} refuses it ({error})") from None
 
 
 def require_weights_file(cfg: ModelConfig) -> None:
