@@ -127,8 +127,7 @@ def model_card(
         architecture += f" ({model['global_pool']}-pooled head)"
     size = (meta or {}).get("preprocessing", {}).get("image_size")
     lines = [
-        architecture + (f" at {size} px" if size else "") + f", experiment `{cfg.name}`. "
-        "**Not for diagnostic use.**",
+        architecture + (f" at {size} px" if size else "") + f", experiment `{cfg.name}`. **Not for diagnostic use.**",
         "",
     ]
     lines += _data_section(cfg, run_metrics, fingerprint)

@@ -43,7 +43,7 @@ def create_model(cfg: ModelConfig) -> torch.nn.Module:
             drop_rate=cfg.drop_rate,
             **pooling,
         )
-    except (AssertionError, TypeError) as error:  # timm's refusal: an unknown pool type, or a model without the argument
+    except (AssertionError, TypeError) as error:  # timm refuses an unknown pool type or the argument itself
         if not pooling:
             raise
         raise ConfigError(f"model.global_pool={cfg.global_pool!r}: {cfg.name} refuses it ({error})") from None
