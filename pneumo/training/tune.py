@@ -31,6 +31,7 @@ from mlflow.tracking import MlflowClient
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from pneumo.config import ConfigError, ExperimentConfig, from_dict, improves, to_dict, with_updates
 from pneumo.data.dataset import PreparedData
@@ -247,6 +248,19 @@ class SearchOutcome:
     n_stopped_early: int
 
 
+def build_searcher(cfg: ExperimentConfig):
+    """The search algorithm, seeded by train.seed: the same experiment draws the same trials.
+
+    Tune's default random searcher is unseeded: each run of one YAML drew other learning rates and
+    so registered another champion. The random searcher limits concurrency itself; Optuna's gets
+    Tune's ConcurrencyLimiter from max_concurrent_trials."""
+    if cfg.tune.searcher == "optuna":
+        from ray.tune.search.optuna import OptunaSearch
+
+        return OptunaSearch(seed=cfg.train.seed)
+    return BasicVariantGenerator(max_concurrent=cfg.tune.max_concurrent_trials, random_state=cfg.train.seed)
+
+
 def _build_tuner(cfg: ExperimentConfig, trainable, search_name: str, watcher: SearchWatcher) -> tune.Tuner:
     epochs = cfg.train.epochs
     scheduler = (
@@ -256,11 +270,6 @@ def _build_tuner(cfg: ExperimentConfig, trainable, search_name: str, watcher: Se
         if cfg.tune.scheduler == "asha"
         else FIFOScheduler()
     )
-    search_alg = None
-    if cfg.tune.searcher == "optuna":
-        from ray.tune.search.optuna import OptunaSearch
-
-        search_alg = OptunaSearch(seed=cfg.train.seed)
     return tune.Tuner(
         trainable,
         param_space=build_search_space(cfg.tune.search_space),
@@ -268,9 +277,9 @@ def _build_tuner(cfg: ExperimentConfig, trainable, search_name: str, watcher: Se
             metric=cfg.tune.metric,
             mode=cfg.tune.mode,
             scheduler=scheduler,
-            search_alg=search_alg,
+            search_alg=build_searcher(cfg),
             num_samples=cfg.tune.num_samples,
-            max_concurrent_trials=cfg.tune.max_concurrent_trials,
+            max_concurrent_trials=None if cfg.tune.searcher == "random" else cfg.tune.max_concurrent_trials,
             time_budget_s=cfg.tune.time_budget_s,
         ),
         # Tune's status tables and trial boxes go to the run's log (progress.watch_run); the table is ours
