@@ -1,9 +1,8 @@
 """The search space: each YAML distribution becomes the Ray Tune domain it names; bad specs name the key; the
 searcher is seeded by train.seed."""
 
-from pathlib import Path
-
 import pytest
+from conftest import QUICKSTART
 from ray.tune.search.sample import Categorical, Float, Integer, LogUniform, Uniform
 
 from pneumo.config import ConfigError, load_config
@@ -41,7 +40,7 @@ def drawn_learning_rates(tmp_path, seed: int) -> list[float]:
     """The learning rates a 4-trial random search of the quickstart's space draws, through a real Tune run."""
     from ray import tune
 
-    cfg = load_config([Path("experiments/quickstart.yaml")], [f"train.seed={seed}", "tune.num_samples=4"])
+    cfg = load_config([QUICKSTART], [f"train.seed={seed}", "tune.num_samples=4"])
     tuner = tune.Tuner(
         lambda config: tune.report({"lr": config["train.lr"]}),
         param_space=build_search_space(cfg.tune.search_space),

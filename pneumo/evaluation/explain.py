@@ -160,8 +160,8 @@ class Explainer:
 
     def _gradcam_and_gradient(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Grad-CAM at the target layer (N, 1, h, w), positive part, and the input gradient summed over
-        channels (N, H, W), of the PNEUMONIA logit, for normalized inputs. Each film's logit depends on its own input only
-        (eval mode), so one backward pass of their sum gives every film's gradients."""
+        channels (N, H, W), of the PNEUMONIA logit, for normalized inputs. Each film's logit depends on
+        its own input only (eval mode), so one backward pass of their sum gives every film's gradients."""
         inputs = inputs.detach().requires_grad_(True)
         activations: list[torch.Tensor] = []
         hook = self._layer.register_forward_hook(lambda _module, _inputs, output: activations.append(output))

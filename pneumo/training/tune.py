@@ -31,6 +31,7 @@ from mlflow.tracking import MlflowClient
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from pneumo.config import ConfigError, ExperimentConfig, from_dict, improves, to_dict, with_updates
@@ -252,12 +253,12 @@ def build_searcher(cfg: ExperimentConfig):
     """The search algorithm, seeded by train.seed: the same experiment draws the same trials.
 
     Tune's default random searcher is unseeded: each run of one YAML drew other learning rates and
-    so registered another champion. The random searcher limits concurrency itself; Optuna's gets
-    Tune's ConcurrencyLimiter from max_concurrent_trials."""
+    so registered another champion. Both searchers also bound the trials at once
+    (tune.max_concurrent_trials) here, so Tune's own setting of it stays unset."""
     if cfg.tune.searcher == "optuna":
         from ray.tune.search.optuna import OptunaSearch
 
-        return OptunaSearch(seed=cfg.train.seed)
+        return ConcurrencyLimiter(OptunaSearch(seed=cfg.train.seed), max_concurrent=cfg.tune.max_concurrent_trials)
     return BasicVariantGenerator(max_concurrent=cfg.tune.max_concurrent_trials, random_state=cfg.train.seed)
 
 
@@ -279,7 +280,6 @@ def _build_tuner(cfg: ExperimentConfig, trainable, search_name: str, watcher: Se
             scheduler=scheduler,
             search_alg=build_searcher(cfg),
             num_samples=cfg.tune.num_samples,
-            max_concurrent_trials=None if cfg.tune.searcher == "random" else cfg.tune.max_concurrent_trials,
             time_budget_s=cfg.tune.time_budget_s,
         ),
         # Tune's status tables and trial boxes go to the run's log (progress.watch_run); the table is ours
