@@ -24,7 +24,16 @@ import ray.train
 import ray.train.torch
 import torch
 import torch.distributed as dist
-from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig, UserCallback
+from ray.data import ExecutionOptions
+from ray.train import (
+    CheckpointConfig,
+    DataConfig,
+    FailureConfig,
+    LoggingConfig,
+    RunConfig,
+    ScalingConfig,
+    UserCallback,
+)
 from ray.train.torch import TorchTrainer
 from ray.util.queue import Queue
 
@@ -369,7 +378,19 @@ def build_trainer(
             worker_runtime_env={"env_vars": dict(cfg.scaling.worker_env)},  # read at process start (malloc)
         ),
         datasets=data.training_datasets,
+        dataset_config=DataConfig(execution_options=ordered_ingest_options()),
     )
+
+
+def ordered_ingest_options() -> ExecutionOptions:
+    """Ray Data's ingest options with the order of blocks kept, so that the streaming split hands each worker
+    the same films in the same order on every run: the same seed trains the same model. Ray Train reads its
+    defaults from the DataContext of the process that builds the trainer, which in a Tune trial is not the
+    driver's (where `pneumo run` sets preserve_order), and blocks then reach the workers as tasks finish.
+    The cost: the split ignores locality hints, so on a cluster a worker may read blocks from another node."""
+    options = DataConfig.default_ingest_options()
+    options.preserve_order = True
+    return options
 
 
 def storage_path(cfg: ExperimentConfig) -> str:
