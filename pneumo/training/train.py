@@ -24,7 +24,7 @@ import ray.train
 import ray.train.torch
 import torch
 import torch.distributed as dist
-from ray.data import ExecutionOptions
+from ray.data import ExecutionOptions, RandomSeedConfig
 from ray.train import (
     CheckpointConfig,
     DataConfig,
@@ -377,14 +377,22 @@ def build_trainer(
             logging_config=LoggingConfig(log_level="WARNING"),  # progress comes from EpochLogger
             worker_runtime_env={"env_vars": dict(cfg.scaling.worker_env)},  # read at process start (malloc)
         ),
-        datasets=data.training_datasets,
+        datasets=seeded_datasets(data, cfg.train.seed),
         dataset_config=DataConfig(execution_options=ordered_ingest_options()),
     )
 
 
+def seeded_datasets(data: PreparedData, seed: int) -> dict[str, ray.data.Dataset]:
+    """The train split with its blocks in a new order each epoch, drawn from `seed` (Ray Data reseeds each
+    execution of the dataset, and the streaming split runs it once per epoch): each worker gets other films
+    every epoch, as with a DistributedSampler's set_epoch, and the same ones on every run of one seed."""
+    train = data.training_datasets["train"].randomize_block_order(seed=RandomSeedConfig(seed=seed))
+    return {**data.training_datasets, "train": train}
+
+
 def ordered_ingest_options() -> ExecutionOptions:
     """Ray Data's ingest options with the order of blocks kept, so that the streaming split hands each worker
-    the same films in the same order on every run: the same seed trains the same model. Ray Train reads its
+    the same blocks in the same order on every run: the same seed trains the same model. Ray Train reads its
     defaults from the DataContext of the process that builds the trainer, which in a Tune trial is not the
     driver's (where `pneumo run` sets preserve_order), and blocks then reach the workers as tasks finish.
     The cost: the split ignores locality hints, so on a cluster a worker may read blocks from another node."""
