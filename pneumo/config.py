@@ -110,7 +110,7 @@ class TrainConfig:
     warmup_epochs: float = 0.5  # linear warmup length, epochs (fractions allowed)
     grad_clip_norm: float = 1.0  # max global gradient norm; 0 disables clipping
     class_weighting: str = "balanced"  # balanced: weight positives by negatives/positives; none
-    seed: int = 0  # seeds weights, augmentation, batch order and the trials a search draws
+    seed: int = 0  # seeds weights, augmentation, batch order and the trials a search draws: one seed, one model
     precision: str = (
         "auto"  # fp32 | bf16 | fp16 (with loss scaling) | auto (bf16 autocast where the GPU/CPU has native bf16)
     )

@@ -64,24 +64,22 @@ def test_a_corrupted_registered_model_is_named_by_readyz_eval_and_serve(
     serve.delete("corrupt")
 
     env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}  # join, do not start one
-    served = subprocess.run(
-        [sys.executable, "-m", "pneumo.cli", "serve", uri, "--config", str(yaml)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    evaluated = subprocess.run(
-        [sys.executable, "-m", "pneumo.cli", "eval", uri, str(synthetic_root), "--config", str(yaml)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    for finished in (served, evaluated):
-        assert finished.returncode == 1 and "Traceback" not in finished.stderr, finished.stderr[-2000:]
+    commands = (["serve", uri], ["eval", uri, str(synthetic_root)])  # both at once: each waits on its imports
+    loaders = [
+        subprocess.Popen(
+            [sys.executable, "-m", "pneumo.cli", *command, "--config", str(yaml)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for command in commands
+    ]
+    for loader in loaders:
+        stderr = loader.communicate(timeout=300)[1]
+        assert loader.returncode == 1 and "Traceback" not in stderr, stderr[-2000:]
         # found among the lines, not taken as the last: Ray's forwarded log lines may come after it
-        (error,) = [line for line in finished.stderr.splitlines() if line.startswith("pneumo: model error: ")]
+        (error,) = [line for line in stderr.splitlines() if line.startswith("pneumo: model error: ")]
         assert f"{part} is corrupted" in error, error
 
 

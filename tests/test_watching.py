@@ -25,12 +25,12 @@ from pneumo.config import load_config
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
 TRAIN_RUNS_API = "/api/train/v2/runs/v1"  # ray/dashboard/modules/train/train_head.py
-# three trials in turn: one that trains, one whose config fails inside the trial, one that trains
+# two trials in turn: one that trains, then one whose config fails inside the trial
 SEARCH = """\
 tune:
   num_samples: 1
   search_space:
-    train.optimizer: {grid: [adamw, nadam, sgd]}
+    train.optimizer: {grid: [adamw, nadam]}
 """
 OVERRIDES = [
     "train.epochs=2",
@@ -144,7 +144,7 @@ def test_terminal_shows_the_table_and_the_log_keeps_ray(watched):
     assert "ray get-auth-token" in run.line_starting("dashboard:")
     assert re.search(r"^\w+_00000 epoch 2/2  val_auroc \d\.\d{4}  best \d\.\d{4}", out, re.M)
     assert re.search(r"^\w+_00001 failed: .*ConfigError.*train\.optimizer.*\(full log: .*\.log\)$", out, re.M)
-    assert re.search(r"^\| \w+_00002 +\| completed +\| +2/2 \|", out, re.M), "the final table"
+    assert re.search(r"^\| \w+_00000 +\| completed +\| +2/2 \|", out, re.M), "the final table"
     assert "test metrics" in out and "mlflow run:" in out
     log_text = log.read_text()
     for noise in ("Trial status", "(TrainController pid=", "Configuration for experiment"):
@@ -162,29 +162,27 @@ def test_mlflow_follows_the_search_live_and_closes_each_trial_when_it_ends(watch
 
     parent = client.get_run(parent_run.info.run_id)
     assert parent.info.status == "FINISHED"
-    assert parent.data.tags["pneumo.search_progress"] == "3 started, 2 completed, 1 failed"
+    assert parent.data.tags["pneumo.search_progress"] == "2 started, 1 completed, 1 failed"
     started = [m.value for m in client.get_metric_history(parent.info.run_id, "trials_started")]
-    assert sorted(started) == started and started[-1] == 3
+    assert sorted(started) == started and started[-1] == 2
     best = client.get_metric_history(parent.info.run_id, "best_val_auroc")
     values = [m.value for m in sorted(best, key=lambda m: m.step)]
-    assert len(values) >= 5 and values == sorted(values), "best so far: one step per epoch reported, never worse"
+    assert len(values) >= cfg.train.epochs and values == sorted(values), "best so far: a step per result, never worse"
 
     children = sorted(
         client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'"),
         key=lambda child: child.data.tags["pneumo.trial_id"],
     )
-    assert [c.data.tags["pneumo.trial_state"] for c in children][0::2] == ["completed", "completed"]
-    failed = children[1]
+    trained, failed = children
+    assert trained.data.tags["pneumo.trial_state"] == "completed"
     assert failed.info.status == "FAILED" and failed.data.tags["pneumo.trial_state"].startswith("failed: ")
     assert "train.optimizer" in failed.data.tags["pneumo.trial_state"]
-    first, last = children[0], children[2]
-    assert first.info.status == "FINISHED" and first.info.end_time <= last.info.start_time, (
+    assert trained.info.status == "FINISHED" and trained.info.end_time <= failed.info.start_time, (
         "the first trial's run ended when the trial did, not with the search"
     )
-    for trained in (first, last):
-        metrics = trained.data.metrics
-        assert metrics["system/cpu_utilization_percentage"] >= 0 and metrics["system/system_memory_usage_megabytes"] > 0
-        assert len(client.get_metric_history(trained.info.run_id, "system/cpu_utilization_percentage")) >= 2
+    metrics = trained.data.metrics
+    assert metrics["system/cpu_utilization_percentage"] >= 0 and metrics["system/system_memory_usage_megabytes"] > 0
+    assert len(client.get_metric_history(trained.info.run_id, "system/cpu_utilization_percentage")) >= 2
 
 
 def test_dashboard_train_api_lists_each_trials_training_run(watched):

@@ -396,9 +396,7 @@ def ordered_ingest_options() -> ExecutionOptions:
     defaults from the DataContext of the process that builds the trainer, which in a Tune trial is not the
     driver's (where `pneumo run` sets preserve_order), and blocks then reach the workers as tasks finish.
     The cost: the split ignores locality hints, so on a cluster a worker may read blocks from another node."""
-    options = DataConfig.default_ingest_options()
-    options.preserve_order = True
-    return options
+    return ExecutionOptions(preserve_order=True)  # Ray's defaults otherwise (its own copy warns of a deprecation)
 
 
 def storage_path(cfg: ExperimentConfig) -> str:
