@@ -394,7 +394,7 @@ def ordered_ingest_options() -> ExecutionOptions:
     """Ray Data's ingest options with the order of blocks kept, so that the streaming split hands each worker
     the same blocks in the same order on every run: the same seed trains the same model. Ray Train reads its
     defaults from the DataContext of the process that builds the trainer, which in a Tune trial is not the
-    driver's (where `pneumo run` sets preserve_order), and blocks then reach the workers as tasks finish.
+    driver's (where `pneumo run` sets preserve_order); without it the split hands out blocks as they come.
     The cost: the split ignores locality hints, so on a cluster a worker may read blocks from another node."""
     return ExecutionOptions(preserve_order=True)  # Ray's defaults otherwise (its own copy warns of a deprecation)
 
