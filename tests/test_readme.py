@@ -366,5 +366,8 @@ def test_harness_changes_only_sizes_ports_and_placeholders(tmp_path):
         mapped("python -m bench.serve_bench --duration-s 20 --concurrency 1 8 32")
         == "python -m bench.serve_bench --duration-s 1 --concurrency 1 --image-size 48"
     )
+    assert mapped("python -m bench.maps_bench --other-seeds 1 2 3 4") == (
+        "python -m bench.maps_bench --other-seeds 1 --target 0 --override " + " ".join(RUN_SIZES)
+    ), "several config overrides: one option, its values in turn"
     assert mapped("pneumo data inspect data/synthetic-chest-xray") == "pneumo data inspect data/synthetic-chest-xray"
     assert mapped("ray job logs SUBMISSION_ID") == "ray job logs SUBMISSION_ID", "unknown until a job was submitted"

@@ -24,7 +24,7 @@ import ray.train
 import ray.train.torch
 import torch
 import torch.distributed as dist
-from ray.data import ExecutionOptions, RandomSeedConfig
+from ray.data import ExecutionOptions
 from ray.train import (
     CheckpointConfig,
     DataConfig,
@@ -377,17 +377,9 @@ def build_trainer(
             logging_config=LoggingConfig(log_level="WARNING"),  # progress comes from EpochLogger
             worker_runtime_env={"env_vars": dict(cfg.scaling.worker_env)},  # read at process start (malloc)
         ),
-        datasets=seeded_datasets(data, cfg.train.seed),
+        datasets=data.training_datasets,
         dataset_config=DataConfig(execution_options=ordered_ingest_options()),
     )
-
-
-def seeded_datasets(data: PreparedData, seed: int) -> dict[str, ray.data.Dataset]:
-    """The train split with its blocks in a new order each epoch, drawn from `seed` (Ray Data reseeds each
-    execution of the dataset, and the streaming split runs it once per epoch): each worker gets other films
-    every epoch, as with a DistributedSampler's set_epoch, and the same ones on every run of one seed."""
-    train = data.training_datasets["train"].randomize_block_order(seed=RandomSeedConfig(seed=seed))
-    return {**data.training_datasets, "train": train}
 
 
 def ordered_ingest_options() -> ExecutionOptions:
