@@ -55,7 +55,7 @@ def run_quickstart(work: Path, seed: Optional[int], extra_overrides: list[str]) 
     return {
         "seed": "as shipped" if seed is None else seed,
         "test_auroc": round(metrics["test_auroc"], 4),
-        "pointing_game": round(metrics["test_cam_pointing_game"], 3),
+        "pointing_game": metrics["test_cam_pointing_game"],  # judged unrounded: 0.7996 is below 0.8
         "pointing_game_ci": [round(metrics[f"test_cam_pointing_game_ci_{end}"], 3) for end in ("low", "high")],
         "mass_inside": round(metrics["test_cam_mass_inside"], 3),
         "area_fraction": round(metrics["test_cam_area_fraction"], 3),
