@@ -241,8 +241,8 @@ class ServeConfig:
     port: int = 8000  # HTTP port
     num_replicas: int = 1  # fixed replicas (ignored when autoscaling)
     autoscaling: bool = False  # scale replicas between min_replicas and max_replicas on load
-    min_replicas: int = 1
-    max_replicas: int = 2
+    min_replicas: int = 1  # fewest replicas when autoscaling
+    max_replicas: int = 2  # most replicas when autoscaling
     cpus_per_replica: float = 0.5  # Ray CPUs reserved per replica
     torch_threads: int = 1  # intra-op threads per replica; replicas x threads <= cores
     max_batch_size: int = 16  # dynamic batch across concurrent requests
