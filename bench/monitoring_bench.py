@@ -144,14 +144,14 @@ def main(argv: list[str] | None = None) -> dict:
     started = time.time()
     from pneumo.cli import init_ray
     from pneumo.data.dataset import prepare_data
-    from pneumo.models.uri import fetch_model
+    from pneumo.registry.uri import fetch_model
     from pneumo.tracking import resolve_tracking_uri
 
     cfg = load_config([args.config])
     loaded = fetch_model(args.model, resolve_tracking_uri(cfg.mlflow)).loaded
     spec = loaded.meta.preprocessing_spec
     init_ray()
-    data = prepare_data(cfg.data, spec, cfg.serve.max_image_pixels)
+    data = prepare_data(cfg.data, spec)
     train, val, test = (observe_dataset(loaded, data.datasets[split]) for split in ("train", "val", "test"))
     profile = profile_of(loaded) or build_profile(train, val)
     repeated = Observations.concat([train] * (5000 // len(train) + 1)).take(np.arange(5000))

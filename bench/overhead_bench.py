@@ -84,6 +84,7 @@ BEFORE_FIRST_STEP = (
 AFTER_LAST_STEP = (
     ("last checkpoint + report + Train shutdown", "training_returned"),
     ("evaluation on test", "evaluated"),
+    ("ONNX export + parity check", "exported"),
     ("monitoring profile", "profiled"),
     ("Grad-CAM localization", "localized"),
     ("log + register the model", "registered"),

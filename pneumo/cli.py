@@ -212,7 +212,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     print(describe_storage(cfg), flush=True)
     init_ray()
     from pneumo.evaluation.metrics import format_metrics_table
-    from pneumo.evaluation.run import evaluate_model
+    from pneumo.jobs.evaluate import evaluate_model
 
     outcome = evaluate_model(
         args.model, cfg, args.split, durable_path(args.out) if args.out else None, args.runtime, args.int8
@@ -290,7 +290,7 @@ def check_model_loads(model_uri: str, tracking_uri: str) -> None:
     registry model that is not there yet, or a registry out of reach, is left to the replica's loader,
     which waits and retries (/readyz says why)."""
     from pneumo.models.checkpoints import CheckpointError
-    from pneumo.models.uri import fetch_model
+    from pneumo.registry.uri import fetch_model
 
     try:
         fetch_model(model_uri, tracking_uri)
@@ -304,7 +304,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     import ray
     from ray import serve
 
-    from pneumo.models.uri import resolve_model_uri
+    from pneumo.registry.uri import resolve_model_uri
     from pneumo.serve.builder import ServeArgs, build_app, load_serving_config
     from pneumo.serve.ingress import use_ingress
     from pneumo.serve.security import check_exposure, read_token

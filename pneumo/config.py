@@ -24,7 +24,7 @@ class ConfigError(ValueError):
 
 
 MODES = ("max", "min")  # which way a metric improves
-MAX_IMAGE_PIXELS = 40_000_000  # larger images are refused as decompression bombs (serve.max_image_pixels)
+MAX_IMAGE_PIXELS = 40_000_000  # default of data.max_image_pixels and serve.max_image_pixels (decompression bombs)
 THRESHOLD_POLICIES = ("fixed", "youden", "sensitivity", "specificity")  # how eval picks the decision threshold
 
 
@@ -76,6 +76,7 @@ class DataConfig:
     cache_dir: Optional[str] = None  # decoded images kept here across runs, keyed by files and preprocessing
     on_bad_file: str = "skip"  # skip: drop and count unreadable images; error: stop the run
     image_size: Optional[int] = None  # input side in px; None takes the model's default
+    max_image_pixels: int = MAX_IMAGE_PIXELS  # larger files are counted as unreadable (decompression bombs)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self) -> None:

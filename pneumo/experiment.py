@@ -17,14 +17,15 @@ from pneumo.cluster import check_shared_paths
 from pneumo.config import ExperimentConfig
 from pneumo.data.dataset import PreparedData, ensure_dataset, prepare_data
 from pneumo.data.split import split_csv
-from pneumo.evaluation.evaluate import evaluate_checkpoint
+from pneumo.evaluation.evaluate import evaluate_model_folder
 from pneumo.evaluation.localization import localize_split
 from pneumo.evaluation.metrics import format_metrics_table
 from pneumo.evaluation.report.build import training_model_rows, write_evaluation_report
-from pneumo.models.checkpoints import load_checkpoint
+from pneumo.models.checkpoints import copy_for_serving, load_checkpoint
 from pneumo.models.networks import model_preprocessing
 from pneumo.monitoring.profile import profile_checkpoint
-from pneumo.serve.pyfunc import register_checkpoint
+from pneumo.registry.export import export_model_folder
+from pneumo.registry.register import register_checkpoint
 from pneumo.tracking import (
     TAG_BEST_CHECKPOINT,
     client_for,
@@ -61,12 +62,15 @@ def finalize(
     results_path: str,
     progress: RunProgress,
 ) -> ExperimentOutcome:
-    """Evaluate the best checkpoint, log test metrics, register the model, write the report, print the summary."""
-    model_dir = Path(results_path) / "best_model"
+    """Evaluate the best checkpoint, export it, log test metrics, register the model, write the report,
+    print the summary."""
     if data.assigned_split:
         (Path(results_path) / "split.csv").write_text(split_csv(data.assigned_split))
-    evaluation = evaluate_checkpoint(cfg, data, checkpoint_dir, model_dir)
+    model_dir = copy_for_serving(checkpoint_dir, Path(results_path) / "best_model")
+    evaluation = evaluate_model_folder(cfg, data, model_dir)
     mark("evaluated")
+    export_model_folder(model_dir, data, cfg, evaluation.val)  # raises when an export does not match
+    mark("exported")
     profile_checkpoint(model_dir, data, cfg.eval.batch_size)  # the monitoring reference, registered with it
     mark("profiled")
     client.set_tag(run_id, TAG_BEST_CHECKPOINT, checkpoint_dir)
@@ -120,7 +124,7 @@ def run_experiment(
     ensure_dataset(cfg.data)
     check_shared_paths(cfg)
     mark("data_listed")
-    data = prepare_data(cfg.data, preprocessing, cfg.serve.max_image_pixels)
+    data = prepare_data(cfg.data, preprocessing)
     mark("data_prepared")
     logger.info("data: %s, fingerprint %s", data.counts, data.fingerprint[:12])
     if cfg.tune.num_samples > 0:

@@ -1,4 +1,5 @@
-"""MLflow: runs (and nested trial runs), config/params, metrics, the model registry and its aliases.
+"""MLflow runs: experiments, runs (and nested trial runs), config/params, metrics and tags. The model
+registry is pneumo/registry/.
 
 Everything goes through an explicit tracking URI (never the process-global default), so drivers, the
 Ray Train controller and Tune trials all write to the store the config names.
@@ -8,20 +9,15 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
-import mlflow
 from mlflow.entities import Metric, Param, RunStatus
-from mlflow.entities.model_registry import ModelVersion
-from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from pneumo.config import ConfigError, ExperimentConfig, MlflowConfig, flatten, improves, to_dict, to_yaml
+from pneumo.config import ConfigError, ExperimentConfig, MlflowConfig, flatten, to_dict, to_yaml
 from pneumo.data.split import split_csv
-from pneumo.models.card import checkpoint_meta, model_card
 from pneumo.paths import durable_tracking_uri
 
 if TYPE_CHECKING:
@@ -38,14 +34,11 @@ TAG_STOPPED_EARLY = "pneumo.stopped_early"  # true when ASHA stopped the trial b
 TAG_TRIAL_STATE = "pneumo.trial_state"  # how a trial ended: completed | stopped by ASHA at epoch N | failed: reason
 TAG_SEARCH_PROGRESS = "pneumo.search_progress"  # on a search run while it runs: "2 running, 1 completed, …"
 TAG_LAST_WORKER_FAILURE = "pneumo.last_worker_failure"
-TAG_MODEL_URI = "pneumo.models.uri"  # the model an `eval` run scored
+TAG_MODEL_URI = "pneumo.registry.uri"  # the model an `eval` run scored
 TAG_DATA_FINGERPRINT = "data_fingerprint"  # on runs and model versions: digest of the files and labels
 TAG_CONFIG = "config"  # on model versions: the resolved YAML
-CHAMPION, CHALLENGER = "champion", "challenger"
 TAG_EXPERIMENT_KIND = "mlflow.experimentKind"  # read by the MLflow UI to choose the experiment's view
 MODEL_TRAINING_KIND = "custom_model_development"  # its model-training view (runs, metrics, models)
-MODEL_ARTIFACT = "model"  # the MLflow model's folder inside its run
-CHECKPOINT_ARTIFACT = "checkpoint"  # the pneumo checkpoint folder inside the MLflow model
 MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
 MAX_TAG_CHARS = 5000
 
@@ -249,67 +242,6 @@ def log_data_summary(client: MlflowClient, run_id: str, data: PreparedData) -> N
         client.log_dict(run_id, data.skipped_files, "data/skipped_files.json")
     if data.assigned_split:  # a valid manifest: point data.path at it to train on the same split again
         client.log_text(run_id, split_csv(data.assigned_split), "data/split.csv")
-
-
-def register_model(
-    client: MlflowClient,
-    cfg: ExperimentConfig,
-    run_id: str,
-    model_folder: str | Path,
-    metrics: dict[str, float],
-    fingerprint: str,
-) -> ModelVersion:
-    """Log a saved MLflow model folder into `run_id`, register it and set its alias.
-
-    The version takes `champion` only when it beats the current champion on mlflow.champion_metric
-    in the direction of mlflow.champion_mode (or there is none); otherwise it is tagged `challenger`.
-    """
-    client.log_artifacts(run_id, str(model_folder), MODEL_ARTIFACT)
-    name = cfg.mlflow.registered_model_name
-    try:
-        client.create_registered_model(name)
-    except MlflowException as error:
-        if error.error_code != "RESOURCE_ALREADY_EXISTS":
-            raise
-    source = f"{client.get_run(run_id).info.artifact_uri}/{MODEL_ARTIFACT}"
-    tags = {
-        TAG_DATA_FINGERPRINT: fingerprint,
-        TAG_EXPERIMENT: cfg.name,
-        TAG_CONFIG: to_yaml(cfg)[:MAX_TAG_CHARS],
-        **{key: f"{value:.6g}" for key, value in metrics.items() if isinstance(value, (int, float))},
-    }
-    card = model_card(cfg, client.get_run(run_id).data.metrics, checkpoint_meta(model_folder), fingerprint)
-    version = client.create_model_version(name, source, run_id=run_id, tags=tags, description=card)
-    alias = CHAMPION if beats_champion(client, name, cfg.mlflow, metrics) else CHALLENGER
-    client.set_registered_model_alias(name, alias, version.version)
-    return client.get_model_version(name, version.version)
-
-
-def beats_champion(client: MlflowClient, name: str, cfg: MlflowConfig, metrics: dict[str, float]) -> bool:
-    """True when there is no champion yet (or it lacks the metric), or `metrics` improve on it."""
-    try:
-        champion = client.get_model_version_by_alias(name, CHAMPION)
-    except MlflowException:
-        return True
-    current = champion.tags.get(cfg.champion_metric)
-    return current is None or improves(float(metrics[cfg.champion_metric]), float(current), cfg.champion_mode)
-
-
-def download_model_checkpoint(model_uri: str, tracking_uri: str, destination: Optional[str] = None) -> Path:
-    """Local folder holding the pneumo checkpoint inside a logged or registered model
-    (`models:/NAME/VERSION`, `runs:/ID/model`).
-
-    A registered version is resolved to its artifact location through this tracking URI first:
-    MLflow's own models:/ download asks the process-global registry, which may be another store.
-    """
-    if model_uri.startswith("models:/"):
-        name, _, version = model_uri.removeprefix("models:/").rpartition("/")
-        model_uri = MlflowClient(tracking_uri).get_model_version_download_uri(name, version)
-    destination = destination or tempfile.mkdtemp(prefix="pneumo-model-")
-    local = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=destination, tracking_uri=tracking_uri)
-    # MLflow keeps the logged folder's own name (e.g. artifacts/best_model); the MLmodel file says which
-    artifacts = mlflow.models.Model.load(local).flavors["python_function"]["artifacts"]
-    return Path(local) / artifacts[CHECKPOINT_ARTIFACT]["path"]
 
 
 def training_run_for(client: MlflowClient, run_id: str) -> str:

@@ -245,7 +245,7 @@ def wait_for_state(url: str, *states: str, timeout_s: float = 60) -> requests.Re
 def register_champion(yaml: Path, checkpoint: Path, metrics: dict[str, float]):
     """What `pneumo run` does at its end: log the checkpoint in a run, register it, alias it champion."""
     from pneumo.config import load_config
-    from pneumo.serve.pyfunc import register_checkpoint
+    from pneumo.registry.register import register_checkpoint
     from pneumo.tracking import client_for, finish_run, start_run
 
     cfg = load_config([yaml])

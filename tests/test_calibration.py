@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from pneumo.evaluation.calibration import Calibration, expected_calibration_error, fit_calibration, reliability_bins
+from pneumo.models.calibration import Calibration, expected_calibration_error, fit_calibration, reliability_bins
 
 
 def test_ece_of_a_hand_computed_case():

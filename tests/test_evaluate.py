@@ -6,7 +6,6 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from pneumo.config import EvalConfig
-from pneumo.evaluation.calibration import Calibration
 from pneumo.evaluation.evaluate import confident_mistakes, evaluate_predictions
 from pneumo.evaluation.metrics import (
     SCORES,
@@ -18,6 +17,7 @@ from pneumo.evaluation.metrics import (
     operating_points,
 )
 from pneumo.evaluation.prediction import Predictions
+from pneumo.models.calibration import Calibration
 
 LABELS = np.array([1, 1, 1, 1, 0, 0, 0, 0])
 PROBS = np.array([0.9, 0.8, 0.6, 0.3, 0.7, 0.2, 0.1, 0.05])

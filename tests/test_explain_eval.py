@@ -7,7 +7,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from pneumo.data.synthetic import OPACITY_MASKS_DIR
-from pneumo.evaluation.run import evaluate_model
+from pneumo.jobs.evaluate import evaluate_model
 
 pytestmark = pytest.mark.slow
 

@@ -8,13 +8,13 @@ from mlflow.tracking import MlflowClient
 
 from pneumo.config import load_config
 from pneumo.data.synthetic import SYNTHETIC_MARKER
+from pneumo.registry.register import register_model_folder
 from pneumo.tracking import (
     MODEL_TRAINING_KIND,
     TAG_EXPERIMENT_KIND,
     ensure_experiment,
     finish_run,
     log_metrics,
-    register_model,
     start_run,
 )
 
@@ -63,7 +63,7 @@ def registered_description(tmp_path, mlflow_uri, synthetic: bool) -> str:
     client = MlflowClient(mlflow_uri)
     run_id = start_run(client, cfg, "train", "card")
     log_metrics(client, run_id, RUN_METRICS)
-    version = register_model(client, cfg, run_id, tmp_path / "model", {"test_auroc": 0.972}, "f1ng3rpr1nt")
+    version = register_model_folder(client, cfg, run_id, tmp_path / "model", {"test_auroc": 0.972}, "f1ng3rpr1nt")
     finish_run(client, run_id)
     return client.get_model_version("card-model", version.version).description
 

@@ -5,7 +5,9 @@ from dataclasses import replace
 import pytest
 
 from pneumo.config import DataConfig, ExperimentConfig, MlflowConfig
-from pneumo.tracking import CHALLENGER, CHAMPION, beats_champion, client_for, finish_run, register_model, start_run
+from pneumo.registry.aliases import CHALLENGER, CHAMPION, beats_champion
+from pneumo.registry.register import register_model_folder
+from pneumo.tracking import client_for, finish_run, log_metrics, start_run
 
 
 @pytest.fixture
@@ -24,7 +26,8 @@ def register(store, name: str, metrics: dict[str, float], **mlflow_settings) -> 
     cfg, client, folder = store
     cfg = replace(cfg, mlflow=replace(cfg.mlflow, registered_model_name=name, **mlflow_settings))
     run_id = start_run(client, cfg, "train", name)
-    version = register_model(client, cfg, run_id, folder, metrics, fingerprint="f" * 64)
+    log_metrics(client, run_id, metrics)  # as `pneumo run` logs the test metrics before registering
+    version = register_model_folder(client, cfg, run_id, folder, metrics, fingerprint="f" * 64)
     finish_run(client, run_id)
     return version.aliases[0]
 
@@ -58,3 +61,15 @@ def test_a_registered_model_without_champion_or_without_the_metric_is_beaten(sto
     assert register(store, "no-metric", {"test_f1": 0.9}) == CHAMPION  # registered before auroc was logged
     assert beats_champion(client, "no-metric", MlflowConfig(), {"test_auroc": 0.1})
     assert register(store, "no-metric", {"test_auroc": 0.1}) == CHAMPION
+
+
+def test_an_exact_tie_keeps_the_champion_even_where_the_tag_is_rounded(store):
+    """The champion's version tag is written to 6 significant digits ("0.981129"); the comparison reads
+    the run's own metric, so a rerun that scores exactly the same becomes the challenger."""
+    auroc = 0.981129032258065
+    assert f"{auroc:.6g}" != repr(auroc), "the value must not survive the tag's rounding"
+    assert register(store, "tie-model", {"test_auroc": auroc}) == CHAMPION
+    _, client, _ = store
+    assert not beats_champion(client, "tie-model", MlflowConfig(), {"test_auroc": auroc})
+    assert register(store, "tie-model", {"test_auroc": auroc}) == CHALLENGER
+    assert str(client.get_model_version_by_alias("tie-model", CHAMPION).version) == "1"

@@ -119,7 +119,7 @@ def test_a_runtime_that_is_not_installed_names_its_package(monkeypatch):
 def test_int8_quantization_writes_a_model_every_onnx_runtime_serves(checkpoint, tmp_path):
     import shutil
 
-    from pneumo.evaluation.runtime_check import quantize_int8
+    from pneumo.registry.export import quantize_int8
 
     folder = Path(shutil.copytree(checkpoint.directory, tmp_path / "checkpoint"))
     assert quantize_int8(folder, iter([films(8, seed=1), films(8, seed=2)])) == folder / INT8_FILE

@@ -26,7 +26,7 @@ from pneumo.config import ConfigError, MlflowConfig, ServeConfig, load_config
 from pneumo.data.transforms import decode_image
 from pneumo.evaluation.prediction import predict_probabilities
 from pneumo.models.checkpoints import load_checkpoint
-from pneumo.models.uri import fetch_model, resolve_model_uri
+from pneumo.registry.uri import fetch_model, resolve_model_uri
 from pneumo.serve.inputs import RequestError, parse_multipart
 
 REPO = Path(__file__).resolve().parents[1]

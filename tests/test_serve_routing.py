@@ -9,7 +9,7 @@ from pneumo.config import ConfigError, ModelConfig, ServeConfig
 from pneumo.models.checkpoints import CheckpointMeta, load_checkpoint, save_checkpoint
 from pneumo.models.networks import create_model, resolve_preprocessing
 from pneumo.models.runtimes import TorchPredictor
-from pneumo.models.uri import FetchedModel
+from pneumo.registry.uri import FetchedModel
 from pneumo.serve.inputs import RequestError
 from pneumo.serve.loader import ServedModel
 from pneumo.serve.versions import CHALLENGER, CHAMPION, alias_uri, route

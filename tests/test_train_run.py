@@ -92,7 +92,7 @@ def test_first_epoch_carries_where_the_start_up_went(trained):
 
 def test_eval_scores_a_registered_model_and_a_checkpoint_folder(trained, tmp_path, capsys):
     cfg, outcome, yaml = trained
-    from pneumo.evaluation.run import evaluate_model
+    from pneumo.jobs.evaluate import evaluate_model
 
     registered = evaluate_model(
         f"models:/{cfg.mlflow.registered_model_name}@champion", cfg, "test", tmp_path / "registry"

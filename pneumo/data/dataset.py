@@ -19,7 +19,7 @@ import numpy as np
 import ray.data
 from ray.data.expressions import col
 
-from pneumo.config import MAX_IMAGE_PIXELS, DataConfig
+from pneumo.config import DataConfig
 from pneumo.data.cache import cache_key, read_cached, write_cached
 from pneumo.data.folder import CLASS_NAMES, SPLITS, ImageRecord, is_empty_dir
 from pneumo.data.sources import list_source, load_image
@@ -153,11 +153,11 @@ def decode_order(records: list[ImageRecord], seed: int) -> list[ImageRecord]:
     return shuffled
 
 
-def prepare_data(cfg: DataConfig, preprocessing: Preprocessing, max_pixels: int = MAX_IMAGE_PIXELS) -> PreparedData:
+def prepare_data(cfg: DataConfig, preprocessing: Preprocessing) -> PreparedData:
     """Decode every image once into per-split Ray Datasets at the model's size and channels."""
     ensure_dataset(cfg)
     listing = list_source(cfg)
-    decoded = _decoded_records(cfg, decode_order(listing.records, cfg.split_seed), preprocessing, max_pixels)
+    decoded = _decoded_records(cfg, decode_order(listing.records, cfg.split_seed), preprocessing, cfg.max_image_pixels)
     rows = decoded.select_columns(["path", "label", "patient_id", "split", "sha1", "error"]).take_all()
     skipped = _handle_bad_files(rows, listing.refused, cfg.on_bad_file)
     usable = [r for r in rows if not r["error"]]

@@ -16,7 +16,7 @@ import numpy as np
 import pydicom
 from PIL import Image
 
-from pneumo.config import MAX_IMAGE_PIXELS, DataConfig
+from pneumo.config import DataConfig
 from pneumo.data.dicom import is_dicom
 from pneumo.data.folder import CLASS_NAMES, SPLITS, ImageRecord
 from pneumo.data.sources import decode_stored, list_source, read_stored
@@ -76,11 +76,11 @@ def _facts(location: str, max_pixels: int) -> FileFacts:
     return FileFacts(digest, *_size_and_mode(stored))
 
 
-def inspect_dataset(cfg: DataConfig, max_pixels: int = MAX_IMAGE_PIXELS, threads: int = 4) -> Inspection:
+def inspect_dataset(cfg: DataConfig, threads: int = 4) -> Inspection:
     listing = list_source(replace(cfg, resplit_val=False))
     records: list[ImageRecord] = listing.records
     with ThreadPoolExecutor(threads) as pool:  # decoding releases the GIL
-        facts = list(pool.map(lambda r: _facts(r.path, max_pixels), records))
+        facts = list(pool.map(lambda r: _facts(r.path, cfg.max_image_pixels), records))
     counts = {s: {name: 0 for name in CLASS_NAMES} for s in SPLITS}
     patients: dict[str, set] = defaultdict(set)
     by_hash: dict[str, list[ImageRecord]] = defaultdict(list)

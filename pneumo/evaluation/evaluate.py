@@ -1,13 +1,13 @@
 """Scores from predictions: calibration and threshold fitted on validation, test metrics with
 bootstrap intervals, every operating point, the most confident mistakes; and the end-of-run
-evaluation that writes the fitted threshold and calibration into the model that gets registered.
+evaluation of a model folder, which stores the fitted threshold and calibration in it.
 
-Used at the end of every run (experiment.py) and by `pneumo eval` (evaluation/run.py).
+Used at the end of every run (experiment.py) and by `pneumo eval` (jobs/evaluate.py). Exporting the
+evaluated model to compiled runtimes is registry/export.py's step, not this one.
 """
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -16,13 +16,6 @@ import numpy as np
 
 from pneumo.config import EvalConfig, ExperimentConfig
 from pneumo.data.dataset import PreparedData
-from pneumo.evaluation.calibration import (
-    Calibration,
-    ReliabilityBins,
-    expected_calibration_error,
-    fit_calibration,
-    reliability_bins,
-)
 from pneumo.evaluation.metrics import (
     OperatingPoint,
     binary_metrics,
@@ -31,8 +24,14 @@ from pneumo.evaluation.metrics import (
     operating_points,
 )
 from pneumo.evaluation.prediction import Predictions, predict_dataset
-from pneumo.evaluation.runtime_check import check_runtimes
-from pneumo.models.checkpoints import TRAIN_STATE_FILE, load_checkpoint, read_meta, write_meta
+from pneumo.models.calibration import (
+    Calibration,
+    ReliabilityBins,
+    expected_calibration_error,
+    fit_calibration,
+    reliability_bins,
+)
+from pneumo.models.checkpoints import load_checkpoint, read_meta, write_meta
 
 
 @dataclass
@@ -45,6 +44,7 @@ class Evaluation:
     reliability: ReliabilityBins  # test, after calibration
     test: Predictions
     test_probabilities: np.ndarray  # calibrated
+    val: Optional[Predictions] = None  # what the threshold and calibration were fitted on
 
     def logged_metrics(self) -> dict[str, float]:
         """The metrics plus each interval as <metric>_ci_low / <metric>_ci_high: how MLflow holds them."""
@@ -88,7 +88,7 @@ def evaluate_predictions(
         if val is not None and len(val.labels)
         else []
     )
-    return Evaluation(threshold, calibration, metrics, intervals, points, reliability, test, probabilities)
+    return Evaluation(threshold, calibration, metrics, intervals, points, reliability, test, probabilities, val)
 
 
 def confident_mistakes(labels: np.ndarray, probabilities: np.ndarray, threshold: float, limit: int) -> np.ndarray:
@@ -104,11 +104,9 @@ def confident_mistakes(labels: np.ndarray, probabilities: np.ndarray, threshold:
     return ordered[:limit].astype(int)
 
 
-def evaluate_checkpoint(cfg: ExperimentConfig, data: PreparedData, checkpoint_dir: str, model_dir: Path) -> Evaluation:
-    """Fit the calibration and pick the threshold on val, score test, and store both in a copy of the
-    checkpoint at model_dir (what gets registered and served)."""
-    shutil.copytree(checkpoint_dir, model_dir, dirs_exist_ok=True)
-    (model_dir / TRAIN_STATE_FILE).unlink(missing_ok=True)  # serving needs weights only
+def evaluate_model_folder(cfg: ExperimentConfig, data: PreparedData, model_dir: Path) -> Evaluation:
+    """Fit the calibration and pick the threshold on val, score test, and store threshold, calibration
+    and test metrics in model_dir's pneumo.json (what gets registered and served)."""
     loaded = load_checkpoint(model_dir)
     val = predict_dataset(loaded, data.datasets["val"], cfg.eval.batch_size)
     test = predict_dataset(loaded, data.datasets["test"], cfg.eval.batch_size)
@@ -117,8 +115,5 @@ def evaluate_checkpoint(cfg: ExperimentConfig, data: PreparedData, checkpoint_di
     meta.decision_threshold = evaluation.threshold
     meta.temperature, meta.logit_bias = evaluation.calibration.temperature, evaluation.calibration.bias
     meta.metrics = {**meta.metrics, **{f"test_{k}": v for k, v in evaluation.metrics.items()}}
-    loaded.meta = meta
-    check = check_runtimes(loaded, model_dir, data, cfg, val)  # raises when the ONNX export does not match
-    meta.metrics.update(check.metrics() if check else {})
     write_meta(model_dir, meta)
     return evaluation

@@ -7,8 +7,6 @@ the report, so a model's results on a new hospital's data sit next to its traini
 
 from __future__ import annotations
 
-import re
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -17,26 +15,16 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from pneumo.config import ConfigError, ExperimentConfig, flatten, to_dict
-from pneumo.data.dataset import prepare_data
-from pneumo.evaluation.calibration import describe_calibration
 from pneumo.evaluation.evaluate import Evaluation, evaluate_predictions
 from pneumo.evaluation.localization import Localization, localize_split
 from pneumo.evaluation.prediction import predict_dataset
 from pneumo.evaluation.report.build import write_evaluation_report
+from pneumo.jobs.scoring import start_job
+from pneumo.models.calibration import describe_calibration
 from pneumo.models.runtimes import choose_runtime
-from pneumo.models.uri import FetchedModel, fetch_model
 from pneumo.monitoring.profile import gate_summary
-from pneumo.paths import durable_path
-from pneumo.tracking import (
-    TAG_DATA_FINGERPRINT,
-    TAG_MODEL_URI,
-    finish_run,
-    log_metrics,
-    metric_history,
-    resolve_tracking_uri,
-    start_run,
-    training_run_for,
-)
+from pneumo.registry.uri import FetchedModel
+from pneumo.tracking import log_metrics, metric_history, training_run_for
 
 
 @dataclass
@@ -57,11 +45,6 @@ def _training_run_id(client: MlflowClient, model: FetchedModel) -> Optional[str]
     return None
 
 
-def default_report_dir(model: FetchedModel, split: str) -> Path:
-    safe_name = re.sub(r"[^A-Za-z0-9_.-]+", "_", model.name)
-    return Path(durable_path("reports")) / f"{safe_name}-{model.version}-{split}-{time.strftime('%Y%m%d-%H%M%S')}"
-
-
 def evaluate_model(
     model_uri: str,
     cfg: ExperimentConfig,
@@ -72,11 +55,9 @@ def evaluate_model(
 ) -> EvalOutcome:
     """Score `model_uri` on `split` of cfg.data with `runtime` (torch, onnxruntime, openvino, auto: the
     one a replica would pick here); log an `eval` MLflow run and write the report."""
-    tracking_uri = resolve_tracking_uri(cfg.mlflow)
-    client = MlflowClient(tracking_uri)
-    model = fetch_model(model_uri, tracking_uri)
+    job = start_job(model_uri, cfg)
+    model, data, client = job.model, job.data, job.client
     meta = model.loaded.meta
-    data = prepare_data(cfg.data, meta.preprocessing_spec, cfg.serve.max_image_pixels)
     if sum(data.counts[split].values()) == 0:
         raise ConfigError(f"data.path {cfg.data.path}: the {split} split has no usable images")
     predictor = choose_runtime(runtime, model.loaded, torch.get_num_threads(), cfg.eval.batch_size, int8)
@@ -88,13 +69,10 @@ def evaluate_model(
         val, scored, cfg.eval, threshold=meta.decision_threshold, calibration=meta.calibration
     )
     settings = flatten({"data": to_dict(cfg)["data"], "eval": to_dict(cfg)["eval"]})
-    run_id = start_run(
-        client,
-        cfg,
+    run_id = job.open_run(
         "eval",
         f"eval-{model.name}-{model.version}-{split}",
-        tags={TAG_MODEL_URI: model.uri, TAG_DATA_FINGERPRINT: data.fingerprint},
-        params={
+        {
             **settings,
             "split": split,
             "model_uri": model.uri,
@@ -129,12 +107,11 @@ def evaluate_model(
             split,
             rows,
             history,
-            out_dir or default_report_dir(model, split),
+            job.report_folder("eval", split, out_dir),
             title=f"{model.name} {model.version} on {cfg.data.path} ({split})",
             threshold_policy="",
             explain=model.loaded,
             localization=localization,
         )
-        client.log_artifacts(run_id, str(report.parent), "report")
-    finish_run(client, run_id)
+    job.close_run(run_id, report.parent if report else None, "report")
     return EvalOutcome(evaluation, str(report) if report else None, run_id, ood, localization)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from safetensors.torch import load_file, save_file
 
 from pneumo.config import ModelConfig
 from pneumo.data.transforms import Preprocessing
-from pneumo.evaluation.calibration import Calibration
+from pneumo.models.calibration import Calibration
 from pneumo.models.networks import create_model, unwrap
 
 WEIGHTS_FILE = "model.safetensors"
@@ -86,6 +87,14 @@ def file_sha256(path: Path) -> str:
         while chunk := stream.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def copy_for_serving(checkpoint_dir: str | Path, model_dir: str | Path) -> Path:
+    """A copy of a training checkpoint without its optimizer state: the folder that is evaluated,
+    exported and registered (serving needs weights only)."""
+    shutil.copytree(checkpoint_dir, model_dir, dirs_exist_ok=True)
+    (Path(model_dir) / TRAIN_STATE_FILE).unlink(missing_ok=True)
+    return Path(model_dir)
 
 
 def write_meta(directory: str | Path, meta: CheckpointMeta) -> None:

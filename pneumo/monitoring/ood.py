@@ -67,6 +67,11 @@ class OodGate:
         """(N,) combined score: the largest part relative to its val scale (> cutoff: refuse)."""
         return (self.part_scores(projected, residual, intensities) / self.part_scales).max(axis=1)
 
+    def refuses(self, scores: np.ndarray | float) -> np.ndarray | bool:
+        """Whether each score is out of distribution: strictly above the cut-off (the one comparison
+        every caller uses, so serving, pyfunc, eval and monitor refuse the same films)."""
+        return np.asarray(scores) > self.cutoff
+
 
 def tail_quantile(values: np.ndarray, quantile: float = VAL_QUANTILE) -> float:
     """The `quantile` of a log-normal fitted to positive `values` (distances)."""

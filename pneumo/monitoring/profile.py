@@ -167,7 +167,7 @@ def gate_summary(loaded: LoadedModel, dataset: ray.data.Dataset, batch_size: int
     profile = profile_of(loaded)
     if profile is None:
         return None
-    refused = profile.ood_scores(observe_dataset(loaded, dataset, batch_size)) > profile.gate.cutoff
+    refused = profile.gate.refuses(profile.ood_scores(observe_dataset(loaded, dataset, batch_size)))
     return {
         "ood_refused": float(refused.mean()),
         "ood_refused_count": int(refused.sum()),

@@ -1,10 +1,13 @@
-"""The checks that let a model be served by a compiled runtime: at registration the ONNX export must
+"""Export, the step between evaluation and registration: the evaluated model folder gains model.onnx
+(and optionally model.int8.onnx), each held to PyTorch before it may be registered.
+
+The checks that let a model be served by a compiled runtime: at registration the ONNX export must
 give PyTorch's probabilities on val (within export.probability_tolerance, every installed ONNX
 runtime) and the same val AUROC to three decimals; otherwise registration stops and says why. An
 optional int8 model (ONNX Runtime static quantization, QDQ, calibrated on training films) is kept
 only when its val AUROC drops at most export.max_int8_auroc_drop.
 
-    check = check_runtimes(loaded, model_dir, data, cfg, val)   # after evaluate_checkpoint scored val
+    check = export_model_folder(model_dir, data, cfg, evaluation.val)   # after evaluate_model_folder
     check.metrics()  # {"export_max_probability_diff": 3e-08, "int8_val_auroc_drop": 0.0004, ...}
 """
 
@@ -22,7 +25,7 @@ from pneumo.config import ExperimentConfig
 from pneumo.data.dataset import PreparedData
 from pneumo.evaluation.metrics import binary_metrics
 from pneumo.evaluation.prediction import Predictions, predict_dataset
-from pneumo.models.checkpoints import LoadedModel
+from pneumo.models.checkpoints import LoadedModel, load_checkpoint, read_meta, write_meta
 from pneumo.models.runtimes import (
     INT8_FILE,
     ONNX_FILE,
@@ -172,4 +175,21 @@ def check_runtimes(
             _compare(runtime, val, scored, loaded, cfg.export.probability_tolerance, check)
     if cfg.export.int8:
         _check_int8(loaded, model_dir, data, cfg, check)
+    return check
+
+
+def export_model_folder(
+    model_dir: Path, data: PreparedData, cfg: ExperimentConfig, val: Optional[Predictions]
+) -> Optional[RuntimeCheck]:
+    """Export the evaluated model in `model_dir` (export.onnx, export.int8) and record the parity
+    figures in its pneumo.json; `val` are PyTorch's val predictions, the reference. Raises
+    ExportCheckError when an export does not match."""
+    if val is None:
+        return None
+    loaded = load_checkpoint(model_dir)
+    check = check_runtimes(loaded, model_dir, data, cfg, val)
+    if check is not None:
+        meta = read_meta(model_dir)
+        meta.metrics.update(check.metrics())
+        write_meta(model_dir, meta)
     return check

@@ -7,12 +7,11 @@
 
 The pneumo package travels inside the model (code_paths), the model is saved from code
 (pyfunc_entry.py, nothing pickled), and the weights stay a safetensors checkpoint folder.
-tracking.register_model logs the saved folder into the run and registers it.
+registry/register.py logs the saved folder into a run and registers it.
 """
 
 from __future__ import annotations
 
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -23,8 +22,8 @@ import torch
 from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, Schema
 
-from pneumo.config import ExperimentConfig
-from pneumo.tracking import CHECKPOINT_ARTIFACT, register_model
+MODEL_ARTIFACT = "model"  # the MLflow model's folder inside its run
+CHECKPOINT_ARTIFACT = "checkpoint"  # the pneumo checkpoint folder inside the MLflow model
 
 SIGNATURE = ModelSignature(
     inputs=Schema([ColSpec("binary", "image")]),
@@ -63,7 +62,7 @@ class PneumoniaClassifier(mlflow.pyfunc.PythonModel):
             {
                 "probability": seen.probabilities.astype(np.float64),
                 "label": labels,
-                "in_distribution": list(scores <= self.profile.gate.cutoff)
+                "in_distribution": list(~self.profile.gate.refuses(scores))
                 if scores is not None
                 else [None] * len(labels),
                 "ood_score": scores.astype(np.float64) if scores is not None else [None] * len(labels),
@@ -86,16 +85,6 @@ def save_pyfunc_model(checkpoint_dir: str | Path, destination: str | Path) -> Pa
             pip_requirements=_requirements(),
         )
     return Path(destination)
-
-
-def register_checkpoint(
-    client, cfg: ExperimentConfig, run_id: str, checkpoint_dir: str | Path, metrics: dict[str, float], fingerprint: str
-):
-    """Save `checkpoint_dir` as this flavour, log it into `run_id` and register it (champion or
-    challenger, see tracking.register_model); returns the ModelVersion."""
-    with tempfile.TemporaryDirectory(prefix="pneumo-mlflow-model-") as folder:
-        model_folder = save_pyfunc_model(checkpoint_dir, Path(folder) / "model")
-        return register_model(client, cfg, run_id, model_folder, metrics, fingerprint)
 
 
 def _requirements() -> list[str]:

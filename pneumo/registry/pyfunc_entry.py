@@ -2,6 +2,6 @@
 
 import mlflow
 
-from pneumo.serve.pyfunc import PneumoniaClassifier
+from pneumo.registry.pyfunc import PneumoniaClassifier
 
 mlflow.models.set_model(PneumoniaClassifier())

@@ -11,11 +11,13 @@ pickle), also for MLflow models: their checkpoint folder is downloaded, never `p
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
 from mlflow.tracking import MlflowClient
@@ -23,7 +25,9 @@ from mlflow.tracking import MlflowClient
 from pneumo.config import ConfigError, MlflowConfig, ServeConfig
 from pneumo.models.checkpoints import LoadedModel, load_checkpoint
 from pneumo.paths import is_uri
-from pneumo.tracking import CHAMPION, TAG_CONFIG, TAG_DATA_FINGERPRINT, TAG_EXPERIMENT, download_model_checkpoint
+from pneumo.registry.aliases import CHAMPION
+from pneumo.registry.pyfunc import CHECKPOINT_ARTIFACT
+from pneumo.tracking import TAG_CONFIG, TAG_DATA_FINGERPRINT, TAG_EXPERIMENT
 
 MODEL_URI_ENV = "PNEUMO_MODEL_URI"
 MLFLOW_SCHEMES = ("models:/", "runs:/")
@@ -54,6 +58,23 @@ def resolve_model_uri(
             f"model.safetensors, models:/NAME@alias, models:/NAME/VERSION or runs:/RUN_ID/model)"
         )
     return str(folder)
+
+
+def download_model_checkpoint(model_uri: str, tracking_uri: str, destination: Optional[str] = None) -> Path:
+    """Local folder holding the pneumo checkpoint inside a logged or registered model
+    (`models:/NAME/VERSION`, `runs:/ID/model`).
+
+    A registered version is resolved to its artifact location through this tracking URI first:
+    MLflow's own models:/ download asks the process-global registry, which may be another store.
+    """
+    if model_uri.startswith("models:/"):
+        name, _, version = model_uri.removeprefix("models:/").rpartition("/")
+        model_uri = MlflowClient(tracking_uri).get_model_version_download_uri(name, version)
+    destination = destination or tempfile.mkdtemp(prefix="pneumo-model-")
+    local = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=destination, tracking_uri=tracking_uri)
+    # MLflow keeps the logged folder's own name (e.g. artifacts/best_model); the MLmodel file says which
+    artifacts = mlflow.models.Model.load(local).flavors["python_function"]["artifacts"]
+    return Path(local) / artifacts[CHECKPOINT_ARTIFACT]["path"]
 
 
 @dataclass

@@ -29,7 +29,7 @@ from starlette.responses import JSONResponse, Response
 from pneumo.config import ServeConfig
 from pneumo.data.folder import CLASS_NAMES
 from pneumo.data.transforms import ImageDecodeError, decode_image
-from pneumo.models.uri import FetchedModel
+from pneumo.registry.uri import FetchedModel
 from pneumo.serve.audit import AuditLog
 from pneumo.serve.batching import AdaptiveBatcher
 from pneumo.serve.explanations import (

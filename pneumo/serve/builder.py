@@ -16,7 +16,7 @@ from ray.serve import Application
 
 from pneumo.config import ConfigError, MlflowConfig, ServeConfig, load_config
 from pneumo.models.runtimes import require_runtime
-from pneumo.models.uri import resolve_model_uri
+from pneumo.registry.uri import resolve_model_uri
 from pneumo.serve.app import PneumoniaService
 from pneumo.serve.security import check_exposure, read_token, token_digest
 from pneumo.tracking import resolve_tracking_uri

@@ -15,7 +15,7 @@ from mlflow.exceptions import MlflowException
 
 from pneumo.config import ServeConfig
 from pneumo.models.runtimes import Outputs, Predictor, choose_runtime
-from pneumo.models.uri import FetchedModel, current_version, fetch_model
+from pneumo.registry.uri import FetchedModel, current_version, fetch_model
 
 RETRY_ERROR_CODES = {"RESOURCE_DOES_NOT_EXIST", "TEMPORARILY_UNAVAILABLE", "INTERNAL_ERROR"}  # may heal
 FIRST_RETRY_WAIT_S, MAX_RETRY_WAIT_S = 0.5, 10.0

@@ -29,10 +29,10 @@ from ray.serve import metrics
 
 from pneumo.config import ServeConfig
 from pneumo.models.runtimes import Outputs
-from pneumo.models.uri import FetchedModel
 from pneumo.monitoring.drift import FAMILIES, ObservationWindow, drift_report
 from pneumo.monitoring.features import observations, observe
 from pneumo.monitoring.profile import NO_PROFILE, ReferenceProfile, profile_of
+from pneumo.registry.uri import FetchedModel
 from pneumo.serve.inputs import RequestError, Upload
 
 logger = logging.getLogger(__name__)
@@ -43,12 +43,13 @@ NOT_LOADED = "the model is not loaded yet"
 class GateResult:
     """What the gate says about one image (score None when the model has no profile)."""
 
-    score: Optional[float]  # out-of-distribution score; above `cutoff` means out of distribution
+    score: Optional[float]  # out-of-distribution score
     cutoff: Optional[float]
+    refused: Optional[bool] = None  # the gate's verdict (OodGate.refuses)
 
     @property
     def in_distribution(self) -> Optional[bool]:
-        return None if self.score is None else self.score <= self.cutoff
+        return None if self.refused is None else not self.refused
 
     def fields(self) -> dict[str, Any]:
         return {"in_distribution": self.in_distribution, "ood_score": self.score}
@@ -155,7 +156,7 @@ class ServeMonitor:
             seen = observations(images, outputs.logits, outputs.features, model.loaded)
         projected, residual = profile.project(seen.features)
         scores = profile.gate.scores(projected, residual, seen.intensities)
-        beyond = scores > profile.gate.cutoff
+        beyond = profile.gate.refuses(scores)
         if recorded.any():
             self._watch(model)
             self.window.add(
@@ -170,7 +171,7 @@ class ServeMonitor:
         )
         for _ in range(int(beyond.sum())):
             self.metrics.out_of_distribution.inc(tags={"action": action})
-        return [GateResult(float(score), profile.gate.cutoff) for score in scores]
+        return [GateResult(float(score), profile.gate.cutoff, bool(refused)) for score, refused in zip(scores, beyond)]
 
     def _watch(self, model: FetchedModel) -> None:
         """A new champion has another feature space: its window starts empty."""

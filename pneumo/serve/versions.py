@@ -19,11 +19,11 @@ from ray.serve import metrics
 from starlette.requests import Request
 
 from pneumo.config import ServeConfig
+from pneumo.registry.aliases import CHALLENGER, CHAMPION  # serving roles follow the registry aliases
 from pneumo.serve.inputs import RequestError
 from pneumo.serve.loader import ModelLoader, ServedModel
 from pneumo.serve.prometheus import LATENCY_BOUNDARIES_MS
 
-CHAMPION, CHALLENGER = "champion", "challenger"  # roles, named after the registry aliases they follow
 VERSION_HEADER = "X-Model-Version"  # request: pick a version (role or number); answer: the version used
 VERSION_QUERY = "version"  # ?version=challenger or ?version=7, same as the header
 PROBABILITY_BOUNDARIES = [0.05 * i for i in range(1, 20)]

@@ -196,7 +196,7 @@ def test_decompression_bomb_is_refused_by_the_pixel_limit(ray_session, tmp_path)
         (tmp_path / f"ok{i}.jpeg").write_bytes(jpeg(100))
         rows.append({"path": f"ok{i}.jpeg", "label": i % 2, "split": split})
     pd.DataFrame(rows).to_csv(manifest, index=False)
-    data = prepare_data(DataConfig(path=str(manifest)), SPEC, max_pixels=40_000_000)
+    data = prepare_data(DataConfig(path=str(manifest), max_image_pixels=40_000_000), SPEC)
     assert list(data.skipped_files.values()) == ["9000x9000 pixels exceeds the limit of 40000000"]
 
 

@@ -15,8 +15,8 @@ from mlflow.tracking import MlflowClient
 from pneumo.config import load_config
 from pneumo.data.synthetic import Acquisition, generate_chest_xrays
 from pneumo.models.checkpoints import PROFILE_FILE
-from pneumo.models.uri import fetch_model
 from pneumo.monitoring.profile import NO_PROFILE, profile_of
+from pneumo.registry.uri import fetch_model
 from pneumo.tracking import TAG_KIND
 
 pytestmark = pytest.mark.slow
@@ -129,7 +129,7 @@ def test_a_model_without_profile_serves_with_gate_and_drift_off(serve_app, deplo
 
 
 def test_pneumo_monitor_reports_a_dataset_and_finds_an_inverted_one(smoke_run, synthetic_root, tmp_path):
-    from pneumo.monitoring.report import monitor_dataset
+    from pneumo.jobs.monitor import monitor_dataset
 
     cfg = load_config([smoke_run.yaml], [f"data.path={synthetic_root}"])
     same = monitor_dataset(smoke_run.champion_uri, cfg, "test", tmp_path / "same")
@@ -144,6 +144,10 @@ def test_pneumo_monitor_reports_a_dataset_and_finds_an_inverted_one(smoke_run, s
         tmp_path / "inverted-report",
     )
     assert other.report["drift"] is True and other.report["ood"]["rate"] > 0.9
-    assert "Drift detected" in Path(other.html_path).read_text()
+    page = Path(other.html_path).read_text()
+    assert "Drift detected" in page
+    shown = len(other.report["most_unusual"])
+    assert shown == 20 and page.count('<figure><img src="data:image/png;base64,') == shown, "a thumbnail per film"
+    assert page.count('<img class="plot"') == 2, "the distributions and the feature map are drawn"
     run = MlflowClient(smoke_run.cfg.mlflow.tracking_uri).get_run(other.mlflow_run_id)
     assert run.data.tags[TAG_KIND] == "monitor" and run.data.metrics["drift"] == 1.0

@@ -9,7 +9,6 @@ import numpy as np
 
 from pneumo.config import ExperimentConfig, to_yaml
 from pneumo.data.dataset import PreparedData
-from pneumo.evaluation.calibration import describe_calibration
 from pneumo.evaluation.evaluate import Evaluation, confident_mistakes
 from pneumo.evaluation.localization import Localization
 from pneumo.evaluation.prediction import images_at
@@ -17,6 +16,7 @@ from pneumo.evaluation.report import plots
 from pneumo.evaluation.report.baselines import resolve_baseline_dataset
 from pneumo.evaluation.report.explanations import explanation_section, films_to_explain
 from pneumo.evaluation.report.html import ReportContent, render_report
+from pneumo.models.calibration import describe_calibration
 from pneumo.models.checkpoints import LoadedModel
 
 REPORT_FILE = "report.html"

@@ -13,7 +13,7 @@ from matplotlib.figure import Figure
 from sklearn.metrics import precision_recall_curve, roc_curve
 
 from pneumo.data.folder import CLASS_NAMES
-from pneumo.evaluation.calibration import Calibration, ReliabilityBins
+from pneumo.models.calibration import Calibration, ReliabilityBins
 
 DPI = 110
 
