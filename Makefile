@@ -28,6 +28,7 @@ demo: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports  # the one-way layers in pyproject.toml's [tool.importlinter]
 
 test: lint
 	$(BIN)/python -m pytest -m "not readme" --durations=20 --cov=pneumo --cov-report=term --cov-fail-under=$(COVERAGE_FLOOR)

@@ -70,7 +70,7 @@ def main() -> None:
         sys.exit("gpu_check: no GPU visible (torch.cuda.device_count() == 0); use --smoke on CPU")
     from mlflow.tracking import MlflowClient
 
-    from pneumo.cli import init_ray
+    from pneumo.cli.ray_start import init_ray
     from pneumo.config import load_config
     from pneumo.experiment import run_experiment
 

@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--shifted", type=int, default=600, help="films of each shifted set")
     args = parser.parse_args(argv)
     started = time.time()
-    from pneumo.cli import init_ray
+    from pneumo.cli.ray_start import init_ray
     from pneumo.data.dataset import prepare_data
     from pneumo.registry.uri import fetch_model
     from pneumo.tracking import resolve_tracking_uri

@@ -178,7 +178,7 @@ def timed_search(work: Path, name: str, epochs: int, env: dict) -> dict:
 
 
 def _free_port() -> int:
-    from pneumo.cli import free_local_port
+    from pneumo.cli.ray_start import free_local_port
 
     return free_local_port()
 
@@ -247,7 +247,7 @@ def floor_child() -> None:
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from pneumo.cli import init_ray
+    from pneumo.cli.ray_start import init_ray
 
     marks["imported"] = time.time()
     init_ray()

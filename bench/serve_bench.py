@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 import requests
 
-from pneumo.cli import free_local_port
+from pneumo.cli.ray_start import free_local_port
 
 if TYPE_CHECKING:
     from pneumo.serve.builder import ServeArgs

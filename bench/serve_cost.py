@@ -33,7 +33,7 @@ from ray import serve
 from starlette.requests import Request
 
 from bench.serve_bench import QUICKSTART, REPO, untrained_checkpoint, wait_ready, write_images
-from pneumo.cli import free_local_port
+from pneumo.cli.ray_start import free_local_port
 
 RESULTS = REPO / "bench" / "results" / "serve_cost.json"
 WARMUP_REQUESTS = 30

@@ -42,7 +42,7 @@ import psutil
 from PIL import Image
 
 from bench.serve_bench import untrained_checkpoint, wait_ready, write_images
-from pneumo.cli import free_local_port
+from pneumo.cli.ray_start import free_local_port
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "soak.json"

@@ -126,7 +126,7 @@ def pneumo_loop(cfg, data, preprocessing, workers: int, precision: str, tracking
 
 
 def run(model: str, image_size: int, n_images: int, batch_size: int, epochs: int) -> dict:
-    from pneumo.cli import init_ray
+    from pneumo.cli.ray_start import init_ray
     from pneumo.config import load_config
     from pneumo.data.dataset import prepare_data
     from pneumo.data.synthetic import generate_chest_xrays

@@ -11,9 +11,11 @@ naming the key and the file before any work starts. This module imports only ome
 from __future__ import annotations
 
 import dataclasses
+import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, TypeVar
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -23,6 +25,7 @@ class ConfigError(ValueError):
     """A config that cannot be used; the message names the key and where it came from."""
 
 
+T = TypeVar("T")
 MODES = ("max", "min")  # which way a metric improves
 MAX_IMAGE_PIXELS = 40_000_000  # default of data.max_image_pixels and serve.max_image_pixels (decompression bombs)
 THRESHOLD_POLICIES = ("fixed", "youden", "sensitivity", "specificity")  # how eval picks the decision threshold
@@ -31,6 +34,19 @@ THRESHOLD_POLICIES = ("fixed", "youden", "sensitivity", "specificity")  # how ev
 def improves(new: float, old: float, mode: str) -> bool:
     """Whether `new` is strictly better than `old` for a metric optimised in `mode` (max | min)."""
     return new > old if mode == "max" else new < old
+
+
+def best_of(items: Iterable[T], mode: str, key: Callable[[T], float]) -> T:
+    """The item whose `key` is best in `mode` (max | min); the first of equals; NaN keys never win."""
+    best = None
+    for item in items:
+        if math.isnan(key(item)):
+            continue
+        if best is None or improves(key(item), key(best), mode):
+            best = item
+    if best is None:
+        raise ValueError("best_of: no items")
+    return best
 
 
 def _check_choice(key: str, value: Any, choices: tuple) -> None:

@@ -24,14 +24,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-for key, value in {
-    "RAY_USAGE_STATS_ENABLED": "0",
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-    "DO_NOT_TRACK": "true",
+from pneumo.cli.ray_start import QUIET_DEFAULTS
+
+TEST_ENVIRONMENT = {  # the CLI's defaults, plus what a test process needs on a machine with no hub and no tty
+    **QUIET_DEFAULTS,
     "HF_HUB_OFFLINE": "1",
     "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
     "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-}.items():
+}
+for key, value in TEST_ENVIRONMENT.items():
     os.environ.setdefault(key, value)
 
 import pytest  # noqa: E402
@@ -57,7 +58,7 @@ def ray_session():
     """A local Ray on loopback, started the way `pneumo run` starts it."""
     import ray
 
-    from pneumo.cli import init_ray
+    from pneumo.cli.ray_start import init_ray
 
     init_ray()
     yield ray
@@ -269,7 +270,7 @@ def serve_app(smoke_run, tmp_path_factory) -> ServeApp:
     from PIL import Image
     from ray import serve
 
-    from pneumo.cli import free_local_port
+    from pneumo.cli.ray_start import free_local_port
     from pneumo.config import load_config
     from pneumo.serve.builder import ServeArgs, build_app
     from pneumo.tracking import client_for, ensure_experiment

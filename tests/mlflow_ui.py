@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Optional
 
-from pneumo.cli import free_local_port
+from pneumo.cli.ray_start import free_local_port
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 SERVER_READY_S = 120  # `mlflow server` is ready in ~9 s on a quiet machine, far later on a busy one

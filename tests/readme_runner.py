@@ -49,18 +49,12 @@ import requests
 from conftest import stop_ray_under, until_agent_up
 from readme_blocks import Command
 
-from pneumo.cli import free_local_port
+from pneumo.cli.ray_start import free_local_port
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = REPO / ".venv" / "bin"
-QUIET = {
-    "RAY_USAGE_STATS_ENABLED": "0",
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-    "DO_NOT_TRACK": "true",
-    "HF_HUB_OFFLINE": "1",
-    "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
-    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-}
+from conftest import TEST_ENVIRONMENT as QUIET  # noqa: E402
+
 RUN_SIZES = (
     "data.image_size=48",
     "data.synth.n_images=300",

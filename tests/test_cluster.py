@@ -16,7 +16,7 @@ import pytest
 from conftest import QUICKSTART, REPO, pneumo_run, stop_ray_under, submit_job, write_smoke_yaml
 from mlflow.tracking import MlflowClient
 
-from pneumo.cli import free_local_port
+from pneumo.cli.ray_start import free_local_port
 from pneumo.config import load_config
 
 pytestmark = pytest.mark.slow
@@ -29,7 +29,7 @@ def test_job_upload_leaves_out_what_does_not_belong(tmp_path):
     package = tmp_path / "package.zip"
     create_package(str(REPO), package, include_gitignore=True)
     names = zipfile.ZipFile(package).namelist()
-    assert "pneumo/cli.py" in names and "experiments/quickstart.yaml" in names and "serve_app.py" in names
+    assert "pneumo/cli/__init__.py" in names and "experiments/quickstart.yaml" in names and "serve_app.py" in names
     for excluded in (".git/", ".venv/", "data/", "results/", "mlartifacts/", "mlflow.db"):
         assert not any(name.startswith(excluded) for name in names), excluded
     assert package.stat().st_size < 2_000_000, "far under Ray's 100 MiB working_dir limit"

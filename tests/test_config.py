@@ -155,3 +155,13 @@ def test_a_misspelt_model_in_a_search_fails_to_build(tmp_path):
     typo = models_named(load_config([tmp_path / "typo.yaml"]))[-1]
     with pytest.raises(ConfigError, match="model.name='resnt50'"):
         create_model(typo)
+
+
+def test_best_of_follows_the_mode_keeps_the_first_of_equals_and_skips_nan():
+    from pneumo.config import best_of
+
+    rows = [("a", float("nan")), ("b", 0.7), ("c", 0.9), ("d", 0.9), ("e", 0.2)]
+    assert best_of(rows, "max", lambda row: row[1])[0] == "c"
+    assert best_of(rows, "min", lambda row: row[1])[0] == "e"
+    with pytest.raises(ValueError):
+        best_of([("a", float("nan"))], "max", lambda row: row[1])

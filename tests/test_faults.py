@@ -159,7 +159,7 @@ def test_training_outlives_30_s_without_its_tracking_server(ray_session, synthet
     MLFLOW_HTTP_REQUEST_MAX_RETRIES=7, factor 2, ~4 min in all) and the run ends with its checkpoint."""
     from conftest import pneumo_run, write_smoke_yaml
 
-    from pneumo.cli import free_local_port
+    from pneumo.cli.ray_start import free_local_port
 
     port, backend = free_local_port(), f"sqlite:///{tmp_path / 'server.db'}"
     server = start_mlflow_server(backend, port, tmp_path / "artifacts")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pneumo.cli import DASHBOARD_PORT, FALLBACK_DASHBOARD_PORTS, free_dashboard_port
+from pneumo.cli.ray_start import DASHBOARD_PORT, FALLBACK_DASHBOARD_PORTS, free_dashboard_port
 
 
 def test_a_taken_default_dashboard_port_falls_back_outside_the_kernels_ephemeral_range():
@@ -31,7 +31,7 @@ def test_a_taken_default_dashboard_port_falls_back_outside_the_kernels_ephemeral
 RACE = textwrap.dedent(
     """
     import json, os, pathlib, socket, sys, urllib.error, urllib.request
-    import pneumo.cli as cli
+    import pneumo.cli.ray_start as cli
 
     taken = socket.socket()
     taken.bind(("127.0.0.1", 0))

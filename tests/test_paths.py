@@ -113,3 +113,17 @@ def test_ray_job_without_storage_settings_writes_to_pneumo_home(ray_head, tmp_pa
     assert (home / "mlartifacts").is_dir() and any((home / "results").glob("job-home-train-*/best_model"))
     assert any((home / "data" / "cache").iterdir())
     assert str(client.get_model_version_by_alias("pneumo-pneumonia", "champion").version) == "1"
+
+
+@pytest.mark.parametrize("kind", ["eval", "monitor"])
+def test_scoring_reports_default_to_pneumo_home_inside_a_ray_job(job_package, tmp_path, monkeypatch, kind):
+    """`pneumo eval` and `pneumo monitor` without --out: their report folder outlives the job's package."""
+    from pneumo.jobs.scoring import default_report_dir
+    from pneumo.registry.uri import FetchedModel
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("PNEUMO_HOME", str(home))
+    model = FetchedModel(loaded=None, uri="models:/pneumo pneumonia/3", name="pneumo pneumonia", version="3", metrics={})
+    folder = default_report_dir(model, kind, "test")
+    assert folder.parent == home / "reports" and not str(folder).startswith(str(job_package))
+    assert folder.name.startswith(f"pneumo_pneumonia-3-{kind}-test-")

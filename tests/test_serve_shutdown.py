@@ -20,7 +20,7 @@ from conftest import png_bytes
 from PIL import Image
 
 from bench.serve_bench import untrained_checkpoint
-from pneumo.cli import free_local_port
+from pneumo.cli.ray_start import free_local_port
 
 BIN = Path(sys.executable).parent
 IN_FLIGHT_S = 4.0  # serve.batch_wait_timeout_s: how long each request stays in the replica

@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 from ray.cluster_utils import Cluster
 from ray.util.state import list_actors
 
-from pneumo.cli import free_local_port
+from pneumo.cli.ray_start import free_local_port
 from pneumo.cluster import check_shared_paths
 from pneumo.config import ConfigError, load_config, with_updates
 from pneumo.experiment import run_experiment

@@ -112,6 +112,11 @@ class _Patient:
 # ---------------------------------------------------------------- planning
 
 
+def is_synthetic_set(path: str | Path) -> bool:
+    """Whether a Kaggle-layout folder was written by this module (its SYNTHETIC_MARKER says so)."""
+    return (Path(path) / SYNTHETIC_MARKER).is_file()
+
+
 def _draw_patients(rng: np.random.Generator, n_images: int, pneumonia_share: float) -> list[_Patient]:
     """Patients of both classes holding exactly n_images films, in random order."""
     n_pneumonia = round(pneumonia_share * n_images)

@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 from pneumo.config import ExperimentConfig
 from pneumo.data.folder import CLASS_NAMES, SPLITS
-from pneumo.data.synthetic import SYNTHETIC_MARKER
+from pneumo.data.synthetic import SYNTHETIC_MARKER, is_synthetic_set
 from pneumo.evaluation.metrics import SCORES
 
 META_NAME = "pneumo.json"  # pneumo.models.checkpoints.META_FILE, read here without importing torch
@@ -50,7 +50,7 @@ def _data_section(cfg: ExperimentConfig, run_metrics: dict[str, float], fingerpr
                 + ", ".join(f"{n} {name}" for name, n in counts.items())
                 + ")"
             )
-    if cfg.data.format in ("auto", "folder") and (Path(cfg.data.path) / SYNTHETIC_MARKER).is_file():
+    if cfg.data.format in ("auto", "folder") and is_synthetic_set(cfg.data.path):
         lines.append(
             f"- **Trained on synthetic films** (pneumo.data.synthetic, see {SYNTHETIC_MARKER} in the set): "
             "not real patients; its figures say nothing about real chest X-rays."

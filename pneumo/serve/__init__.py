@@ -1,2 +1,3 @@
-"""Serving: the Ray Serve app and its typed builder, request inputs, the background model loader and
-the MLflow pyfunc flavour. Only app.py and builder.py import Ray Serve."""
+"""Serving: the Ray Serve app and its typed builder, request inputs, the background model loader, the
+served versions, monitoring and the page. Serving only reads models: registering them is
+pneumo/registry/'s job."""

@@ -5,6 +5,7 @@ from typing import Literal, Optional
 from pydantic import BaseModel, Field
 
 from pneumo.data.folder import CLASS_NAMES
+from pneumo.monitoring.ood import VAL_QUANTILE
 
 Label = Literal[CLASS_NAMES]  # type: ignore[valid-type]
 
@@ -53,7 +54,9 @@ class ErrorBody(BaseModel):
 
 class OutOfDistributionBody(ErrorBody):
     ood_score: float = Field(description="the image's out-of-distribution score")
-    ood_cutoff: float = Field(description="the model's cut-off, fitted on validation films (~1% of them beyond it)")
+    ood_cutoff: float = Field(
+        description=f"the model's cut-off, fitted on validation films (~{1 - VAL_QUANTILE:.0%} of them beyond it)"
+    )
 
 
 ERROR_DOCS = {status: {"model": ErrorBody} for status in (400, 404, 413, 415, 503)}  # 404: unknown version

@@ -29,7 +29,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from pneumo.config import improves
+from pneumo.config import best_of, improves
 
 PENDING, RUNNING, COMPLETED, STOPPED_EARLY, FAILED = "pending", "running", "completed", "stopped early", "failed"
 REFRESH_PER_S = 2  # redraws of the live table per second
@@ -152,8 +152,7 @@ class RunProgress:
         rated = [row for row in self.trials.values() if row.best is not None]
         if not rated:
             return None
-        pick = max if self.mode == "max" else min
-        return pick(rated, key=lambda row: row.best)
+        return best_of(rated, self.mode, lambda row: row.best)
 
     def table(self, final: bool = False) -> Table:
         best = self.best_trial()
@@ -241,10 +240,12 @@ def watch_run(
     mode: str,
     epochs: int,
     is_user_error: Callable[[BaseException], bool] = lambda error: False,
+    table: bool = True,
 ) -> Iterator[RunProgress]:
     """Route the process's output for one run: the table and pneumo's messages on the terminal, all the
     rest (Ray's logs, warnings, tracebacks) in `log_path`. With `log_path=None` (--verbose) nothing is
-    redirected and the table is written as plain lines among Ray's own output.
+    redirected and the table is written as plain lines among Ray's own output. Commands without trials
+    (`table=False`) get their notes as lines and no live table.
 
     An unexpected error is written whole to the log; the terminal gets one line and the log's path.
     Errors `is_user_error` accepts (a bad config, a bad dataset) pass through unchanged: the caller words those.
@@ -257,7 +258,7 @@ def watch_run(
     terminal = io.TextIOWrapper(
         os.fdopen(os.dup(sys.stdout.fileno()), "wb", buffering=0), line_buffering=True, write_through=True
     )
-    progress = RunProgress(terminal, metric, mode, epochs, is_interactive(sys.stdout), log_path)
+    progress = RunProgress(terminal, metric, mode, epochs, table and is_interactive(sys.stdout), log_path)
     progress.note(f"log:          {log_path}  (Ray's output; --verbose shows it here)")
     handler = _DisplayHandler(progress)
     pneumo_logger = logging.getLogger("pneumo")

@@ -37,7 +37,7 @@ from ray.train import (
 from ray.train.torch import TorchTrainer
 from ray.util.queue import Queue
 
-from pneumo.config import ExperimentConfig, TrainConfig, from_dict, to_dict
+from pneumo.config import ExperimentConfig, TrainConfig, best_of, from_dict, to_dict
 from pneumo.data.batch_transforms import augment, normalize
 from pneumo.data.dataset import PreparedData
 from pneumo.data.transforms import Preprocessing
@@ -455,6 +455,5 @@ def fit(
                 raise full from error
             raise
     progress.trial_ended("train", COMPLETED)
-    sign = 1 if cfg.tune.mode == "max" else -1
-    best_checkpoint, best_metrics = max(result.best_checkpoints, key=lambda pair: sign * pair[1][cfg.tune.metric])
+    best_checkpoint, best_metrics = best_of(result.best_checkpoints, cfg.tune.mode, lambda pair: pair[1][cfg.tune.metric])
     return TrainOutcome(best_checkpoint.path, best_metrics, result.metrics, result.path)

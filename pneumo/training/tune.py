@@ -34,7 +34,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
-from pneumo.config import ConfigError, ExperimentConfig, from_dict, improves, to_dict, with_updates
+from pneumo.config import ConfigError, ExperimentConfig, best_of, from_dict, improves, to_dict, with_updates
 from pneumo.data.dataset import PreparedData
 from pneumo.data.transforms import Preprocessing
 from pneumo.tracking import (
@@ -291,7 +291,7 @@ def _best_trial(results, cfg: ExperimentConfig) -> tuple[str, dict, float]:
     """(checkpoint path, params, metric) of the best epoch of any trial (checkpoints kept by tune.metric)."""
     best = results.get_best_result(metric=cfg.tune.metric, mode=cfg.tune.mode, scope="all")
     frame = best.metrics_dataframe.dropna(subset=["checkpoint_path"])
-    row = frame.loc[frame[cfg.tune.metric].idxmax() if cfg.tune.mode == "max" else frame[cfg.tune.metric].idxmin()]
+    row = best_of((row for _, row in frame.iterrows()), cfg.tune.mode, lambda row: row[cfg.tune.metric])
     params = {k: v for k, v in best.config.items()}
     return str(row["checkpoint_path"]), params, float(row[cfg.tune.metric])
 

@@ -7,11 +7,10 @@ training recipes and image sizes; the comparison says where a run stands, not wh
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 from pneumo.config import DataConfig
 from pneumo.data.sources import resolve_format
-from pneumo.data.synthetic import SYNTHETIC_MARKER
+from pneumo.data.synthetic import is_synthetic_set
 
 KERMANY_2018 = (
     "Kermany et al., Identifying Medical Diagnoses and Treatable Diseases by Image-Based Deep "
@@ -58,7 +57,7 @@ def resolve_baseline_dataset(setting: str, data: DataConfig) -> str:
     data_format = resolve_format(data)
     if data_format == "npz":
         return "pneumoniamnist"
-    if data_format == "folder" and not (Path(data.path) / SYNTHETIC_MARKER).is_file():
+    if data_format == "folder" and not is_synthetic_set(data.path):
         return "kaggle"
     return "none"
 

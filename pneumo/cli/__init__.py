@@ -1,5 +1,7 @@
-"""The `pneumo` command: a thin shell over the package's functions, and its only side effects
-(logging, environment defaults, ray.init).
+"""The `pneumo` command: a thin shell over the package's functions, with the process-wide side effects
+(logging, environment defaults, ray.init in ray_start.py). Two settings that Ray reads at start-up are
+set where their feature is chosen instead: training/train.py (Train's health-check interval, for the
+trainer's controller) and serve/ingress.py (Serve's HAProxy ingress).
 
     pneumo run experiments/quickstart.yaml train.lr=3e-4 [--resume]
     pneumo config show experiments/quickstart.yaml [overrides]
@@ -15,134 +17,22 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
-import json
 import logging
 import os
-import random
-import socket
 import sys
 import time
+from collections.abc import Iterator
 from typing import Optional
 
+from pneumo.cli.ray_start import QUIET_DEFAULTS, init_ray, ray_shut_down_at_exit
 from pneumo.training.timeline import mark
 
 STARTED_AT = time.time()  # this module imported: Python and the CLI are up (the run's timeline starts here)
-
-QUIET_DEFAULTS = {  # set only when the user has not: no telemetry, no hub calls that cannot succeed offline
-    "RAY_USAGE_STATS_ENABLED": "0",
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-    "DO_NOT_TRACK": "true",
-    "TOKENIZERS_PARALLELISM": "false",
-    "RAY_DATA_LOG_LEVEL": "WARNING",  # Ray Data logs every dataset execution at INFO
-    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
-}
 
 
 def split_paths_and_overrides(items: list[str]) -> tuple[list[str], list[str]]:
     """`a.yaml b.yaml train.lr=3e-4` -> (["a.yaml", "b.yaml"], ["train.lr=3e-4"])."""
     return [i for i in items if "=" not in i], [i for i in items if "=" in i]
-
-
-def _free_on_loopback(port: int) -> bool:
-    """Whether `port` can be bound on 127.0.0.1 now."""
-    with socket.socket() as probe:
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
-
-
-def free_local_port() -> int:
-    """A free loopback port picked by the kernel: for the servers tests and benchmarks start. A local
-    Ray's dashboard gets free_dashboard_port."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-DASHBOARD_PORT = 8265  # Ray's default: the local dashboard's port when it is free
-# Fallback dashboard ports: above Ray's worker ports (10002-19999) and below Linux's ephemeral range
-# (32768+), so no bind to port 0 and no outgoing connection is handed one between the probe and Ray's
-# bind; drawn at random, so two runs starting together rarely probe the same one.
-FALLBACK_DASHBOARD_PORTS = range(20000, 32768)
-DASHBOARD_ATTEMPTS = 3  # ray.init tries when the probed port was taken before the dashboard bound it
-
-
-def free_dashboard_port() -> int:
-    """DASHBOARD_PORT when free on 127.0.0.1, else a free one of FALLBACK_DASHBOARD_PORTS."""
-    candidates = [DASHBOARD_PORT, *random.sample(FALLBACK_DASHBOARD_PORTS, 50)]
-    return next((port for port in candidates if _free_on_loopback(port)), None) or free_local_port()
-
-
-STATE_TRACKING = "RAY_TRAIN_ENABLE_STATE_TRACKING"  # Ray Train's state actor: the dashboard's Train page
-
-
-def _state_tracking_runtime_env() -> Optional[dict]:
-    """Ray Train state tracking for every process of this driver's job on a cluster (the Tune trials
-    build their TorchTrainers there), unless the job's own runtime_env already sets it (Ray refuses
-    to merge the same variable twice)."""
-    job_config = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}"))
-    if STATE_TRACKING in ((job_config.get("runtime_env") or {}).get("env_vars") or {}):
-        return None
-    return {"env_vars": {STATE_TRACKING: os.environ.get(STATE_TRACKING, "1")}}
-
-
-def _start_local_ray(settings: dict):
-    """ray.init of a Ray started here, its dashboard on a port chosen before Ray starts.
-
-    RAY_API_SERVER_ADDRESS, inherited by every Ray process started here, lets Ray Train's
-    placement-group cleaner find *this* Ray even when other Ray instances run on the machine
-    (otherwise it fails, and Tune trials stopped by ASHA leak their CPUs until the search hangs), so
-    the port cannot be left to Ray's own search. When another process binds the probed port before
-    the dashboard does, Ray starts without a dashboard: it is started again on another port.
-    """
-    import ray
-
-    for attempt in range(1, DASHBOARD_ATTEMPTS + 1):
-        port = free_dashboard_port()
-        os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
-        context = ray.init(dashboard_host="127.0.0.1", dashboard_port=port, **settings)
-        if (context.dashboard_url or "").endswith(f":{port}") or attempt == DASHBOARD_ATTEMPTS:
-            return context
-        logging.getLogger(__name__).warning("dashboard port %d was taken as Ray started: starting Ray again", port)
-        ray.shutdown()
-
-
-def init_ray() -> Optional[str]:
-    """Join $RAY_ADDRESS (a cluster or `ray job submit`), else start a local Ray in-process; returns the
-    dashboard address of a Ray started here. Either way Ray Train's state tracking is on."""
-    if "ray" in sys.modules and sys.modules["ray"].is_initialized():
-        return None
-    joining = bool(os.environ.get("RAY_ADDRESS"))
-    runtime_env = _state_tracking_runtime_env() if joining else None
-    os.environ.setdefault(STATE_TRACKING, "1")  # a local Ray's processes inherit it
-    if not joining:  # a local Ray on 127.0.0.1 only (read at import)
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    import ray
-
-    settings = {"log_to_driver": True, "logging_level": logging.WARNING, "runtime_env": runtime_env}
-    context = ray.init(address=os.environ["RAY_ADDRESS"], **settings) if joining else _start_local_ray(settings)
-    data_context = ray.data.DataContext.get_current()
-    data_context.execution_options.preserve_order = True  # same seed, same batches
-    data_context.enable_progress_bars = sys.stderr.isatty()
-    return None if joining or not context.dashboard_url else f"http://{context.dashboard_url}"
-
-
-@contextlib.contextmanager
-def _ray_shut_down_at_exit():
-    """Shut down a Ray that the block starts, before the block's caller restores the terminal.
-
-    Ray's log deduplicator holds back worker lines that repeat across processes ("[repeated 2x across
-    cluster]") and prints them to sys.stderr when Ray shuts down; left to Ray's atexit hook, that is
-    after `watch_run` gave fd 2 back to the terminal, so a harmless actor line reached the user."""
-    was_running = "ray" in sys.modules and sys.modules["ray"].is_initialized()
-    try:
-        yield
-    finally:
-        if not was_running and "ray" in sys.modules and sys.modules["ray"].is_initialized():
-            sys.modules["ray"].shutdown()
-            mark("ray_stopped")
 
 
 def _load(items: list[str]):
@@ -155,23 +45,44 @@ def _load(items: list[str]):
 
 
 def _log_folder(cfg) -> str:
-    """Where the run's log goes: beside its results, or under the durable local root for bucket storage."""
+    """Where a command's log goes: beside its results, or under the durable local root for bucket storage."""
     from pneumo.paths import durable_path, is_uri
 
     return durable_path("results") if is_uri(cfg.scaling.storage_path) else cfg.scaling.storage_path
 
 
+@contextlib.contextmanager
+def _quiet_terminal(cfg, args: argparse.Namespace, table: bool = False) -> Iterator:
+    """pneumo's lines on the terminal, Ray's in the command's log file (--verbose: everything here);
+    Ray started inside is shut down before the terminal is given back."""
+    from pneumo.training.progress import run_log_path, watch_run
+
+    name = cfg.name if args.command == "run" else f"{cfg.name}-{args.command}"
+    log_path = None if args.verbose else run_log_path(_log_folder(cfg), name)
+    with (
+        watch_run(log_path, cfg.tune.metric, cfg.tune.mode, cfg.train.epochs, is_user_error, table) as progress,
+        ray_shut_down_at_exit(),  # inside the redirect: Ray's last lines go to the log
+    ):
+        yield progress
+
+
+def _load_for_data(args: argparse.Namespace, default_name: str):
+    """The config of a command that scores `args.data`: --config files and overrides, data.path set,
+    relative paths made durable."""
+    from pneumo.config import load_config
+    from pneumo.paths import anchor_paths
+
+    paths, overrides = split_paths_and_overrides(args.config)
+    defaults = [] if paths else [f"name={default_name}"]
+    return anchor_paths(load_config(paths, [*defaults, *overrides, f"data.path={args.data}"]))
+
+
 def cmd_run(args: argparse.Namespace) -> None:
     from pneumo.paths import anchor_paths, describe_storage
-    from pneumo.training.progress import run_log_path, watch_run
 
     cfg = anchor_paths(_load(args.config))  # relative paths made absolute and durable (not in a Ray job's package)
     config_loaded = time.time()
-    log_path = None if args.verbose else run_log_path(_log_folder(cfg), cfg.name)
-    with (
-        watch_run(log_path, cfg.tune.metric, cfg.tune.mode, cfg.train.epochs, is_user_error) as progress,
-        _ray_shut_down_at_exit(),  # inside the redirect: Ray's last lines go to the log
-    ):
+    with _quiet_terminal(cfg, args, table=True) as progress:
         progress.note(describe_storage(cfg))
         mark("cli_started", STARTED_AT)
         mark("config_loaded", config_loaded)
@@ -201,47 +112,42 @@ def cmd_run(args: argparse.Namespace) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    from pneumo.config import load_config
+    from pneumo.paths import describe_storage, durable_path
 
-    paths, overrides = split_paths_and_overrides(args.config)
-    defaults = [] if paths else ["name=pneumo-eval"]
-    cfg = load_config(paths, [*defaults, *overrides, f"data.path={args.data}"])
-    from pneumo.paths import anchor_paths, describe_storage, durable_path
+    cfg = _load_for_data(args, "pneumo-eval")
+    with _quiet_terminal(cfg, args) as terminal:
+        terminal.note(describe_storage(cfg))
+        init_ray()
+        from pneumo.evaluation.metrics import format_metrics_table
+        from pneumo.jobs.evaluate import evaluate_model
 
-    cfg = anchor_paths(cfg)
-    print(describe_storage(cfg), flush=True)
-    init_ray()
-    from pneumo.evaluation.metrics import format_metrics_table
-    from pneumo.jobs.evaluate import evaluate_model
-
-    outcome = evaluate_model(
-        args.model, cfg, args.split, durable_path(args.out) if args.out else None, args.runtime, args.int8
-    )
-    print(format_metrics_table(outcome.evaluation.metrics, outcome.evaluation.intervals, title=args.split))
-    if outcome.ood is not None:
-        print(
-            f"out of distribution: {outcome.ood['ood_refused_count']} {args.split} films ({outcome.ood['ood_refused']:.1%}) "
-            f"beyond the gate's cut-off {outcome.ood['ood_cutoff']:.3g} (serve.ood_policy reject would refuse them)"
+        outcome = evaluate_model(
+            args.model, cfg, args.split, durable_path(args.out) if args.out else None, args.runtime, args.int8
         )
-    if outcome.localization is not None:
-        print(outcome.localization.summary())
-    print(f"\nmlflow run:   {outcome.mlflow_run_id}\nreport:       {outcome.report_path}")
+        terminal.note(format_metrics_table(outcome.evaluation.metrics, outcome.evaluation.intervals, title=args.split))
+        if outcome.ood is not None:
+            terminal.note(
+                f"out of distribution: {outcome.ood['ood_refused_count']} {args.split} films "
+                f"({outcome.ood['ood_refused']:.1%}) beyond the gate's cut-off {outcome.ood['ood_cutoff']:.3g} "
+                "(serve.ood_policy reject would refuse them)"
+            )
+        if outcome.localization is not None:
+            terminal.note(outcome.localization.summary())
+        terminal.note(f"\nmlflow run:   {outcome.mlflow_run_id}\nreport:       {outcome.report_path}")
 
 
 def cmd_monitor(args: argparse.Namespace) -> None:
-    from pneumo.config import load_config
+    from pneumo.paths import durable_path
 
-    paths, overrides = split_paths_and_overrides(args.config)
-    cfg = load_config(paths, [*([] if paths else ["name=pneumo-monitor"]), *overrides, f"data.path={args.data}"])
-    from pneumo.paths import anchor_paths, durable_path
+    cfg = _load_for_data(args, "pneumo-monitor")
+    with _quiet_terminal(cfg, args) as terminal:
+        init_ray()
+        from pneumo.jobs.monitor import monitor_dataset
+        from pneumo.monitoring.report import format_summary
 
-    cfg = anchor_paths(cfg)
-    init_ray()
-    from pneumo.monitoring.report import format_summary, monitor_dataset
-
-    outcome = monitor_dataset(args.model, cfg, args.split, durable_path(args.out) if args.out else None)
-    print(format_summary(outcome.report))
-    print(f"\nmlflow run:   {outcome.mlflow_run_id}\nreport:       {outcome.html_path}")
+        outcome = monitor_dataset(args.model, cfg, args.split, durable_path(args.out) if args.out else None)
+        terminal.note(format_summary(outcome.report))
+        terminal.note(f"\nmlflow run:   {outcome.mlflow_run_id}\nreport:       {outcome.html_path}")
 
 
 def cmd_config_show(args: argparse.Namespace) -> None:
@@ -335,6 +241,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from pneumo.config import SynthConfig
+    from pneumo.data.synthetic import PNEUMONIA_SHARE
 
     parser = argparse.ArgumentParser(prog="pneumo", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -359,7 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         help="experiment YAML(s) for the data/eval/mlflow settings, then key=value overrides",
     )
-    evaluate.add_argument("--out", help="report folder (default reports/<model>-<version>-<split>-<time>)")
+    evaluate.add_argument("--out", help="report folder (default reports/<model>-<version>-eval-<split>-<time>)")
     evaluate.add_argument(
         "--runtime",
         default="torch",
@@ -367,6 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="score with this runtime, as serve.runtime would serve it (default torch)",
     )
     evaluate.add_argument("--int8", action="store_true", help="score the model's int8 export (export.int8)")
+    evaluate.add_argument("--verbose", action="store_true", help="show Ray's own output here, not only in the log file")
     evaluate.set_defaults(handler=cmd_eval)
     monitor = commands.add_parser(
         "monitor",
@@ -379,7 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
     monitor.add_argument("data", help="dataset path (data.path): a new hospital's folder, a manifest, an .npz")
     monitor.add_argument("--split", default="all", choices=("all", "train", "val", "test"), help="films to compare")
     monitor.add_argument("--config", nargs="+", default=[], help="experiment YAML(s), then key=value overrides")
-    monitor.add_argument("--out", help="report folder (default reports/monitor-<model>-<version>-<time>)")
+    monitor.add_argument("--out", help="report folder (default reports/<model>-<version>-monitor-<split>-<time>)")
+    monitor.add_argument("--verbose", action="store_true", help="show Ray's own output here, not only in the log file")
     monitor.set_defaults(handler=cmd_monitor)
     config = commands.add_parser("config", help="inspect experiment configs").add_subparsers(
         dest="action", required=True
@@ -405,7 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--portable", action="store_true", help="AP portable look (large heart, shallow breath, collimated edges)"
     )
     shift.add_argument("--inverted", action="store_true", help="inverted polarity")
-    shift.add_argument("--prevalence", type=float, default=0.74, help="share of pneumonia films (0.05-0.95)")
+    shift.add_argument("--prevalence", type=float, default=PNEUMONIA_SHARE, help="share of pneumonia films (0.05-0.95)")
     synth.set_defaults(handler=cmd_data_synth)
     inspect = data.add_parser(
         "inspect", help="counts, sizes, unreadable files and leakage between splits (exit status 1 on leakage)"

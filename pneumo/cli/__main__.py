@@ -1,0 +1,5 @@
+"""`python -m pneumo.cli …`, the same as the `pneumo` command."""
+
+from pneumo.cli import main
+
+main()
