@@ -10,7 +10,7 @@ LOCK := requirements.lock
 # percent of pneumo/ lines the whole suite must run, a few points under the figure in README's Tests
 COVERAGE_FLOOR ?= 65
 
-.PHONY: install demo lint test test-readme lock bench clean
+.PHONY: install demo lint test test-readme lock bench clean docs docs-build
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,15 @@ test: lint
 # quiet 2-core machine, so outside `make test`; one step: pytest -m readme -k "README.md:LINE:"
 test-readme: install
 	$(BIN)/python -m pytest -m readme
+
+# the documentation site (docs/, mkdocs.yml): `make docs` serves it with live reload, `make docs-build`
+# builds it strictly into .cache/site (tests/docs/test_docs_site.py runs the same build in make test)
+MKDOCS_QUIET := NO_MKDOCS_2_WARNING=1 DISABLE_MKDOCS_2_WARNING=true
+docs: install
+	$(MKDOCS_QUIET) $(BIN)/mkdocs serve -a 127.0.0.1:8001
+
+docs-build: install
+	$(MKDOCS_QUIET) $(BIN)/mkdocs build --strict
 
 lock: $(BIN)/python
 	$(BIN)/python -m pip install --quiet "pip-tools>=7.4"

@@ -9,6 +9,7 @@ What counts as what:
 - ```yaml: an experiment-file fragment.
 - an unlabelled block whose first line starts with `$ `: a console excerpt, the command then lines of
   what it prints (a selection, in order), compared in shape.
+- ```text, or an unlabelled block without a prompt: shown as it is (a folder layout, an answer), not run.
 - `<!-- readme-test: illustrative -->` on the line right before a fence: the block is skipped (and
   counted as skipped). Use it rarely: for a block that cannot run or be parsed anywhere.
 

@@ -1,13 +1,17 @@
-"""Run the README's commands as a user would, in a scratch copy of this checkout, kept small and isolated.
+"""Run the commands of the README and the guides as a user would, in a scratch copy of this checkout,
+kept small and isolated.
 
-The command line that runs is the README's; the harness changes only what this mapping says:
+The command line that runs is the page's; the harness changes only what this mapping says:
 
 - sizes: `pneumo run` gets RUN_SIZES appended (48 px films, a small synthetic set, 2 epochs,
-  a 2-trial search); a benchmark gets BENCH_SIZES (its size options set small); nothing else.
+  a 2-trial search, no hub weights: the harness has no internet); a benchmark gets BENCH_SIZES (its
+  size options set small); nothing else.
 - files a user has and a fresh checkout does not (PROPS): `film.jpeg`, `a.jpeg`, `b.png` (films of the
   synthetic set), `film.dcm` (`film.jpeg` as a 16-bit DICOM, written by bench/films.py), `ct.dcm`
   (pydicom's own CT test file), `data/chest_xray` and `data/other-hospital` (small synthetic sets),
-  `experiments/x.yaml` (the misspelled key the README shows).
+  `experiments/x.yaml` (the misspelled key the README shows), and every ```yaml block whose first
+  line is a comment naming a file under experiments/ (`# experiments/my-kaggle.yaml`): the page tells
+  the reader to save it there.
 - placeholders: RUN_ID (the MLflow run the first `pneumo run` printed), SUBMISSION_ID (the job id
   `ray job submit` printed), `results/<run>/best_model` and `results/quickstart-search-…/best_model`
   (the best model that run printed).
@@ -18,7 +22,10 @@ The command line that runs is the README's; the harness changes only what this m
   `ray start --head` gets free ports for its other services; `source .venv/bin/activate` is
   the project's virtualenv.
 - `ray stop` stops every Ray on a machine, other people's tests included: here it stops only the
-  Ray processes of its block (those whose command line names the block's RAY_TMPDIR).
+  Ray processes of its block (those whose command line names the block's RAY_TMPDIR). A `ray start`
+  first stops the heads other blocks started (one head per machine, as a reader who follows two
+  pages has). `ray` commands act on their block's Ray, so each block runs its own (a console excerpt
+  shows the output of the same line run last).
 - servers (`pneumo serve`, `mlflow ui`) run in the background until ready (/readyz or / answers 200,
   and every model role on /versions has stopped loading); each stays up until another claims its
   README port or the scratch copy is closed. `curl` gets `--silent --show-error --fail-with-body`, so
@@ -41,13 +48,14 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 import requests
 from conftest import stop_ray_under, until_agent_up
-from readme_blocks import Command
+from readme_blocks import Block, Command
 
 from pneumo.cli.ray_start import free_local_port
 
@@ -63,6 +71,7 @@ RUN_SIZES = (
     "train.batch_size=16",
     "tune.num_samples=2",
     "tune.grace_period=1",
+    "model.pretrained=false",
 )
 BENCH_SIZES = {  # module -> options set (replaced when the README gives them, else appended)
     "bench.train_bench": {"--image-size": "48", "--images": "96", "--epochs": "2"},
@@ -129,6 +138,8 @@ class Scratch:
     block_tmpdir: dict[str, str] = field(default_factory=dict)  # block (file:line) -> RAY_TMPDIR of its `ray` commands
     block_exports: dict[str, dict[str, str]] = field(default_factory=dict)  # block (file:line) -> what it exported
     head_ports: dict[str, list[int]] = field(default_factory=dict)  # `ray start` (file:line) -> its other ports
+    heads: dict[str, str] = field(default_factory=dict)  # block (file:line) that started a Ray head -> its RAY_TMPDIR
+    block_outputs: dict[tuple[str, str], Outcome] = field(default_factory=dict)  # (block, line) -> a `ray` outcome
     env_changed: dict[str, Outcome] = field(default_factory=dict)  # `source`/`export` (file:line) -> its outcome
     tmpdirs: list[str] = field(default_factory=list)
 
@@ -221,7 +232,10 @@ class Scratch:
             if current is not None and current.line == line and current.process.poll() is None:
                 return self.outputs[line]
             return self._start_server(readme_port, line, self.command_env(command))
-        if line in self.outputs:
+        per_block = command.program == "ray" and command.block.language != "console"
+        if per_block and (command.block.where, line) in self.block_outputs:
+            return self.block_outputs[(command.block.where, line)]
+        if not per_block and line in self.outputs:
             return self.outputs[line]
         env = self.command_env(command)
         if command.program in ("export", "source", "."):
@@ -231,12 +245,21 @@ class Scratch:
         if command.text.strip() == "ray stop":
             stop_ray_under(env["RAY_TMPDIR"])
             return Outcome(line, 0, f"stopped the Ray under {env['RAY_TMPDIR']}")
+        if command.argv[:2] == ("ray", "start"):
+            self._stop_other_heads(command.block.where)
+            self.heads[command.block.where] = env["RAY_TMPDIR"]
         outcome = until_agent_up(lambda: self._run_once(command, line, env), lambda done: done.output)
         self._learn(command, outcome)
         self.outputs[line] = outcome
+        if per_block:
+            self.block_outputs[(command.block.where, line)] = outcome
         with (self.root.parent / "outcomes.log").open("a") as log:  # read while a long run is still going
             log.write(f"=== {command.where} exit {outcome.returncode}: {line}\n{outcome.output[-3000:]}\n")
         return outcome
+
+    def _stop_other_heads(self, block: str) -> None:
+        for other in [where for where in self.heads if where != block]:
+            stop_ray_under(self.heads.pop(other))
 
     def _run_once(self, command: Command, line: str, env: dict[str, str]) -> Outcome:
         timeout = TIMEOUT_S.get(command.program, 120)
@@ -335,8 +358,12 @@ class Scratch:
             shutil.rmtree(tmpdir, ignore_errors=True)
 
 
-def write_props(scratch: Scratch) -> None:
-    """The files README commands name that a user has and a fresh checkout does not (see PROPS above)."""
+SAVED_AS = re.compile(r"^#\s*(experiments/[\w.-]+\.ya?ml)\s*$")  # a yaml block's first line: the file to save it as
+
+
+def write_props(scratch: Scratch, blocks: Sequence[Block] = ()) -> None:
+    """The files the pages' commands name that a user has and a fresh checkout does not (see the
+    module docstring), and the experiment files the pages tell the reader to save."""
     import numpy as np
     import pydicom.data
     from PIL import Image
@@ -355,3 +382,7 @@ def write_props(scratch: Scratch) -> None:
     (root / "film.dcm").write_bytes(dicom_bytes(grey, 16, WindowCenter=32768, WindowWidth=65536))
     shutil.copy(pydicom.data.get_testdata_file("CT_small.dcm"), root / "ct.dcm")
     (root / "experiments" / "x.yaml").write_text("base: quickstart.yaml\nmodel:\n  nmae: resnet18\n")
+    for block in blocks:
+        saved = SAVED_AS.match(block.text.splitlines()[0]) if block.language == "yaml" and block.text else None
+        if saved:
+            (root / saved.group(1)).write_text(block.text + "\n")

@@ -1,12 +1,14 @@
-"""The README is tested: every command in it runs here, or is checked against the tool that would run it.
+"""The README and the guides are tested: every command in them runs here, or is checked against the
+tool that would run it.
 
-Fast tests read README.md and bench/README.md (tests/readme_blocks.py) and check every command with its
-tool's own parser (tests/readme_cli.py): a command or option that does not exist fails. Slow tests run
-every command that can run on this machine, in README order, in a scratch copy of the checkout
-(tests/readme_runner.py says exactly what the harness changes: sizes, ports, scratch HOME, and `ray stop`
-stopping only its own Ray), and compare the outputs the README shows in shape. Commands that need a
-cloud (CLOUD_SUBCOMMANDS, CLOUD_MARKS, or a block with one) are parsed only. A block marked
-`<!-- readme-test: illustrative -->` is skipped.
+The checked pages are README.md, the tutorials and how-to guides of the documentation site (in the
+order of mkdocs.yml's navigation) and bench/README.md (tests/readme_blocks.py reads their fenced
+blocks). Fast tests check every command with its tool's own parser (tests/readme_cli.py): a command or
+option that does not exist fails. Slow tests run every command that can run on this machine, in page
+order, in a scratch copy of the checkout (tests/readme_runner.py says exactly what the harness changes:
+sizes, ports, scratch HOME, and `ray stop` stopping only its own Ray), and compare the outputs the pages
+show in shape. Commands that need a cloud (CLOUD_SUBCOMMANDS, CLOUD_MARKS, or a block with one) or a
+GPU (gpu_reason) are parsed only. A block marked `<!-- readme-test: illustrative -->` is skipped.
 """
 
 from __future__ import annotations
@@ -19,11 +21,31 @@ from dataclasses import dataclass
 from typing import Optional
 
 import pytest
+import yaml
 from conftest import QUICKSTART, REPO
 from readme_blocks import Block, Command, commands, json_shape, missing_lines, read_blocks, shape_pattern
 from readme_cli import CommandRejected, check_command
 
-READMES = (REPO / "README.md", REPO / "bench" / "README.md")
+GUIDE_SECTIONS = ("tutorials/", "how-to/")  # the site's pages a reader copies commands from
+
+
+def nav_pages(nav) -> list[str]:
+    """Every page of a mkdocs navigation, in order."""
+    if isinstance(nav, str):
+        return [nav]
+    if isinstance(nav, dict):
+        return [page for value in nav.values() for page in nav_pages(value)]
+    return [page for item in nav for page in nav_pages(item)]
+
+
+def guide_pages() -> list:
+    """The tutorials and how-to guides, in the order of mkdocs.yml's navigation (`mkdocs build --strict`
+    fails on a page left out of it, so none is missed here)."""
+    nav = yaml.safe_load((REPO / "mkdocs.yml").read_text())["nav"]
+    return [REPO / "docs" / page for page in nav_pages(nav) if page.startswith(GUIDE_SECTIONS)]
+
+
+READMES = (REPO / "README.md", *guide_pages(), REPO / "bench" / "README.md")
 BLOCKS = [block for readme in READMES for block in read_blocks(readme)]
 CHECKED = [block for block in BLOCKS if not block.illustrative and block.language in ("bash", "sh", "console")]
 COMMANDS = [command for block in CHECKED for command in commands(block)]
@@ -47,10 +69,27 @@ def cloud_reason(command: Command) -> Optional[str]:
     return None
 
 
+GPU_EXPERIMENTS = ("experiments/kaggle-resnet50.yaml", "experiments/kaggle-search.yaml", "experiments/rsna-dicom.yaml")
+
+
+def gpu_reason(command: Command) -> Optional[str]:
+    """Why `command` needs a GPU (this machine has none), or None: it asks for GPU workers, names a GPU
+    recipe without turning the GPUs off, or is the GPU check without --smoke."""
+    text = command.text
+    if "scaling.use_gpu=true" in text:
+        return "asks for GPU workers (scaling.use_gpu=true)"
+    recipe = next((name for name in GPU_EXPERIMENTS if name in text), None)
+    if recipe and "scaling.use_gpu=false" not in text:
+        return f"{recipe} trains on GPU workers"
+    if command.argv[:3] == ("python", "-m", "bench.gpu_check") and "--smoke" not in command.argv:
+        return "the GPU check needs GPUs (--smoke runs it on CPU)"
+    return None
+
+
 def not_run_reason(command: Command) -> Optional[str]:
-    """Why `command` is parsed and not run: its own cloud_reason, or that of a command in its block
-    (the block is a walk-through on a cluster)."""
-    reason = cloud_reason(command) or NOT_RUN_HERE.get(command.text)
+    """Why `command` is parsed and not run: its own cloud or GPU reason, or the cloud reason of a
+    command in its block (the block is a walk-through on a cluster)."""
+    reason = cloud_reason(command) or gpu_reason(command) or NOT_RUN_HERE.get(command.text)
     if reason:
         return reason
     cluster = next((other for other in commands(command.block) if cloud_reason(other)), None)
@@ -82,7 +121,7 @@ def test_block_is_checked_unless_illustrative(block: Block):
     """Every block is something the harness checks; an illustrative one is listed as skipped."""
     if block.illustrative:
         pytest.skip(f"illustrative: {block.where}")
-    checked_languages = ("bash", "sh", "console", "python", "yaml", "")
+    checked_languages = ("bash", "sh", "console", "python", "yaml", "text", "")  # text: shown, not run
     assert block.language in checked_languages, f"{block.where}: the README test does not know ```{block.language}"
     if block.language in ("bash", "sh", "console"):
         assert commands(block), f"{block.where}: a shell block without a command"
@@ -109,7 +148,8 @@ def test_command_is_accepted_by_its_tool(command: Command, monkeypatch):
     ],
 )
 def test_wrong_commands_are_rejected(argv, complaint, monkeypatch):
-    """The parse check can fail: the two cluster commands issue #20 found, and other made-up ones."""
+    """The parse check can fail: cluster commands that pass a command where the launcher takes none,
+    and other made-up ones."""
     monkeypatch.chdir(REPO)
     with pytest.raises(CommandRejected, match=f"(?i){complaint}"):
         check_command(argv)
@@ -121,10 +161,14 @@ def test_wrong_commands_are_rejected(argv, complaint, monkeypatch):
     ids=ids([b for b in BLOCKS if b.language == "yaml" and not b.illustrative]),
 )
 def test_yaml_block_is_a_valid_experiment_diff(block: Block, tmp_path):
+    """A fragment merges over the quickstart; a whole file (one with `name:` or its own `base:`) loads
+    as it is, its `base:` read from experiments/ as a file saved there would."""
     from pneumo.config import load_config
 
+    text = re.sub(r"^base:\s*(\S+)", lambda m: f"base: {REPO / 'experiments' / m.group(1)}", block.text, flags=re.M)
+    whole = re.search(r"^(name|base):", block.text, re.M) is not None
     diff = tmp_path / "diff.yaml"
-    diff.write_text(f"base: {QUICKSTART}\n{block.text}\n")
+    diff.write_text(text if whole and "base:" in text else f"base: {QUICKSTART}\n{text}\n")
     load_config([diff])
 
 
@@ -155,6 +199,29 @@ def test_cluster_commands_are_parsed_not_run():
     reasons = {command.where: not_run_reason(command) for command in COMMANDS if not_run_reason(command)}
     assert any("ray up" in reason for reason in reasons.values()), reasons
     assert not any(command.argv[:2] == ("ray", "attach") and "--" in command.argv for command in COMMANDS)
+
+
+def test_gpu_commands_are_parsed_not_run():
+    def reason(line: str) -> Optional[str]:
+        return gpu_reason(Command(Block(REPO / "README.md", 1, "bash", line, False), 2, line, tuple(shlex.split(line))))
+
+    assert "use_gpu" in reason("pneumo run experiments/my.yaml scaling.use_gpu=true")
+    assert "kaggle-resnet50" in reason("pneumo run experiments/kaggle-resnet50.yaml data.path=/x")
+    assert reason("pneumo run experiments/kaggle-resnet50.yaml scaling.use_gpu=false") is None
+    assert "--smoke" in reason("python -m bench.gpu_check")
+    assert reason("python -m bench.gpu_check --smoke") is None
+    assert reason("pneumo run experiments/quickstart.yaml") is None
+
+
+def test_guides_are_checked_in_navigation_order():
+    names = [readme.relative_to(REPO).as_posix() for readme in READMES]
+    assert names[0] == "README.md" and names[-1] == "bench/README.md", names
+    assert "docs/tutorials/quickstart.md" in names and "docs/how-to/ray-cluster.md" in names, names
+    assert names.index("docs/tutorials/quickstart.md") < names.index("docs/how-to/ray-cluster.md")
+    on_disk = {
+        p.relative_to(REPO).as_posix() for section in GUIDE_SECTIONS for p in (REPO / "docs" / section).glob("*.md")
+    }
+    assert on_disk <= set(names), f"guides missing from mkdocs.yml's nav: {sorted(on_disk - set(names))}"
 
 
 # ---- slow: running what can run here ----------------------------------------------------------------
@@ -190,7 +257,7 @@ def scratch(tmp_path_factory):
     from readme_runner import Scratch, write_props
 
     world = Scratch.create(tmp_path_factory.mktemp("readme"))
-    write_props(world)
+    write_props(world, BLOCKS)
     yield world
     world.close()
 

@@ -8,7 +8,7 @@ import mkdocs_gen_files
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import reference  # noqa: E402
+import reference
 
 for page, render in reference.PAGES.items():
     with mkdocs_gen_files.open(page, "w") as out:

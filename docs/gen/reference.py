@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import ast
 import dataclasses
-import importlib
 import inspect
 import io
 import json
@@ -69,7 +68,9 @@ def _statement_comment(node: ast.stmt, comments: dict[int, str]) -> str:
 
 
 def _relative(path: Path | str) -> str:
-    return str(Path(path).resolve().relative_to(REPO))
+    """A path as the repository names it (outside the repository: as given)."""
+    resolved = Path(path).resolve()
+    return str(resolved.relative_to(REPO)) if resolved.is_relative_to(REPO) else str(path)
 
 
 # ---- config ----------------------------------------------------------------------------------------
@@ -189,7 +190,9 @@ def _argument_name(action: argparse.Action) -> str:
             names += f" {metavar}" + (" …" if action.nargs in ("+", "*") else "")
         return f"`{names}`"
     name = action.metavar or action.dest
-    return f"`{name}" + (" …" if action.nargs in ("+", "*") else "") + "`" + (" (optional)" if action.nargs == "?" else "")
+    return (
+        f"`{name}" + (" …" if action.nargs in ("+", "*") else "") + "`" + (" (optional)" if action.nargs == "?" else "")
+    )
 
 
 def _argument_row(action: argparse.Action) -> tuple[str, str, str]:
@@ -226,9 +229,7 @@ def _command_section(name: str, help_text: str, parser: argparse.ArgumentParser,
         plain, titled = [], []
         for group in parser._action_groups:
             actions = [
-                a
-                for a in group._group_actions
-                if not isinstance(a, (argparse._HelpAction, argparse._SubParsersAction))
+                a for a in group._group_actions if not isinstance(a, (argparse._HelpAction, argparse._SubParsersAction))
             ]
             if group.title in ("positional arguments", "options", "optional arguments"):
                 plain += actions
@@ -300,9 +301,7 @@ def _request_body(operation: dict[str, Any]) -> list[str]:
         schema = content.get("schema", {})
         if schema.get("type") == "object":
             for field, spec in schema.get("properties", {}).items():
-                rows.append(
-                    (f"`{content_type}`", f"`{field}`", _schema_type(spec), spec.get("description", ""))
-                )
+                rows.append((f"`{content_type}`", f"`{field}`", _schema_type(spec), spec.get("description", "")))
         else:
             rows.append((f"`{content_type}`", "(the body)", _schema_type(schema), schema.get("description", "")))
     return ["Request body:", _table(("Content-Type", "part", "type", "what it is"), rows)]
@@ -386,12 +385,30 @@ class Series:
         return [full]
 
 
-def _literal(node: ast.AST, scope: dict[str, ast.AST], module: Any) -> Any:
+def _module_value(path: Path, name: str) -> Any:
+    """A module-level constant of a source file, followed through `from pneumo.x import name`: read,
+    never imported (importing the Serve modules would pull in Ray and torch)."""
+    tree = ast.parse(path.read_text())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == name for t in node.targets):
+            try:
+                return ast.literal_eval(node.value)
+            except ValueError:  # an expression of literals, e.g. [0.05 * i for i in range(1, 20)]
+                return eval(compile(ast.Expression(node.value), str(path), "eval"), {"__builtins__": {"range": range}})
+        if isinstance(node, ast.ImportFrom) and node.module and any(alias.name == name for alias in node.names):
+            source = PACKAGE.parent / Path(*node.module.split("."))
+            return _module_value(
+                source.with_suffix(".py") if source.with_suffix(".py").exists() else source / "__init__.py", name
+            )
+    raise KeyError(f"{name} is not a constant of {_relative(path)}")
+
+
+def _literal(node: ast.AST, scope: dict[str, ast.AST], path: Path) -> Any:
     """The value of a constant, a tuple/list of them, or a name bound in the function or the module."""
     if isinstance(node, ast.Name):
         if node.id in scope:
-            return _literal(scope[node.id], scope, module)
-        return getattr(module, node.id)
+            return _literal(scope[node.id], scope, path)
+        return _module_value(path, node.id)
     return ast.literal_eval(node)
 
 
@@ -407,11 +424,9 @@ def prometheus_series(package: Path = PACKAGE) -> list[Series]:
     """Every ray.serve.metrics Counter, Gauge and Histogram created in the package's source."""
     series = []
     for path in sorted(package.rglob("*.py")):
-        tree = ast.parse(path.read_text())
         if "metrics." not in path.read_text():
             continue
-        module_name = ".".join(path.relative_to(package.parent).with_suffix("").parts)
-        module = None
+        tree = ast.parse(path.read_text())
         for function in [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]:
             scope = _assignments(function)
             for call in [n for n in ast.walk(function) if isinstance(n, ast.Call)]:
@@ -423,15 +438,16 @@ def prometheus_series(package: Path = PACKAGE) -> list[Series]:
                     and func.value.id == "metrics"
                 ):
                     continue
-                module = module or importlib.import_module(module_name)
                 keywords = {k.arg: k.value for k in call.keywords}
-                name = _literal(call.args[0], scope, module)
-                description = _literal(call.args[1] if len(call.args) > 1 else keywords["description"], scope, module)
-                tags = tuple(_literal(keywords["tag_keys"], scope, module)) if "tag_keys" in keywords else ()
+                name = _literal(call.args[0], scope, path)
+                description = _literal(call.args[1] if len(call.args) > 1 else keywords["description"], scope, path)
+                tags = tuple(_literal(keywords["tag_keys"], scope, path)) if "tag_keys" in keywords else ()
                 bounds = keywords.get("boundaries")
-                boundaries = tuple(_literal(bounds, scope, module)) if bounds is not None else None
+                boundaries = tuple(_literal(bounds, scope, path)) if bounds is not None else None
                 series.append(
-                    Series(name, METRIC_KINDS[func.attr], description, tags, boundaries, f"{_relative(path)}:{call.lineno}")
+                    Series(
+                        name, METRIC_KINDS[func.attr], description, tags, boundaries, f"{_relative(path)}:{call.lineno}"
+                    )
                 )
     return series
 
@@ -503,7 +519,8 @@ def _pattern(node: ast.AST) -> str:
         return str(node.value)
     if isinstance(node, ast.JoinedStr):
         return "".join(
-            str(part.value) if isinstance(part, ast.Constant) else f"<{ast.unparse(part.value)}>" for part in node.values
+            str(part.value) if isinstance(part, ast.Constant) else f"<{ast.unparse(part.value)}>"
+            for part in node.values
         )
     return f"<{ast.unparse(node)}>"
 
@@ -554,7 +571,10 @@ def _dict_keys(node: ast.AST) -> list[str]:
 
 def mlflow_reference() -> str:
     tracking = PACKAGE / "tracking.py"
-    tags = [(f"`{value}`", comment or "(no comment in the code)", f"`{name}`") for name, value, comment in module_constants(tracking, "TAG_")]
+    tags = [
+        (f"`{value}`", comment or "(no comment in the code)", f"`{name}`")
+        for name, value, comment in module_constants(tracking, "TAG_")
+    ]
     artifacts, metrics = logged_by_package()
     parts = [
         "# MLflow runs, tags, metrics and artifacts",
