@@ -66,7 +66,7 @@ def pneumo_run(work: Path, name: str, epochs: int, env: dict, *overrides: str) -
 
 
 # The run's phases in order: (name, the mark that ends it). Driver marks come from the run's log
-# (pneumo/training/timeline.py), the rest from rank 0's first-epoch metrics in MLflow (pneumo/training/train.py).
+# (pneumo/cli/timeline.py), the rest from rank 0's first-epoch metrics in MLflow (pneumo/training/train.py).
 BEFORE_FIRST_STEP = (
     ("python + CLI import", "cli_started"),
     ("config", "config_loaded"),
@@ -125,7 +125,7 @@ DASHBOARD_LOST = "Failed to start the dashboard"  # another Ray took the probed 
 
 
 def run_log(work: Path, name: str) -> str:
-    """The run's log (results/logs/<name>-*.log), whose driver phase marks pneumo/training/timeline.py reads."""
+    """The run's log (results/logs/<name>-*.log), whose driver phase marks pneumo/cli/timeline.py reads."""
     (log,) = (work / "results" / "logs").glob(f"{name}-*.log")
     return log.read_text(errors="replace")
 
@@ -144,7 +144,7 @@ def phase_seconds(phases, marks: dict[str, float], since: float) -> dict[str, fl
 def timed_run(work: Path, name: str, epochs: int, env: dict) -> dict:
     """A single training run (no search); its phases in seconds."""
     started, ended = pneumo_run(work, name, epochs, env, "tune.num_samples=0")
-    from pneumo.training.timeline import read_marks
+    from pneumo.cli.timeline import read_marks
 
     (worker,) = training_runs(work, name)
     log = run_log(work, name)

@@ -37,8 +37,7 @@ from pneumo.tracking import (
     resolve_tracking_uri,
     training_run_for,
 )
-from pneumo.training.progress import RunProgress
-from pneumo.training.timeline import mark
+from pneumo.training.events import LoggedEvents, RunEvents
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +59,7 @@ def finalize(
     run_id: str,
     checkpoint_dir: str,
     results_path: str,
-    progress: RunProgress,
+    progress: RunEvents,
 ) -> ExperimentOutcome:
     """Evaluate the best checkpoint, export it, log test metrics, register the model, write the report,
     print the summary."""
@@ -68,16 +67,16 @@ def finalize(
         (Path(results_path) / "split.csv").write_text(split_csv(data.assigned_split))
     model_dir = copy_for_serving(checkpoint_dir, Path(results_path) / "best_model")
     evaluation = evaluate_model_folder(cfg, data, model_dir)
-    mark("evaluated")
+    progress.phase("evaluated")
     export_model_folder(model_dir, data, cfg, evaluation.val)  # raises when an export does not match
-    mark("exported")
+    progress.phase("exported")
     profile_checkpoint(model_dir, data, cfg.eval.batch_size)  # the monitoring reference, registered with it
-    mark("profiled")
+    progress.phase("profiled")
     client.set_tag(run_id, TAG_BEST_CHECKPOINT, checkpoint_dir)
     test_metrics = evaluation.metrics
     explained = load_checkpoint(model_dir)  # Grad-CAM maps in the report; localization on a synthetic set
     localization = localize_split(explained, data, "test", cfg.data.path)
-    mark("localized")
+    progress.phase("localized")
     log_metrics(
         client,
         run_id,
@@ -90,7 +89,7 @@ def finalize(
         version = register_checkpoint(
             client, cfg, run_id, model_dir, {f"test_{k}": v for k, v in test_metrics.items()}, data.fingerprint
         )
-    mark("registered")
+    progress.phase("registered")
     report = None
     if cfg.eval.report:
         history = metric_history(client, training_run_for(client, run_id))
@@ -106,7 +105,7 @@ def finalize(
             localization=localization,
         )
         client.log_artifacts(run_id, str(report.parent), "report")
-        mark("report_written")
+        progress.phase("report_written")
     progress.note(format_metrics_table(test_metrics, evaluation.intervals))
     return ExperimentOutcome(
         run_id, str(model_dir), test_metrics, results_path, version, str(report) if report else None
@@ -114,18 +113,18 @@ def finalize(
 
 
 def run_experiment(
-    cfg: ExperimentConfig, resume: bool = False, progress: Optional[RunProgress] = None
+    cfg: ExperimentConfig, resume: bool = False, progress: Optional[RunEvents] = None
 ) -> ExperimentOutcome:
     """Train once, or search when tune.num_samples > 0; then evaluate and register the best model.
-    `progress` shows the run (default: plain lines on stdout)."""
-    progress = progress or RunProgress.plain(cfg.tune.metric, cfg.tune.mode, cfg.train.epochs)
+    `progress` receives the run's events (default: log lines)."""
+    progress = progress or LoggedEvents()
     client = client_for(cfg)
     preprocessing = model_preprocessing(cfg.model, cfg.data.image_size)
     ensure_dataset(cfg.data)
     check_shared_paths(cfg)
-    mark("data_listed")
+    progress.phase("data_listed")
     data = prepare_data(cfg.data, preprocessing)
-    mark("data_prepared")
+    progress.phase("data_prepared")
     logger.info("data: %s, fingerprint %s", data.counts, data.fingerprint[:12])
     if cfg.tune.num_samples > 0:
         from pneumo.training.tune import search
@@ -138,16 +137,16 @@ def run_experiment(
 
         run_id, ray_run_name = open_run(client, cfg, "train", resume)
         log_data_summary(client, run_id, data)
-        mark("mlflow_run_opened")
+        progress.phase("mlflow_run_opened")
         try:
             trained = fit(cfg, data, preprocessing, ray_run_name, resolve_tracking_uri(cfg.mlflow), run_id, progress)
         except BaseException:
             finish_run(client, run_id, failed=True)
             raise
         checkpoint_dir, results_path = trained.best_checkpoint, trained.results_path
-    mark("training_returned")
+    progress.phase("training_returned")
     progress.stop()  # the final table of trials; evaluation follows
     outcome = finalize(cfg, data, client, run_id, checkpoint_dir, results_path, progress)
     finish_run(client, run_id)
-    mark("run_finished")
+    progress.phase("run_finished")
     return outcome

@@ -120,7 +120,10 @@ def ray_head(tmp_path):
     shutil.rmtree(env["RAY_TMPDIR"], ignore_errors=True)
 
 
-def test_ray_job_submit_runs_an_experiment_and_logs_it_to_mlflow(ray_head, tmp_path, synthetic_root):
+def test_ray_job_submit_runs_an_experiment_and_keeps_its_results_in_pneumo_home(ray_head, tmp_path, synthetic_root):
+    """`ray job submit --working-dir . -- pneumo run …` to a token-authenticated head, with no tracking
+    URI, storage or cache given: the job's working directory is Ray's unpacked package, so everything
+    lands in PNEUMO_HOME and outlives the job."""
     address, env = ray_head
     unauthenticated = subprocess.run(
         [BIN / "ray", "job", "list", "--address", address],
@@ -129,19 +132,17 @@ def test_ray_job_submit_runs_an_experiment_and_logs_it_to_mlflow(ray_head, tmp_p
         text=True,
     )
     assert unauthenticated.returncode != 0, "the head refuses clients without the token"
-
-    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    home = tmp_path / "pneumo-home"
     overrides = [
-        "name=job-smoke",
+        "name=job-home",
         f"data.path={synthetic_root}",
         "data.image_size=48",
         "model.name=test_resnet",
-        "train.epochs=2",
+        "train.epochs=1",
         "train.batch_size=16",
         "tune.num_samples=0",
-        f"mlflow.tracking_uri={tracking}",
-        f"scaling.storage_path={tmp_path / 'results'}",
-        f"data.cache_dir={tmp_path / 'cache'}",
+        "eval.bootstrap_samples=0",
+        "eval.report=false",
     ]
     submit = [
         BIN / "ray",
@@ -153,6 +154,8 @@ def test_ray_job_submit_runs_an_experiment_and_logs_it_to_mlflow(ray_head, tmp_p
         ".",
         "--submission-id",
         "pneumo-job-test",
+        "--runtime-env-json",
+        f'{{"env_vars": {{"PNEUMO_HOME": "{home}"}}}}',
         "--",
         "pneumo",
         "run",
@@ -160,17 +163,20 @@ def test_ray_job_submit_runs_an_experiment_and_logs_it_to_mlflow(ray_head, tmp_p
         *overrides,
     ]
     submitted = submit_job(submit, env)
-    assert submitted.returncode == 0, submitted.stdout[-3000:] + submitted.stderr[-3000:]
+    log = submitted.stdout + submitted.stderr
+    assert submitted.returncode == 0, log[-3000:]
     status = subprocess.run(
         [BIN / "ray", "job", "status", "--address", address, "pneumo-job-test"], env=env, capture_output=True, text=True
     )
     assert "job 'pneumo-job-test' succeeded" in status.stdout.lower(), status.stdout
-
-    client = MlflowClient(tracking)
-    runs = client.search_runs(
-        [client.get_experiment_by_name("pneumo").experiment_id], filter_string="tags.`pneumo.experiment` = 'job-smoke'"
-    )
+    assert "is Ray's unpacked job package" in log and f"PNEUMO_HOME={home}" in log, "the user is told where"
+    client = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("pneumo").experiment_id])
     assert len(runs) == 1 and runs[0].info.status == "FINISHED" and "test_auroc" in runs[0].data.metrics
+    assert runs[0].data.tags["pneumo.experiment"] == "job-home"
+    assert (home / "mlartifacts").is_dir() and any((home / "results").glob("job-home-train-*/best_model"))
+    assert any((home / "data" / "cache").iterdir())
+    assert str(client.get_model_version_by_alias("pneumo-pneumonia", "champion").version) == "1"
 
 
 def test_two_node_cluster_trains_with_workers_on_both_nodes(tmp_path, synthetic_root):

@@ -1,15 +1,13 @@
 """Relative storage paths never land in a folder that vanishes (pneumo/paths.py).
 
-The fast tests fake a Ray job package folder by its path; the slow one submits a real job to a real
-token-authenticated head and checks that its MLflow store, results and cache outlive the job.
+These tests fake a Ray job package folder by its path; tests/test_cluster.py submits a real job to a
+real token-authenticated head and checks that its MLflow store, results and cache outlive the job.
 """
 
 from pathlib import Path
 
 import pytest
-from conftest import QUICKSTART, submit_job
-from mlflow.tracking import MlflowClient
-from test_cluster import BIN, ray_head  # noqa: F401  (ray_head: the token-authenticated head fixture)
+from conftest import QUICKSTART
 
 from pneumo.config import ConfigError, load_config
 from pneumo.paths import anchor_paths, describe_storage, durable_path, durable_tracking_uri, temporary_reason
@@ -71,50 +69,6 @@ def test_a_home_that_would_vanish_or_cannot_be_written_refuses_to_start(job_pack
     assert "mlflow.tracking_uri" in str(refused.value) and "scaling.storage_path" in str(refused.value)
 
 
-@pytest.mark.slow
-def test_ray_job_without_storage_settings_writes_to_pneumo_home(ray_head, tmp_path, synthetic_root):  # noqa: F811
-    """`ray job submit --working-dir . -- pneumo run …` with no tracking URI, storage or cache given."""
-    address, env = ray_head
-    home = tmp_path / "pneumo-home"
-    overrides = [
-        "name=job-home",
-        f"data.path={synthetic_root}",
-        "data.image_size=48",
-        "model.name=test_resnet",
-        "train.epochs=1",
-        "train.batch_size=16",
-        "tune.num_samples=0",
-        "eval.bootstrap_samples=0",
-        "eval.report=false",
-    ]
-    submit = [
-        BIN / "ray",
-        "job",
-        "submit",
-        "--address",
-        address,
-        "--working-dir",
-        ".",
-        "--runtime-env-json",
-        f'{{"env_vars": {{"PNEUMO_HOME": "{home}"}}}}',
-        "--",
-        "pneumo",
-        "run",
-        "experiments/quickstart.yaml",
-        *overrides,
-    ]
-    submitted = submit_job(submit, env)
-    log = submitted.stdout + submitted.stderr
-    assert submitted.returncode == 0, log[-3000:]
-    assert "is Ray's unpacked job package" in log and f"PNEUMO_HOME={home}" in log, "the user is told where"
-    client = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
-    runs = client.search_runs([client.get_experiment_by_name("pneumo").experiment_id])
-    assert len(runs) == 1 and runs[0].info.status == "FINISHED" and "test_auroc" in runs[0].data.metrics
-    assert (home / "mlartifacts").is_dir() and any((home / "results").glob("job-home-train-*/best_model"))
-    assert any((home / "data" / "cache").iterdir())
-    assert str(client.get_model_version_by_alias("pneumo-pneumonia", "champion").version) == "1"
-
-
 @pytest.mark.parametrize("kind", ["eval", "monitor"])
 def test_scoring_reports_default_to_pneumo_home_inside_a_ray_job(job_package, tmp_path, monkeypatch, kind):
     """`pneumo eval` and `pneumo monitor` without --out: their report folder outlives the job's package."""
@@ -123,7 +77,9 @@ def test_scoring_reports_default_to_pneumo_home_inside_a_ray_job(job_package, tm
 
     home = tmp_path / "home"
     monkeypatch.setenv("PNEUMO_HOME", str(home))
-    model = FetchedModel(loaded=None, uri="models:/pneumo pneumonia/3", name="pneumo pneumonia", version="3", metrics={})
+    model = FetchedModel(
+        loaded=None, uri="models:/pneumo pneumonia/3", name="pneumo pneumonia", version="3", metrics={}
+    )
     folder = default_report_dir(model, kind, "test")
     assert folder.parent == home / "reports" and not str(folder).startswith(str(job_package))
     assert folder.name.startswith(f"pneumo_pneumonia-3-{kind}-test-")

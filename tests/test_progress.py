@@ -12,7 +12,8 @@ import textwrap
 import time
 from pathlib import Path
 
-from pneumo.training.progress import COMPLETED, RunProgress, first_line, run_log_path
+from pneumo.cli.progress import RunProgress, run_log_path
+from pneumo.training.events import COMPLETED, first_line
 
 CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")  # anything but \t and \n
 
@@ -20,7 +21,8 @@ CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")  # anything but \t and \n
 SCRIPT = textwrap.dedent("""\
     import logging, os, sys
     from pathlib import Path
-    from pneumo.training.progress import COMPLETED, FAILED, STOPPED_EARLY, watch_run
+    from pneumo.cli.progress import watch_run
+    from pneumo.training.events import COMPLETED, FAILED, STOPPED_EARLY
 
     with watch_run(Path(sys.argv[1]), "val_auroc", "max", 3) as progress:
         logging.getLogger("pneumo.experiment").setLevel(logging.INFO)

@@ -170,7 +170,7 @@ def test_truncated_image_and_oversized_batch_are_refused(serve_app, images):
     assert truncated.status_code == 400 and "truncated" in truncated.json()["error"]
     files = [("files", (f"{i}.jpeg", jpeg)) for i in range(MAX_IMAGES + 1)]
     too_many = requests.post(f"{serve_app.url}/predict/batch", files=files, timeout=30)
-    assert too_many.status_code == 413 and too_many.json()["field"] == "files"
+    assert too_many.status_code == 422 and too_many.json()["field"] == "files", "the schema's maxItems: 422"
     one_bad = requests.post(
         f"{serve_app.url}/predict/batch",
         timeout=30,
@@ -269,7 +269,7 @@ def test_multipart_parser_returns_the_exact_bytes():
     assert parts == [("note", None, b"hi"), ("files", "a.bin", payload), ("files", "b.bin", b"")]
     with pytest.raises(RequestError) as too_many:
         asyncio.run(parse_multipart(headers, prepared.body, max_files=1))
-    assert too_many.value.status == 413
+    assert too_many.value.status == 422
     with pytest.raises(RequestError, match="malformed multipart"):
         asyncio.run(parse_multipart(Headers({"content-type": "multipart/form-data"}), prepared.body, max_files=2))
 

@@ -20,9 +20,10 @@ CONFIG = schemathesis.Config.from_dict(
     {
         "checks": {
             # 400 for a schema-valid body is judged by refused_only_for_its_pixels
-            "positive_data_acceptance": {"expected-statuses": ["2XX", 400, 401, 404, 503]},
-            # 413: more than serve.max_images_per_request images, the schema's maxItems
-            "negative_data_rejection": {"expected-statuses": [400, 401, 404, 413, 415, 422]},
+            # 422 for a schema-valid image the out-of-distribution gate refuses (the API description says so)
+            "positive_data_acceptance": {"expected-statuses": ["2XX", 400, 401, 404, 422, 503]},
+            # more files than the schema's maxItems is 422 like every other input the schema forbids
+            "negative_data_rejection": {"expected-statuses": [400, 401, 404, 415, 422]},
         }
     }
 )

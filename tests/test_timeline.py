@@ -1,9 +1,9 @@
-"""pneumo/training/timeline.py: phase marks written to the run's log and read back."""
+"""pneumo/cli/timeline.py: phase marks written to the run's log and read back."""
 
 import io
 import sys
 
-from pneumo.training.timeline import mark, read_marks
+from pneumo.cli.timeline import mark, read_marks
 
 
 def test_marks_read_back_in_order_with_their_times(monkeypatch):
@@ -22,4 +22,4 @@ def test_marks_stay_off_the_display_handler():
     """The terminal shows the progress table and pneumo's messages; the marks go to the log only."""
     import logging
 
-    assert logging.getLogger("pneumo.training.timeline").propagate is False
+    assert logging.getLogger("pneumo.cli.timeline").propagate is False

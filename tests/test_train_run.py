@@ -170,3 +170,24 @@ def test_resume_without_an_unfinished_run_says_so(ray_session, smoke_yaml):
 
     with pytest.raises(ConfigError, match="no unfinished train run"):
         run_experiment(load_config([smoke_yaml], ["name=never-ran"]), resume=True)
+
+
+def test_a_rerun_trains_the_same_model_bit_for_bit_and_leaves_the_champion(trained, tmp_path):
+    """Same machine, same YAML, same data: the same weights; the rerun ties the champion's test AUROC
+    exactly, so it is registered as the challenger and `champion` stays where it was. The rerun logs
+    to a copy of the smoke run's store, so the session's registry keeps a single version."""
+    import shutil
+
+    from pneumo.registry.aliases import CHALLENGER, CHAMPION
+
+    cfg, first, yaml = trained
+    store = tmp_path / "mlflow.db"
+    shutil.copy(cfg.mlflow.tracking_uri.removeprefix("sqlite:///"), store)
+    again = run_experiment(load_config([yaml], [f"mlflow.tracking_uri=sqlite:///{store}"]))
+    weights = [(Path(outcome.model_dir) / "model.safetensors").read_bytes() for outcome in (first, again)]
+    assert weights[0] == weights[1], "one machine, one config, one seed: one model"
+    assert again.test_metrics["auroc"] == first.test_metrics["auroc"]
+    client = MlflowClient(f"sqlite:///{store}")
+    name = cfg.mlflow.registered_model_name
+    assert list(again.model_version.aliases) == [CHALLENGER]
+    assert client.get_model_version_by_alias(name, CHAMPION).version == first.model_version.version

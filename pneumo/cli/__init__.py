@@ -10,6 +10,7 @@ trainer's controller) and serve/ingress.py (Serve's HAProxy ingress).
     pneumo serve [MODEL_URI] [--config experiments/quickstart.yaml] [--host 127.0.0.1] [--port 8000]
     pneumo eval models:/pneumo-pneumonia@champion data/chest_xray [--split test] [--out reports/x]
     pneumo monitor models:/pneumo-pneumonia@champion data/new_hospital [--split all] [--out reports/m]
+    pneumo predict models:/pneumo-pneumonia@champion archive/2025 --out scores/2025 [--resume] [--explain]
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from collections.abc import Iterator
 from typing import Optional
 
 from pneumo.cli.ray_start import QUIET_DEFAULTS, init_ray, ray_shut_down_at_exit
-from pneumo.training.timeline import mark
+from pneumo.cli.timeline import mark
 
 STARTED_AT = time.time()  # this module imported: Python and the CLI are up (the run's timeline starts here)
 
@@ -55,7 +56,7 @@ def _log_folder(cfg) -> str:
 def _quiet_terminal(cfg, args: argparse.Namespace, table: bool = False) -> Iterator:
     """pneumo's lines on the terminal, Ray's in the command's log file (--verbose: everything here);
     Ray started inside is shut down before the terminal is given back."""
-    from pneumo.training.progress import run_log_path, watch_run
+    from pneumo.cli.progress import run_log_path, watch_run
 
     name = cfg.name if args.command == "run" else f"{cfg.name}-{args.command}"
     log_path = None if args.verbose else run_log_path(_log_folder(cfg), name)
@@ -148,6 +149,36 @@ def cmd_monitor(args: argparse.Namespace) -> None:
         outcome = monitor_dataset(args.model, cfg, args.split, durable_path(args.out) if args.out else None)
         terminal.note(format_summary(outcome.report))
         terminal.note(f"\nmlflow run:   {outcome.mlflow_run_id}\nreport:       {outcome.html_path}")
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    from pneumo.paths import durable_path
+
+    cfg = _load_for_data(args, "pneumo-predict")
+    with _quiet_terminal(cfg, args) as terminal:
+        init_ray()
+        from pneumo.cli.progress import is_interactive
+        from pneumo.inference.output import OutputError
+        from pneumo.inference.predict import PredictSettings, format_outcome, predict_archive
+        from pneumo.inference.progress import PredictProgress
+
+        settings = PredictSettings(
+            runtime=args.runtime or cfg.serve.runtime,
+            batch_size=args.batch_size or cfg.eval.batch_size,
+            actors=args.actors,
+            threads=args.threads,
+            use_gpu=args.gpu or cfg.scaling.use_gpu,
+            part_rows=args.part_rows,
+            explain=args.explain,
+            csv=args.csv,
+            resume=args.resume,
+        )
+        progress = PredictProgress(terminal.stream, is_interactive(terminal.stream))
+        try:
+            outcome = predict_archive(args.model, cfg.data.path, durable_path(args.out), cfg, settings, progress)
+        except OutputError as error:
+            raise SystemExit(f"pneumo: output error: {error}") from None
+        terminal.note(format_outcome(outcome))
 
 
 def cmd_config_show(args: argparse.Namespace) -> None:
@@ -290,6 +321,41 @@ def build_parser() -> argparse.ArgumentParser:
     monitor.add_argument("--out", help="report folder (default reports/<model>-<version>-monitor-<split>-<time>)")
     monitor.add_argument("--verbose", action="store_true", help="show Ray's own output here, not only in the log file")
     monitor.set_defaults(handler=cmd_monitor)
+    predict = commands.add_parser(
+        "predict",
+        help="score an archive offline with Ray Data: one row per file in Parquet, summary.json, an MLflow run",
+    )
+    predict.add_argument(
+        "model", help="checkpoint folder, models:/NAME@alias, models:/NAME/VERSION or runs:/RUN_ID/model"
+    )
+    predict.add_argument(
+        "data",
+        help="films to score: a folder (any depth; JPEG, PNG, DICOM), a CSV/Parquet manifest with a path "
+        "column, or an .npz; local, s3:// or gs://",
+    )
+    predict.add_argument("--out", required=True, help="output folder (new or empty; with --resume, this model's)")
+    predict.add_argument("--config", nargs="+", default=[], help="experiment YAML(s), then key=value overrides")
+    predict.add_argument(
+        "--runtime",
+        choices=("torch", "onnxruntime", "openvino", "auto"),
+        help="score with this runtime (default serve.runtime: auto, the fastest here)",
+    )
+    predict.add_argument("--batch-size", type=int, help="films per model call (default eval.batch_size)")
+    predict.add_argument(
+        "--actors", type=int, default=0, help="most scoring actors (default: one per GPU, or per 2 CPUs of the cluster)"
+    )
+    predict.add_argument("--threads", type=int, default=1, help="intra-op threads (and Ray CPUs) per actor")
+    predict.add_argument("--gpu", action="store_true", help="one GPU per actor, PyTorch on CUDA (or scaling.use_gpu)")
+    predict.add_argument(
+        "--part-rows", type=int, default=1000, help="rows per Parquet part (a killed job keeps whole parts)"
+    )
+    predict.add_argument(
+        "--explain", action="store_true", help="Grad-CAM overlays (PNG) of films at or above the threshold"
+    )
+    predict.add_argument("--csv", action="store_true", help="also write predictions.csv")
+    predict.add_argument("--resume", action="store_true", help="score only the files not yet in --out (same model)")
+    predict.add_argument("--verbose", action="store_true", help="show Ray's own output here, not only in the log file")
+    predict.set_defaults(handler=cmd_predict)
     config = commands.add_parser("config", help="inspect experiment configs").add_subparsers(
         dest="action", required=True
     )

@@ -14,7 +14,7 @@ import socket
 import sys
 from typing import Optional
 
-from pneumo.training.timeline import mark
+from pneumo.cli.timeline import mark
 
 QUIET_DEFAULTS = {  # set only when the user has not: no telemetry, no hub calls that cannot succeed offline
     "RAY_USAGE_STATS_ENABLED": "0",

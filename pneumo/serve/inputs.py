@@ -76,7 +76,8 @@ async def read_body(request: Request, max_body_bytes: int) -> bytes:
 async def parse_multipart(headers: Headers, body: bytes, max_files: int) -> list[tuple[str, Optional[str], bytes]]:
     """multipart/form-data (python-multipart, through Starlette) -> [(field name, filename, content)] in order.
 
-    Parses the already size-checked body; more than `max_files` files is a 413, anything malformed a 400.
+    Parses the already size-checked body; more than `max_files` files is a 422 (the schema's maxItems),
+    anything malformed a 400.
     """
 
     async def replay() -> AsyncGenerator[bytes, None]:
@@ -87,7 +88,7 @@ async def parse_multipart(headers: Headers, body: bytes, max_files: int) -> list
         form = await parser.parse()
     except MultiPartException as error:
         if error.message.startswith("Too many files"):
-            raise RequestError(413, f"more images than serve.max_images_per_request={max_files}", BATCH_FIELD) from None
+            raise RequestError(422, f"more images than serve.max_images_per_request={max_files}", BATCH_FIELD) from None
         raise RequestError(400, f"malformed multipart body: {error.message}", "body") from None
     parts = []
     for name, value in form.multi_items():
@@ -147,7 +148,7 @@ async def read_images(request: Request, limits: ServeConfig) -> list[Upload]:
         raise RequestError(400, f"multipart upload has no `{BATCH_FIELD}` field", BATCH_FIELD)
     if len(files) > limits.max_images_per_request:
         raise RequestError(
-            413, f"{len(files)} images exceed serve.max_images_per_request={limits.max_images_per_request}", BATCH_FIELD
+            422, f"{len(files)} images exceed serve.max_images_per_request={limits.max_images_per_request}", BATCH_FIELD
         )
     return [_require_bytes(Upload(f"{BATCH_FIELD}[{i}]", filename, data)) for i, (filename, data) in enumerate(files)]
 
@@ -177,7 +178,7 @@ BATCH_UPLOAD_DOC = _upload_doc(
         "minItems": 1,
         "maxItems": ServeConfig.max_images_per_request,
         "items": _binary("a JPEG, PNG or DICOM file"),
-        "description": "one part per image, at most serve.max_images_per_request",
+        "description": "one part per image, at most serve.max_images_per_request (more: 422)",
     },
     raw_body=False,
 )

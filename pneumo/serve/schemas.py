@@ -1,6 +1,6 @@
 """The endpoint's JSON answers, as pydantic models: they are its OpenAPI schema."""
 
-from typing import Literal, Optional
+from typing import Literal, Optional, Union
 
 from pydantic import BaseModel, Field
 
@@ -60,4 +60,8 @@ class OutOfDistributionBody(ErrorBody):
 
 
 ERROR_DOCS = {status: {"model": ErrorBody} for status in (400, 404, 413, 415, 503)}  # 404: unknown version
-ERROR_DOCS[422] = {"model": OutOfDistributionBody, "description": "not a frontal chest film (serve.ood_policy reject)"}
+ERROR_DOCS[422] = {
+    "model": Union[OutOfDistributionBody, ErrorBody],
+    "description": "not a frontal chest film (serve.ood_policy reject: with its score), "
+    "or more `files` than the schema's maxItems",
+}

@@ -47,7 +47,7 @@ from pneumo.models.networks import create_model, unwrap
 from pneumo.paths import durable_path
 from pneumo.tracking import start_system_metrics
 from pneumo.training.callbacks import EpochLogger
-from pneumo.training.progress import COMPLETED, FAILED, RunProgress, first_line
+from pneumo.training.events import COMPLETED, FAILED, LoggedEvents, RunEvents, first_line
 from pneumo.training.storage import storage_full_error
 
 IMPORTED_AT = time.time()  # in a Ray Train worker: its process has imported torch, timm, Ray Train and pneumo
@@ -397,7 +397,7 @@ def storage_path(cfg: ExperimentConfig) -> str:
 
 
 @contextlib.contextmanager
-def _forward_epochs(events: Queue, progress: RunProgress, row: str) -> Iterator[None]:
+def _forward_epochs(events: Queue, progress: RunEvents, row: str) -> Iterator[None]:
     """A driver thread that moves the controller's epoch events into the progress table while fit() blocks."""
     done = threading.Event()
 
@@ -431,10 +431,10 @@ def fit(
     run_name: str,
     tracking_uri: str,
     mlflow_run_id: str,
-    progress: Optional[RunProgress] = None,
+    progress: Optional[RunEvents] = None,
 ) -> TrainOutcome:
     """Train once (or resume `run_name`) and return where the best checkpoint is."""
-    progress = progress or RunProgress.plain(cfg.tune.metric, cfg.tune.mode, cfg.train.epochs)
+    progress = progress or LoggedEvents()
     events = Queue(actor_options={"num_cpus": 0})  # epochs from the Train controller to this driver's table
     trainer = build_trainer(
         cfg,
@@ -455,5 +455,7 @@ def fit(
                 raise full from error
             raise
     progress.trial_ended("train", COMPLETED)
-    best_checkpoint, best_metrics = best_of(result.best_checkpoints, cfg.tune.mode, lambda pair: pair[1][cfg.tune.metric])
+    best_checkpoint, best_metrics = best_of(
+        result.best_checkpoints, cfg.tune.mode, lambda pair: pair[1][cfg.tune.metric]
+    )
     return TrainOutcome(best_checkpoint.path, best_metrics, result.metrics, result.path)

@@ -52,7 +52,7 @@ from pneumo.tracking import (
     start_run,
 )
 from pneumo.training.callbacks import EpochLogger
-from pneumo.training.progress import COMPLETED, FAILED, RUNNING, STOPPED_EARLY, RunProgress
+from pneumo.training.events import COMPLETED, FAILED, RUNNING, STOPPED_EARLY, LoggedEvents, RunEvents
 from pneumo.training.train import build_trainer, storage_path
 
 logger = logging.getLogger(__name__)
@@ -156,7 +156,7 @@ class SearchWatcher(tune.Callback):
     best-so-far tune.metric (`best_<metric>`, one step per epoch reported), and ends each trial's MLflow
     run when the trial ends: completed, stopped by ASHA at epoch N, or failed with the reason."""
 
-    def __init__(self, cfg: ExperimentConfig, tracking_uri: str, parent_run_id: str, progress: RunProgress):
+    def __init__(self, cfg: ExperimentConfig, tracking_uri: str, parent_run_id: str, progress: RunEvents):
         self.cfg, self.tracking_uri, self.parent_run_id, self.progress = cfg, tracking_uri, parent_run_id, progress
         self.client = MlflowClient(tracking_uri)
         self.best_key = f"best_{cfg.tune.metric}"
@@ -327,12 +327,12 @@ def search(
     preprocessing: Preprocessing,
     client: MlflowClient,
     resume: bool = False,
-    progress: Optional[RunProgress] = None,
+    progress: Optional[RunEvents] = None,
 ) -> tuple[str, SearchOutcome]:
     """Run (or resume) the search; returns the parent run id and where the best checkpoint is."""
     check_search_space(cfg)
     parent_run_id, search_name = open_run(client, cfg, "search", resume)
-    progress = progress or RunProgress.plain(cfg.tune.metric, cfg.tune.mode, cfg.train.epochs)
+    progress = progress or LoggedEvents()
     watcher = SearchWatcher(cfg, client.tracking_uri, parent_run_id, progress)
     trainable = tune.with_resources(
         tune.with_parameters(

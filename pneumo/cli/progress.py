@@ -7,7 +7,8 @@ a stream of its own on the terminal: the `RunProgress` table (state, epoch, late
 time left per trial, drawn live with rich on a terminal, as plain lines elsewhere), pneumo's INFO log
 lines, and the final results. `--verbose` leaves every stream where it was.
 
-Imports no Ray: train.py and tune.py feed the table from Ray Train and Tune callbacks.
+`RunProgress` is the CLI's RunEvents (pneumo/training/events.py): train.py and tune.py feed it from Ray
+Train and Tune callbacks, and the pipeline's phases become timeline marks in the log. Imports no Ray.
 """
 
 from __future__ import annotations
@@ -29,9 +30,10 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from pneumo.cli.timeline import mark
 from pneumo.config import best_of, improves
+from pneumo.training.events import FAILED, PENDING, RUNNING, first_line
 
-PENDING, RUNNING, COMPLETED, STOPPED_EARLY, FAILED = "pending", "running", "completed", "stopped early", "failed"
 REFRESH_PER_S = 2  # redraws of the live table per second
 PLAIN_WIDTH = 120  # columns of the final table where the output is not a terminal
 
@@ -52,7 +54,8 @@ class TrialProgress:
 
 
 class RunProgress:
-    """The run's table: rows updated by events, drawn live on a terminal or written as one line per event."""
+    """The run's table: rows updated by events, drawn live on a terminal or written as one line per event
+    (a RunEvents)."""
 
     def __init__(
         self, stream: IO[str], metric: str, mode: str, epochs: int, interactive: bool, log_path: Optional[Path] = None
@@ -70,11 +73,6 @@ class RunProgress:
         )
         self._live: Optional[Live] = None
         self._stopped = False
-
-    @classmethod
-    def plain(cls, metric: str, mode: str, epochs: int, stream: Optional[IO[str]] = None) -> RunProgress:
-        """Plain lines on stdout: for callers (tests, notebooks) that did not open a `watch_run`."""
-        return cls(stream or sys.stdout, metric, mode, epochs, interactive=False)
 
     # ------------------------------------------------------------------ events
     def trial_started(self, name: str, params: Optional[dict[str, Any]] = None) -> None:
@@ -116,6 +114,10 @@ class RunProgress:
         row.state, row.detail = state, detail
         where = f" (full log: {self.log_path})" if state == FAILED and self.log_path else ""
         self._line(f"{name} {state}" + (f": {detail}" if detail else "") + where, force=state == FAILED)
+
+    def phase(self, name: str) -> None:
+        """A timeline mark in the log (pneumo/cli/timeline.py), never on the terminal."""
+        mark(name)
 
     def note(self, message: str) -> None:
         """A line of its own above the table (pneumo's log messages, addresses, results)."""
@@ -176,12 +178,6 @@ class RunProgress:
             self.console.print(text, markup=False, highlight=False)
         elif force:
             self._live.console.print(text, markup=False, highlight=False)
-
-
-def first_line(error: BaseException, limit: int = 300) -> str:
-    """`ValueError: the first line of its message`: what a person needs to see of an error."""
-    message = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {message[0][:limit]}" if message else type(error).__name__
 
 
 def _fmt(value: Optional[float]) -> str:

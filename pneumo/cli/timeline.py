@@ -2,10 +2,12 @@
 bench/overhead_bench.py) can see where the seconds before the first training step and after the last
 one went, without a profiler.
 
-    2026-11-30 04:02:55,554 pneumo.training.timeline: ray_started 1796011375.554
+    2026-11-30 04:02:55,554 pneumo.cli.timeline: ray_started 1796011375.554
 
 The workers' side (entering the training loop, model ready, first batch) travels with epoch metrics
-instead (`*_at` in pneumo/training/train.py), since worker log lines carry no time of their own.
+instead (`*_at` in pneumo/training/train.py), since worker log lines carry no time of their own and MLflow
+is the one channel from the workers that outlives them: a few numbers per epoch, read by
+bench/overhead_bench.py.
 """
 
 from __future__ import annotations
@@ -16,10 +18,10 @@ import sys
 import time
 from typing import Optional
 
-PREFIX = "pneumo.training.timeline:"
+PREFIX = "pneumo.cli.timeline:"
 _MARK = re.compile(rf"{re.escape(PREFIX)} (\w+) (\d+\.\d+)")
 
-logger = logging.getLogger("pneumo.training.timeline")
+logger = logging.getLogger("pneumo.cli.timeline")
 logger.propagate = False  # not through the "pneumo" display handler: the terminal shows the table, not these
 logger.setLevel(logging.INFO)
 
