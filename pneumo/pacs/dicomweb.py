@@ -39,8 +39,16 @@ class DicomWebError(RuntimeError):
     """The server could not be asked at all: refused, unreachable, timed out (the message says which)."""
 
 
+SKIPPED, UNREADABLE, FAILED = "skipped", "unreadable", "failed"  # why an instance has no result
+
+
 class InstanceError(RuntimeError):
-    """One instance cannot be used or stored; the message is the reason, for that instance's row."""
+    """One instance cannot be used or stored; the message is the reason, for that instance's row, and
+    `status` says which: skipped (not a film), unreadable (no usable pixels), failed (the server)."""
+
+    def __init__(self, reason: str, status: str = FAILED):
+        super().__init__(" ".join(reason.split()))  # one line, whatever the decoder's message held
+        self.status = status
 
 
 @dataclass(frozen=True)
@@ -161,9 +169,9 @@ def retrieve_instance(client: DICOMwebClient, ref: InstanceRef) -> pydicom.Datas
         raise InstanceError(describe_failure(error, "WADO-RS retrieve")) from None
     reason = not_an_image(str(dataset.get("SOPClassUID", ref.sop_class_uid)))
     if reason:
-        raise InstanceError(reason)
+        raise InstanceError(reason, SKIPPED)
     if "PixelData" not in dataset:
-        raise InstanceError(f"no pixel data ({sop_class_name(str(dataset.get('SOPClassUID', '')))})")
+        raise InstanceError(f"no pixel data ({sop_class_name(str(dataset.get('SOPClassUID', '')))})", UNREADABLE)
     return dataset
 
 

@@ -31,6 +31,8 @@ from pneumo.data.transforms import ImageDecodeError, decode_image
 from pneumo.monitoring.features import observe
 from pneumo.monitoring.profile import profile_of
 from pneumo.pacs.dicomweb import (
+    SKIPPED,
+    UNREADABLE,
     DicomWebError,
     InstanceError,
     InstanceRef,
@@ -45,7 +47,7 @@ from pneumo.registry.uri import FetchedModel
 
 logger = logging.getLogger(__name__)
 ROWS_FILE, SR_DIR = "instances.parquet", "sr"
-SCORED, REFUSED_OOD, SKIPPED, UNREADABLE, FAILED = "scored", "refused_ood", "skipped", "unreadable", "failed"
+SCORED, REFUSED_OOD = "scored", "refused_ood"  # beside dicomweb's skipped, unreadable, failed
 OOD_POLICIES = ("reject", "flag", "off")  # as serve.ood_policy
 
 
@@ -90,7 +92,7 @@ def score_film(model: FetchedModel, dataset: pydicom.Dataset, ood_policy: str = 
         image = decode_image(part10_bytes(dataset), model.loaded.meta.preprocessing_spec, MAX_IMAGE_PIXELS)
     except ImageDecodeError as error:
         syntax = dataset.file_meta.get("TransferSyntaxUID") if hasattr(dataset, "file_meta") else None
-        raise InstanceError(f"{error} [transfer syntax {syntax.name if syntax else 'unknown'}]") from None
+        raise InstanceError(f"{error} [transfer syntax {syntax.name if syntax else 'unknown'}]", UNREADABLE) from None
     probability, score, cutoff = _gate(model, image)
     in_distribution = None if score is None or ood_policy == "off" else score <= cutoff
     refused = ood_policy == "reject" and in_distribution is False
@@ -123,12 +125,11 @@ def _report_instance(
     try:
         dataset = retrieve_instance(client, ref)
     except InstanceError as error:
-        status = SKIPPED if str(error).startswith("not an image") else FAILED if "WADO-RS" in str(error) else UNREADABLE
-        return InstanceRow.of(ref, status, str(error))
+        return InstanceRow.of(ref, error.status, str(error))
     try:
         result = score_film(model, dataset, ood_policy)
     except InstanceError as error:
-        return InstanceRow.of(ref, UNREADABLE, str(error))
+        return InstanceRow.of(ref, error.status, str(error))
     series_uid = series_uids.setdefault(ref.study_uid, pydicom.uid.generate_uid())  # one SR series per study
     sr_uid, sr_file = _write_sr(dataset, result, sr_dir, series_uid)
     row = InstanceRow.of(ref, SCORED if result.probability is not None else REFUSED_OOD, result.reason)

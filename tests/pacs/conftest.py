@@ -59,6 +59,12 @@ def _wait_until_up(url: str, process: subprocess.Popen, log: Path) -> None:
     raise AssertionError(f"Orthanc did not answer in {START_TIMEOUT_S} s:\n{log.read_text()[-2000:]}")
 
 
+@pytest.fixture
+def dead_dicomweb() -> str:
+    """The DICOMweb URL of a PACS that is down: a loopback port nobody listens at."""
+    return f"dicomweb+http://127.0.0.1:{free_local_port()}/dicom-web"
+
+
 @pytest.fixture(scope="session")
 def orthanc(tmp_path_factory) -> Iterator[Orthanc]:
     """Debian's Orthanc (apt-get install orthanc orthanc-dicomweb; .ci/run installs them) on 127.0.0.1

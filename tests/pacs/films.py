@@ -63,3 +63,41 @@ def made_film(
         **elements,
     }
     return pydicom.dcmread(io.BytesIO(dicom_bytes(pixels, bits, photometric, **header)))
+
+
+def _part10(dataset: pydicom.Dataset, sop_class: str) -> pydicom.Dataset:
+    dataset.SOPClassUID, dataset.SOPInstanceUID = sop_class, generate_uid()
+    dataset.file_meta = pydicom.dataset.FileMetaDataset()
+    dataset.file_meta.MediaStorageSOPClassUID = sop_class
+    dataset.file_meta.MediaStorageSOPInstanceUID = dataset.SOPInstanceUID
+    dataset.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+    return dataset
+
+
+def presentation_state(study_uid: str) -> pydicom.Dataset:
+    """A grayscale softcopy presentation state of the known patient: in a study, never a film."""
+    state = pydicom.Dataset()
+    state.PatientName, state.PatientID, state.Modality = PATIENT_NAME, PATIENT_ID, "PR"
+    state.StudyInstanceUID, state.SeriesInstanceUID = study_uid, generate_uid()
+    state.ContentLabel, state.PresentationCreationDate = "WINDOW", "20260101"
+    return _part10(state, pydicom.uid.GrayscaleSoftcopyPresentationStateStorage)
+
+
+def without_pixels(study_uid: str) -> pydicom.Dataset:
+    """A digital X-ray header that promises a film and holds no pixel data."""
+    film = made_film(study_uid=study_uid)
+    del film.PixelData
+    film.SOPInstanceUID = film.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    return film
+
+
+def undecodable(study_uid: str) -> pydicom.Dataset:
+    """A 12-bit film in JPEG Extended (process 2 & 4), which no decoder installed here reads
+    (Pillow decodes 8-bit JPEG only; pylibjpeg and GDCM are not installed)."""
+    from pydicom.encaps import encapsulate
+
+    film = made_film(study_uid=study_uid)
+    film.file_meta.TransferSyntaxUID = pydicom.uid.JPEGExtended12Bit
+    film.PixelData = encapsulate([b"\xff\xd8\xff\xc1" + bytes(200) + b"\xff\xd9"])
+    film["PixelData"].VR = "OB"
+    return film
