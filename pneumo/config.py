@@ -152,7 +152,10 @@ TRAINING_MALLOC = "glibc.malloc.mmap_threshold=268435456:glibc.malloc.trim_thres
 
 
 @dataclass
-class ResourcesConfig:
+class ClusterScalingConfig:
+    """The `scaling:` section: training workers, GPUs, storage and restarts (not named ScalingConfig,
+    which is Ray Train's own class)."""
+
     num_workers: int = 2  # data-parallel training workers
     use_gpu: bool = False  # one GPU per worker, NCCL backend
     cpus_per_worker: float = 0.45  # fractional on small machines: Ray Data needs free CPU or it hangs
@@ -309,7 +312,7 @@ class ExperimentConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    scaling: ResourcesConfig = field(default_factory=ResourcesConfig)
+    scaling: ClusterScalingConfig = field(default_factory=ClusterScalingConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
