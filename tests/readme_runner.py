@@ -384,5 +384,5 @@ def write_props(scratch: Scratch, blocks: Sequence[Block] = ()) -> None:
     (root / "experiments" / "x.yaml").write_text("base: quickstart.yaml\nmodel:\n  nmae: resnet18\n")
     for block in blocks:
         saved = SAVED_AS.match(block.text.splitlines()[0]) if block.language == "yaml" and block.text else None
-        if saved:
+        if saved and not (root / saved.group(1)).exists():  # one the checkout has is shown, not written
             (root / saved.group(1)).write_text(block.text + "\n")

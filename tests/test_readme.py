@@ -172,6 +172,20 @@ def test_yaml_block_is_a_valid_experiment_diff(block: Block, tmp_path):
     load_config([diff])
 
 
+SAVED_AS = re.compile(r"#\s*(experiments/\S+\.yaml)\s*$", re.M)  # a yaml block's first line naming its file
+SHOWN_FILES = [
+    b for b in BLOCKS if b.language == "yaml" and (m := SAVED_AS.match(b.text)) and (REPO / m.group(1)).exists()
+]
+
+
+@pytest.mark.parametrize("block", SHOWN_FILES, ids=ids(SHOWN_FILES))
+def test_a_shown_experiment_file_is_the_repository_file(block: Block):
+    """A block that names a file of experiments/ shows it as it is (one the checkout lacks is a file the
+    page asks the reader to write, and the runner saves it)."""
+    name = SAVED_AS.match(block.text).group(1)
+    assert yaml.safe_load(block.text) == yaml.safe_load((REPO / name).read_text()), f"{block.where} differs from {name}"
+
+
 @pytest.mark.parametrize(
     "block", [b for b in BLOCKS if b.language == "python"], ids=ids([b for b in BLOCKS if b.language == "python"])
 )

@@ -204,7 +204,11 @@ def _argument_row(action: argparse.Action) -> tuple[str, str, str]:
     default = action.default
     shown_default = (
         ""
-        if default in (None, False, argparse.SUPPRESS) or isinstance(action, argparse._StoreTrueAction) or default == []
+        if default is None
+        or default is False
+        or default == argparse.SUPPRESS
+        or default == []
+        or isinstance(action, argparse._StoreTrueAction)
         else f"`{format_value(default)}`"
     )
     help_text = (action.help or "").replace("%(default)s", str(default))
