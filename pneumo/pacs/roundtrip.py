@@ -77,7 +77,7 @@ class InstanceRow:
 
 def _gate(model: FetchedModel, image: np.ndarray) -> tuple[float, Optional[float], Optional[float]]:
     """P(pneumonia), out-of-distribution score and cut-off of one uint8 (C, H, W) film, from one pass."""
-    seen = observe(model.loaded, torch.from_numpy(image[None]))
+    seen = observe(model.loaded, torch.from_numpy(np.array(image[None])))  # decoded arrays are read-only
     profile = profile_of(model.loaded)
     if profile is None:
         return float(seen.probabilities[0]), None, None
