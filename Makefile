@@ -55,5 +55,25 @@ lock: $(BIN)/python
 bench: install
 	$(BIN)/python -m bench all
 
+# A team's MLflow server (docs/how-to/team-mlflow.md): runs and registry in PostgreSQL, artifacts proxied
+# through it (clients need no storage credentials), logins on. Secrets come from the environment only:
+# PGPASSWORD (the database), MLFLOW_FLASK_SERVER_SECRET_KEY, and MLFLOW_AUTH_ADMIN_PASSWORD (the first admin's).
+MLFLOW_DB ?= postgresql+psycopg://mlflow@127.0.0.1:5432/mlflow
+MLFLOW_AUTH_DB ?= postgresql+psycopg://mlflow@127.0.0.1:5432/mlflow_auth
+MLFLOW_ARTIFACTS ?= $(CURDIR)/mlartifacts
+MLFLOW_HOST ?= 127.0.0.1
+MLFLOW_PORT ?= 5000
+MLFLOW_WORKERS ?= 4
+MLFLOW_DEFAULT_PERMISSION ?= READ
+.PHONY: mlflow-server
+mlflow-server:
+	@test -n "$$MLFLOW_FLASK_SERVER_SECRET_KEY" || { echo "set MLFLOW_FLASK_SERVER_SECRET_KEY (any long random string, the same on every server)"; exit 2; }
+	@auth_ini=$$(mktemp --suffix=.ini) && \
+	printf '[mlflow]\ndefault_permission = %s\ndatabase_uri = %s\nadmin_username = %s\n' \
+		'$(MLFLOW_DEFAULT_PERMISSION)' '$(MLFLOW_AUTH_DB)' "$${MLFLOW_AUTH_ADMIN_USERNAME:-admin}" > $$auth_ini && \
+	MLFLOW_AUTH_CONFIG_PATH=$$auth_ini exec $(BIN)/mlflow server --app-name basic-auth \
+		--backend-store-uri '$(MLFLOW_DB)' --artifacts-destination '$(MLFLOW_ARTIFACTS)' \
+		--host $(MLFLOW_HOST) --port $(MLFLOW_PORT) --workers $(MLFLOW_WORKERS)
+
 clean:
 	rm -rf results mlflow.db mlartifacts data/synthetic-chest-xray

@@ -28,6 +28,7 @@ from pneumo.registry.export import export_model_folder
 from pneumo.registry.register import register_checkpoint
 from pneumo.tracking import (
     TAG_BEST_CHECKPOINT,
+    check_tracking_access,
     client_for,
     finish_run,
     log_data_summary,
@@ -118,6 +119,7 @@ def run_experiment(
     """Train once, or search when tune.num_samples > 0; then evaluate and register the best model.
     `progress` receives the run's events (default: log lines)."""
     progress = progress or LoggedEvents()
+    check_tracking_access(cfg)  # a refused login or permission fails here, not after training
     client = client_for(cfg)
     preprocessing = model_preprocessing(cfg.model, cfg.data.image_size)
     ensure_dataset(cfg.data)
@@ -130,13 +132,13 @@ def run_experiment(
         from pneumo.training.tune import search
 
         run_id, found = search(cfg, data, preprocessing, client, resume, progress)
-        log_data_summary(client, run_id, data)
+        log_data_summary(client, run_id, data, source=cfg.data.path)
         checkpoint_dir, results_path = found.best_checkpoint, found.results_path
     else:
         from pneumo.training.train import fit
 
         run_id, ray_run_name = open_run(client, cfg, "train", resume)
-        log_data_summary(client, run_id, data)
+        log_data_summary(client, run_id, data, source=cfg.data.path)
         progress.phase("mlflow_run_opened")
         try:
             trained = fit(cfg, data, preprocessing, ray_run_name, resolve_tracking_uri(cfg.mlflow), run_id, progress)

@@ -7,18 +7,28 @@ Ray Train controller and Tune trials all write to the store the config names.
 
 from __future__ import annotations
 
+import contextlib
+import getpass
+import json
 import math
 import os
+import re
 import time
-from pathlib import Path
+import warnings
+from collections.abc import Iterator
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, Optional
+from urllib.parse import quote, urlsplit, urlunsplit
 
-from mlflow.entities import Metric, Param, RunStatus
+from mlflow.data.dataset_source_registry import resolve_dataset_source
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunStatus
+from mlflow.exceptions import RestException
 from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
 from pneumo.config import ConfigError, ExperimentConfig, MlflowConfig, flatten, to_dict, to_yaml
 from pneumo.data.split import split_csv
-from pneumo.paths import durable_tracking_uri
+from pneumo.paths import durable_tracking_uri, is_uri
 
 if TYPE_CHECKING:
     from pneumo.data.dataset import PreparedData
@@ -224,9 +234,14 @@ def find_trial_run(client: MlflowClient, cfg: ExperimentConfig, parent_run_id: s
     return found[0] if found else None
 
 
-def log_data_summary(client: MlflowClient, run_id: str, data: PreparedData) -> None:
-    """Fingerprint, per-split counts, refused files and the assigned split of the data a run used."""
+def log_data_summary(
+    client: MlflowClient, run_id: str, data: PreparedData, source: Optional[str] = None, context: str = "training"
+) -> None:
+    """Fingerprint, per-split counts, refused files and the assigned split of the data a run used; with
+    `source` (data.path) also the run's MLflow dataset input (log_dataset_input), used for `context`."""
     client.set_tag(run_id, TAG_DATA_FINGERPRINT, data.fingerprint)
+    if source is not None:
+        log_dataset_input(client, run_id, data, source, context)
     counts = {f"data.{split}.{name}": n for split, per in data.counts.items() for name, n in per.items()}
     log_metrics(
         client,
@@ -268,3 +283,163 @@ def metric_history(
     """key -> [(step, value)] for the keys the run has."""
     history = {key: [(m.step, m.value) for m in client.get_metric_history(run_id, key)] for key in keys}
     return {key: points for key, points in history.items() if points}
+
+
+DATASET_DIGEST_CHARS = 12  # the fingerprint's first characters as MLflow's dataset digest (its limit is 36)
+
+
+def dataset_digest(fingerprint: str) -> str:
+    """The digest the MLflow UI shows beside a run's dataset: the start of pneumo's data fingerprint, as
+    in the run's log line."""
+    return fingerprint[:DATASET_DIGEST_CHARS]
+
+
+def dataset_entity(data: PreparedData, source: str) -> Dataset:
+    """`data` as an MLflow dataset: named after its folder (or file), its source URI, the fingerprint's
+    digest, and a profile with the full fingerprint and the per-split class counts."""
+    with warnings.catch_warnings():  # a local path matches two equivalent local sources; MLflow warns
+        warnings.simplefilter("ignore", UserWarning)
+        resolved = resolve_dataset_source(source if is_uri(source) else Path(source).resolve().as_uri())
+    profile = {"fingerprint": data.fingerprint, "n_images": data.n_images, "counts": data.counts}
+    profile["skipped_files"] = len(data.skipped_files)
+    return Dataset(
+        name=PurePosixPath(source.rstrip("/")).name or source,
+        digest=dataset_digest(data.fingerprint),
+        source_type=resolved._get_source_type(),
+        source=resolved.to_json(),
+        profile=json.dumps(profile),
+    )
+
+
+def log_dataset_input(client: MlflowClient, run_id: str, data: PreparedData, source: str, context: str) -> None:
+    """The run's dataset input (the UI's "Datasets" column): which files, by digest, a run trained on
+    (context `training`) or scored (`evaluation`, `monitoring`)."""
+    tag = InputTag(MLFLOW_DATASET_CONTEXT, context)
+    client.log_inputs(run_id, datasets=[DatasetInput(dataset_entity(data, source), tags=[tag])])
+
+
+TAG_ACCESS_CHECK = "pneumo.access_checked_by"  # written by check_tracking_access: who last proved write access
+QUICK_REQUESTS = {  # MLflow's client retries a request for ~4 min (7 tries, backoff 2); a check answers in seconds
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "60",
+}
+USERNAME_VAR, PASSWORD_VAR = "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"
+
+
+def redacted_uri(uri: str) -> str:
+    """`uri` with any password in it replaced by ***, for messages and printed commands."""
+    parts = urlsplit(uri)
+    if not parts.password:
+        return uri
+    return urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1)))
+
+
+@contextlib.contextmanager
+def _quick_requests() -> Iterator[None]:
+    saved = {key: os.environ.get(key) for key in QUICK_REQUESTS}
+    os.environ.update(QUICK_REQUESTS)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _uri_source(cfg: MlflowConfig) -> str:
+    return "mlflow.tracking_uri" if cfg.tracking_uri else "MLFLOW_TRACKING_URI"
+
+
+def _access_error(error: Exception, uri: str, source: str, what: str) -> str:
+    """One line saying what is wrong with the tracking server or database at `uri` and what to fix."""
+    user = os.environ.get(USERNAME_VAR)
+    code = getattr(error, "error_code", "")
+    shown = redacted_uri(uri)
+    if code == "UNAUTHENTICATED" and not user:
+        return f"MLflow at {shown} asks for a login: set {USERNAME_VAR} and {PASSWORD_VAR}"
+    if code == "UNAUTHENTICATED":
+        return f"MLflow at {shown} refused the login of {user!r}: check {PASSWORD_VAR} (and {USERNAME_VAR})"
+    if code == "PERMISSION_DENIED":
+        return f"MLflow user {user!r} may not write to {what} at {shown}: ask its owner or an MLflow admin for EDIT"
+    detail = (str(error).splitlines() or [type(error).__name__])[0][:300]
+    if not uri.startswith(("http://", "https://")):
+        return f"the MLflow database {shown} refuses: {detail} (fix {source}; its password goes in PGPASSWORD)"
+    failing = re.search(r"too many (\d+) error responses", detail)
+    if failing:  # the server answers, with a 5xx every time: its own store fails
+        return f"MLflow at {shown} answers HTTP {failing[1]} to every request: its database may refuse it (see the server's log)"
+    if "Max retries exceeded" in detail or "Connection" in detail:
+        return f"MLflow tracking server {shown} does not answer: start it, or fix {source}"
+    return f"MLflow at {shown}: {detail[:300]} (fix {source})"
+
+
+def _connect_once(database_uri: str) -> None:
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(database_uri)
+    try:
+        with engine.connect():
+            pass
+    finally:
+        engine.dispose()
+
+
+def check_tracking_access(cfg: ExperimentConfig) -> None:
+    """Before any training: can this login, through this tracking URI, write runs to the experiment (and
+    versions of the registered model, when registering)? Anything else is a ConfigError naming the
+    variable or key to fix, at once rather than an hour later. It sets the tag TAG_ACCESS_CHECK: a write
+    that needs the same EDIT permission as creating runs (it creates the experiment if missing)."""
+    uri = resolve_tracking_uri(cfg.mlflow)
+    source = _uri_source(cfg.mlflow)
+    if urlsplit(uri).password:
+        raise ConfigError(
+            f"{source} carries a password ({redacted_uri(uri)}), which would be logged with every run: take it out "
+            f"and set {PASSWORD_VAR} (a tracking server) or PGPASSWORD (a PostgreSQL database)"
+        )
+    if uri.startswith(("sqlite:", "file:")) or "://" not in uri:
+        return  # a local store: its first write says what is wrong, at once
+    user = os.environ.get(USERNAME_VAR) or getpass.getuser()
+    what = f"experiment {cfg.mlflow.experiment_name!r} (mlflow.experiment_name)"
+    with _quick_requests():
+        try:
+            if not uri.startswith(("http://", "https://")):
+                _connect_once(uri)  # MLflow's own store retries a refused connection for ~100 s
+            client = MlflowClient(uri)
+            client.set_experiment_tag(ensure_experiment(client, cfg.mlflow.experiment_name), TAG_ACCESS_CHECK, user)
+            if cfg.mlflow.register:
+                name = cfg.mlflow.registered_model_name
+                what = f"registered model {name!r} (mlflow.registered_model_name; or set mlflow.register=false)"
+                if not client.search_registered_models(f"name = '{name}'", max_results=1):
+                    try:
+                        client.create_registered_model(name)
+                    except RestException as error:  # made meanwhile, or by a retried request: fine
+                        if error.error_code != "RESOURCE_ALREADY_EXISTS":
+                            raise
+                client.set_registered_model_tag(name, TAG_ACCESS_CHECK, user)
+        except Exception as error:  # MlflowException from a server; SQLAlchemy's and the driver's from a database
+            raise ConfigError(_access_error(error, uri, source, what)) from None
+
+
+MLFLOW_UI_ADDRESS = "http://127.0.0.1:5000"  # where `mlflow ui` serves a local store by default
+TRAINING_VIEW = "workflowType=machine_learning"  # the UI's model-training view; without it a fresh browser gets GenAI
+
+
+def ui_address(tracking_uri: str) -> str:
+    """The MLflow UI for `tracking_uri`: the tracking server itself (without credentials), else what
+    `mlflow ui --backend-store-uri URI` serves on."""
+    if not tracking_uri.startswith(("http://", "https://")):
+        return MLFLOW_UI_ADDRESS
+    parts = urlsplit(tracking_uri)
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2])).rstrip("/")
+
+
+def run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str:
+    """A run's page in the UI's model-training view (a search's parent run lists its trials as child runs)."""
+    return f"{ui_address(tracking_uri)}/#/experiments/{experiment_id}/runs/{run_id}?{TRAINING_VIEW}"
+
+
+def model_version_url(tracking_uri: str, name: str, version: str | int) -> str:
+    """A registered version's page (its card is the description) in the UI's model-training view."""
+    return f"{ui_address(tracking_uri)}/#/models/{quote(name)}/versions/{version}?{TRAINING_VIEW}"

@@ -16,6 +16,7 @@ from pneumo.config import ExperimentConfig
 from pneumo.data.folder import CLASS_NAMES, SPLITS
 from pneumo.data.synthetic import SYNTHETIC_MARKER, is_synthetic_set
 from pneumo.evaluation.metrics import SCORES
+from pneumo.tracking import dataset_digest
 
 META_NAME = "pneumo.json"  # pneumo.models.checkpoints.META_FILE, read here without importing torch
 
@@ -42,6 +43,7 @@ def checkpoint_meta(model_folder: str | Path) -> Optional[dict[str, Any]]:
 
 def _data_section(cfg: ExperimentConfig, run_metrics: dict[str, float], fingerprint: str) -> list[str]:
     lines = ["## Data", f"- source: `{cfg.data.path}` (format {cfg.data.format}); fingerprint `{fingerprint}`"]
+    lines.append(f"- MLflow dataset digest `{dataset_digest(fingerprint)}` (the training run's Datasets column)")
     for split in SPLITS:
         counts = {name: int(run_metrics.get(f"data.{split}.{name}", 0)) for name in CLASS_NAMES}
         if sum(counts.values()):
