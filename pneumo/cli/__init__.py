@@ -238,6 +238,10 @@ def check_model_loads(model_uri: str, tracking_uri: str) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
+    from pneumo.serve.shutdown import serve_in_own_session
+
+    if not os.environ.get("RAY_ADDRESS"):  # its own Ray: out of the caller's process group (shutdown.py)
+        serve_in_own_session()
     import ray
     from ray import serve
 

@@ -61,7 +61,14 @@ def ensure_base() -> float:
         container = buildah("from", "scratch").stdout.strip()
         try:
             buildah("add", container, str(tarball), "/")
-            buildah("config", "--cmd", "/bin/bash", "--env", "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", container)
+            buildah(
+                "config",
+                "--cmd",
+                "/bin/bash",
+                "--env",
+                "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                container,
+            )
             buildah("commit", "--rm", container, BASE_TAG)
         except BaseException:
             buildah("rm", container, check=False)

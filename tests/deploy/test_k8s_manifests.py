@@ -160,9 +160,10 @@ def entrypoint_config(overlay: str) -> tuple[Path, list[str]]:
 def test_rayjob_runs_an_experiment_in_the_image_with_valid_overrides(overlay):
     experiment, overrides = entrypoint_config(overlay)
     assert experiment.is_file(), f"{experiment} is not in the repository, so not in the image"
-    assert "experiments/" in (REPO / ".dockerignore").read_text() and "COPY experiments/" in (
-        REPO / "Containerfile"
-    ).read_text()
+    assert (
+        "experiments/" in (REPO / ".dockerignore").read_text()
+        and "COPY experiments/" in (REPO / "Containerfile").read_text()
+    )
     cfg = load_config([str(experiment)], overrides)  # a key pneumo does not know fails here
     assert cfg.scaling.storage_path == configmap_values(overlay)["PNEUMO_STORAGE_PATH"]
     job = the(overlay, "RayJob")["spec"]
@@ -189,9 +190,7 @@ def ray_containers(document: dict) -> list[dict]:
 
 
 def env_sources(container: dict) -> set[str]:
-    return {
-        (source.get("configMapRef") or source.get("secretRef"))["name"] for source in container.get("envFrom", [])
-    }
+    return {(source.get("configMapRef") or source.get("secretRef"))["name"] for source in container.get("envFrom", [])}
 
 
 def test_tokens_and_tracking_come_from_secrets_and_the_configmap():
