@@ -32,6 +32,7 @@ from pneumo.data.transforms import ImageDecodeError, decode_image
 from pneumo.registry.uri import FetchedModel
 from pneumo.serve.audit import AuditLog
 from pneumo.serve.batching import AdaptiveBatcher
+from pneumo.serve.dicom import SR_DOC, RefusedFilm, as_dicom, dicom_source, film_facts, sr_answer, wants_dicom_sr
 from pneumo.serve.explanations import (
     EXPLAIN_PNG_DOC,
     ExplainerCache,
@@ -51,7 +52,7 @@ from pneumo.serve.inputs import (
     read_images,
 )
 from pneumo.serve.loader import ServedModel
-from pneumo.serve.monitor import GateResult, ServeMonitor
+from pneumo.serve.monitor import GateResult, OutOfDistribution, ServeMonitor
 from pneumo.serve.page import page_file
 from pneumo.serve.prometheus import ServeMetrics
 from pneumo.serve.schemas import ERROR_DOCS, BatchPrediction, ErrorBody, Prediction
@@ -77,8 +78,10 @@ def _elapsed_ms(started: float) -> float:
 api = FastAPI(
     title="pneumo",
     description="P(pneumonia) for chest X-rays: JPEG, PNG or DICOM in, JSON out. "
-    'Errors are {"error", "field"}: 400 unusable image, 413 too '
-    "large or too many, 415 wrong Content-Type, 503 model not ready.",
+    'Errors are {"error", "field"}: 400 a file that cannot be decoded as an image (a one-byte file, a '
+    "truncated JPEG); 413 a body over serve.max_body_bytes; 415 a wrong Content-Type; 422 more files than "
+    "the schema's maxItems, or a decodable image the out-of-distribution gate refuses (not a frontal chest "
+    "film: a 1x1 PNG, a CT slice, a photo) under serve.ood_policy=reject; 503 model not ready.",
 )
 api.add_middleware(BearerAuthMiddleware)  # bearer token on every route but the probes and docs (security.py)
 
@@ -152,9 +155,17 @@ class PneumoniaService:
         """Each served role (champion, challenger): its loader state, version, runtime and model."""
         return self.versions.describe()
 
-    @api.post("/predict", response_model=Prediction, responses=ERROR_DOCS, openapi_extra=SINGLE_UPLOAD_DOC)
-    async def predict(self, request: Request) -> JSONResponse:
-        """One image: multipart field `file`, or the raw body (image/jpeg, image/png, application/dicom)."""
+    @api.post(
+        "/predict",
+        response_model=Prediction,
+        responses={**ERROR_DOCS, 200: SR_DOC},
+        openapi_extra=SINGLE_UPLOAD_DOC,
+    )
+    async def predict(self, request: Request) -> Response:
+        """One image: multipart field `file`, or the raw body (image/jpeg, image/png, application/dicom).
+        A DICOM film with ?format=dicom-sr or Accept: application/dicom: the answer as a DICOM SR (dicom.py)."""
+        if wants_dicom_sr(request):
+            return as_dicom(await self._answer("predict", lambda started: self._predict_sr(request, started)))
         return await self._answer("predict", lambda started: self._predict_one(request, started))
 
     @api.post("/predict/batch", response_model=BatchPrediction, responses=ERROR_DOCS, openapi_extra=BATCH_UPLOAD_DOC)
@@ -175,7 +186,10 @@ class PneumoniaService:
 
     async def _explain_one(self, request: Request, started: float) -> dict[str, Any]:
         fmt = requested_format(request)
-        answer, served, image = await self._predict_image(request, started)
+        try:
+            answer, served, image = await self._predict_image(request, started)
+        except OutOfDistribution as refusal:  # the page still shows the refused film: a browser cannot draw DICOM
+            raise RefusedFilm(refusal, refusal.image, refusal.upload) from None
         explainer = await asyncio.to_thread(self.explainers.get, served.fetched.loaded)
         explained = await asyncio.to_thread(explain_image, explainer, image, answer, fmt)
         return {**explained, "time_ms": _elapsed_ms(started)}
@@ -214,14 +228,33 @@ class PneumoniaService:
     async def _predict_one(self, request: Request, started: float) -> dict[str, Any]:
         return (await self._predict_image(request, started))[0]
 
-    async def _predict_image(self, request: Request, started: float) -> tuple[dict[str, Any], ServedModel, np.ndarray]:
+    async def _predict_sr(self, request: Request, started: float) -> dict[str, Any]:
+        """/predict for a DICOM film, as an SR in its study; a film the gate refuses gets an SR saying so."""
+        upload = await read_image(request, self.settings)
+        source = dicom_source(upload)  # 415 for anything but DICOM
+        try:
+            answer, served, _ = await self._predict_image(request, started, upload)
+        except OutOfDistribution as refusal:
+            served = refusal.served
+            answer = {**self.monitor.refusal(refusal.gate), **_identity(served.fetched), **refusal.gate.fields()}
+            self.audit.record(request, [upload.data], answer)
+        cutoff = self.monitor.status(served.fetched)["ood_gate"].get("cutoff")
+        return {**answer, **await asyncio.to_thread(sr_answer, upload, source, answer, served.fetched, cutoff)}
+
+    async def _predict_image(
+        self, request: Request, started: float, upload: Optional[Upload] = None
+    ) -> tuple[dict[str, Any], ServedModel, np.ndarray]:
         """/predict's work: its answer, the version that gave it and the decoded image (/explain maps it)."""
         role, served = self.versions.choose(request)
         model = served.fetched
-        upload = await read_image(request, self.settings)
+        upload = upload or await read_image(request, self.settings)
         image = await self._decode(upload, model)
         probability, gate = await self.batcher.submit((served, image, role == CHAMPION))
-        self.monitor.enforce(gate, upload)  # 422 under serve.ood_policy reject
+        try:
+            self.monitor.enforce(gate, upload)  # 422 under serve.ood_policy reject
+        except OutOfDistribution as refusal:  # what /explain and the SR of a refusal still need
+            refusal.served, refusal.image, refusal.upload = served, image, upload
+            raise
         self._shadow(role, served, [image], [probability])
         self.versions.metrics.record(role, served, probability, time.perf_counter() - started)
         answer = {
@@ -230,6 +263,7 @@ class PneumoniaService:
             "model_role": role,
             "time_ms": _elapsed_ms(started),
             **gate.fields(),
+            **film_facts(upload),  # a DICOM film's modality and view position, for the page
         }
         self.audit.record(request, [upload.data], answer)
         return answer, served, image

@@ -67,13 +67,20 @@ def test_a_dicom_film_gets_its_sr_with_format_or_accept(serve_app, tmp_path):
     assert "Verification Flag   : UNVERIFIED" in dsrdump(path)
 
 
-def test_an_sr_needs_a_dicom_upload(serve_app, synthetic_root):
+def test_an_sr_needs_a_dicom_upload_that_names_its_study(serve_app, synthetic_root):
     jpeg = next((synthetic_root / "test" / "NORMAL").glob("*.jpeg")).read_bytes()
     response = requests.post(
         f"{serve_app.url}/predict?format=dicom-sr", data=jpeg, headers={"Content-Type": "image/jpeg"}, timeout=60
     )
     assert response.status_code == 415
     assert response.json()["error"].startswith("body: an SR (dicom-sr) is made for a DICOM upload only")
+    film = made_film()
+    del film.StudyInstanceUID
+    response = _predict(serve_app.url, _bytes(film), params={"format": "dicom-sr"})
+    assert (response.status_code, response.json()["field"]) == (400, "body")
+    assert response.json()["error"] == (
+        "body: the DICOM film has no StudyInstanceUID: an SR must name the film's study and image"
+    )
 
 
 def test_a_refused_film_gets_an_sr_saying_no_finding_was_made(reject, tmp_path):

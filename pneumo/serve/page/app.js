@@ -20,7 +20,8 @@ function authHeaders() {
   return tokenInput.value ? { Authorization: `Bearer ${tokenInput.value}` } : {};
 }
 
-// What a refusal means, in words for the people who read films; the server's own message follows.
+// What a refusal means, in one plain sentence for the people who read films; the server's own
+// message is one click away (Details).
 const STATUS_WORDS = {
   400: "This file could not be read as a chest film.",
   401: "The server needs an access token (enter it above).",
@@ -32,19 +33,24 @@ const STATUS_WORDS = {
   503: "The model is not ready yet; try again in a moment.",
 };
 
+// A refused request -> {sentence, detail, body}: the plain sentence, the server's message, its JSON.
 async function readError(response) {
-  let detail = "";
+  let body = {};
   try {
-    const body = await response.json();
-    detail = typeof body.error === "string" ? body.error : "";
+    body = await response.json();
   } catch (_) {
-    detail = "";
+    body = {};
   }
+  const detail = typeof body.error === "string" ? body.error : "";
   if (response.status >= 500 && response.status !== 503) {
-    return "The server could not analyse this film. Try again, or tell the people who run it.";
+    return {
+      sentence: "The server could not analyse this film. Try again, or tell the people who run it.",
+      detail,
+      body,
+    };
   }
-  const words = STATUS_WORDS[response.status] || `The server refused this film (HTTP ${response.status}).`;
-  return detail ? `${words} ${detail}` : words;
+  const sentence = STATUS_WORDS[response.status] || `The server refused this film (HTTP ${response.status}).`;
+  return { sentence, detail, body };
 }
 
 async function showModel(attempt = 0) {
@@ -57,7 +63,7 @@ async function showModel(attempt = 0) {
         `(says PNEUMONIA at P ≥ ${Number(model.decision_threshold).toFixed(2)})`;
       return;
     }
-    target.textContent = `Model: ${await readError(response)}`;
+    target.textContent = `Model: ${(await readError(response)).sentence}`;
     if (response.status === 401) tokenRow.hidden = false;
     if (response.status !== 503 || attempt >= MODEL_RETRIES) return;
   } catch (_) {
@@ -71,11 +77,35 @@ function percent(p) {
   return `${(100 * p).toFixed(1)}%`;
 }
 
-function setError(card, message) {
+// The film as the browser drew it, else the server's copy (a browser cannot draw DICOM), else a note;
+// and a DICOM film's modality, view position and body part when the server read them.
+function showFilm(card, body) {
+  const film = card.querySelector(".film");
+  const drawn = film.complete && film.naturalWidth > 0 && !film.src.startsWith("data:");
+  if (!drawn && body.film_png) {
+    film.src = `data:image/png;base64,${body.film_png}`;
+    film.hidden = false;
+  }
+  const pictured = drawn || Boolean(body.film_png);
+  film.hidden = !pictured;
+  card.querySelector(".no-picture").hidden = pictured;
+  const dicom = body.dicom || {};
+  const facts = [dicom.modality, dicom.view_position, dicom.body_part].filter(Boolean);
+  const shown = card.querySelector(".facts");
+  shown.textContent = facts.length ? `DICOM ${facts.join(", ")}` : "";
+  shown.hidden = facts.length === 0;
+}
+
+function setError(card, refusal) {
   const error = card.querySelector(".error");
-  error.textContent = message;
+  error.querySelector(".sentence").textContent = refusal.sentence;
+  const details = error.querySelector(".details");
+  details.querySelector(".detail").textContent = refusal.detail;
+  details.hidden = !refusal.detail;
+  details.open = false;
   error.hidden = false;
   card.querySelector(".verdict").textContent = "Not analysed.";
+  showFilm(card, refusal.body);
 }
 
 function showAnswer(card, answer) {
@@ -95,12 +125,12 @@ function showAnswer(card, answer) {
       "its probability may mean little.";
     ood.hidden = false;
   }
+  showFilm(card, answer);
+  if (!answer.heatmap_png) return; // only controls that do something: no map, no switch or slider
   const heat = card.querySelector(".heat");
   heat.src = `data:image/png;base64,${answer.heatmap_png}`;
   heat.alt = `Heatmap of where the model saw evidence of pneumonia in ${card.dataset.name}`;
   heat.hidden = false;
-  const film = card.querySelector(".film");
-  if (!film.complete || film.naturalWidth === 0) film.src = `data:image/png;base64,${answer.film_png}`;
   const controls = card.querySelector(".controls");
   controls.hidden = false;
   const toggle = controls.querySelector(".toggle");
@@ -132,7 +162,7 @@ async function analyse(card, file) {
     }
     showAnswer(card, await response.json());
   } catch (_) {
-    setError(card, "The server cannot be reached; check the connection and try again.");
+    setError(card, { sentence: "The server cannot be reached; check the connection and try again.", detail: "", body: {} });
   }
 }
 
