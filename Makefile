@@ -55,6 +55,17 @@ lock: $(BIN)/python
 bench: install
 	$(BIN)/python -m bench all
 
+# pneumo's images from the Containerfile: $(IMAGE):cpu, $(IMAGE):cuda and the MLflow server's $(IMAGE):tracking
+# (deploy/k8s). docker where its daemon answers, else buildah; more options through IMAGE_BUILD_ARGS, e.g.
+# IMAGE=ghcr.io/you/pneumo IMAGE_BUILD_ARGS="--build-arg BASE_IMAGE=..." (tests/deploy/image_build.py builds here)
+IMAGE ?= pneumo
+IMAGE_BUILDER ?= $(if $(shell docker info >/dev/null 2>&1 && echo up),docker build,buildah bud --layers --format docker)
+.PHONY: image
+image:
+	$(IMAGE_BUILDER) $(IMAGE_BUILD_ARGS) --build-arg FLAVOR=cpu -t $(IMAGE):cpu -f Containerfile .
+	$(IMAGE_BUILDER) $(IMAGE_BUILD_ARGS) --build-arg FLAVOR=cuda -t $(IMAGE):cuda -f Containerfile .
+	$(IMAGE_BUILDER) $(IMAGE_BUILD_ARGS) --target tracking -t $(IMAGE):tracking -f Containerfile .
+
 # A team's MLflow server (docs/how-to/team-mlflow.md): runs and registry in PostgreSQL, artifacts proxied
 # through it (clients need no storage credentials), logins on. Secrets come from the environment only:
 # PGPASSWORD (the database), MLFLOW_FLASK_SERVER_SECRET_KEY, and MLFLOW_AUTH_ADMIN_PASSWORD (the first admin's).
