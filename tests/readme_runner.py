@@ -243,6 +243,7 @@ class Scratch:
                 self.env_changed[command.where] = self._change_env(command, env, line)
             return self.env_changed[command.where]
         if command.text.strip() == "ray stop":
+            self.heads.pop(command.block.where, None)
             stop_ray_under(env["RAY_TMPDIR"])
             return Outcome(line, 0, f"stopped the Ray under {env['RAY_TMPDIR']}")
         if command.argv[:2] == ("ray", "start"):
