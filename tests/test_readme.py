@@ -56,6 +56,8 @@ NOT_RUN_HERE = {
     "make test": "runs the whole suite, this test included",
     "make demo": "installs, then runs "
     "`pneumo run experiments/quickstart.yaml`, which the README's quickstart output block runs",
+    "make test-readme": "runs these steps, this one included",
+    "make docs": "serves the site until stopped; make docs-build and tests/docs build the same site",
 }
 
 
