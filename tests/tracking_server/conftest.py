@@ -13,3 +13,12 @@ def server(tmp_path_factory) -> TeamServer:
         pytest.skip("PostgreSQL is not installed (apt-get install postgresql): no team-server test can run")
     with team_server(tmp_path_factory.mktemp("team_artifacts")) as started:
         yield started
+
+
+@pytest.fixture(scope="module")
+def as_admin(server):
+    """This test process logged in as the server's admin (MLflow's environment variables), for a module."""
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in server.login().items():
+            patch.setenv(key, value)
+        yield patch

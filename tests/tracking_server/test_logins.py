@@ -43,20 +43,13 @@ def refusal(cfg: ExperimentConfig) -> str:
 
 
 @pytest.fixture(scope="module")
-def admin_owned(server, monkeypatch_module):
+def admin_owned(server, as_admin):
     """The experiment and registered model, made by the admin through the check itself; and bob, a second
     user with the server's default permission (READ)."""
-    log_in(monkeypatch_module, server.login())
     check_tracking_access(config(server.url))
     bob = ("bob", secrets.token_urlsafe(12))
     server.create_user(*bob)
     return bob
-
-
-@pytest.fixture(scope="module")
-def monkeypatch_module():
-    with pytest.MonkeyPatch.context() as patch:
-        yield patch
 
 
 def test_the_admin_passes_and_the_check_made_what_the_run_writes_to(server, admin_owned):
