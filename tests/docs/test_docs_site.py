@@ -249,3 +249,18 @@ def test_pages_speak_of_the_product_not_of_how_it_was_made(page):
 def test_readme_is_short():
     lines = (REPO / "README.md").read_text().splitlines()
     assert len(lines) <= 220, f"README.md has {len(lines)} lines: move detail into docs/"
+
+
+NAMED_PATH = re.compile(r"`((?:pneumo|tests|bench|deploy|experiments)/[\w./-]+)`")
+WRITTEN_BY_READERS = re.compile(r"^# (experiments/[\w.-]+\.yaml)$", re.M)  # a file a page asks the reader to save
+
+
+@pytest.mark.parametrize("page", PRODUCT_PAGES, ids=[p.relative_to(REPO).as_posix() for p in PRODUCT_PAGES])
+def test_files_the_pages_name_exist(page):
+    text = page.read_text()
+    written = set(WRITTEN_BY_READERS.findall(text))
+    named = {path.rstrip("/.") for path in NAMED_PATH.findall(text)}
+    missing = [
+        path for path in sorted(named - written) if not path.startswith("bench/results") and not (REPO / path).exists()
+    ]
+    assert not missing, f"{page.relative_to(REPO)} names files the repository does not have: {missing}"
