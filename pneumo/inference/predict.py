@@ -115,9 +115,10 @@ def predict_archive(
     run_id = job.open_run("predict", f"predict-{model.name}-{model.version}", {**params, "runtime": plan.runtime})
     job.client.set_tag(run_id, TAG_OUTPUT, folder.location)
     client = job.client
-    scoring = time.monotonic()
-    _score_into(folder, todo, plan, model, settings, progress, client, run_id)
-    timings = {"model_listing_and_output_s": prepared_s, "scoring_s": time.monotonic() - scoring}
+    timings = {
+        "model_listing_and_output_s": prepared_s,
+        **_score_into(folder, todo, plan, model, settings, progress, client, run_id),
+    }
     summary, table = summarize(folder, listing, model, plan, cfg, len(todo), timings, started)
     summary["mlflow_run_id"] = run_id
     if settings.csv:
@@ -136,13 +137,18 @@ def _score_into(
     progress: PredictProgress,
     client: MlflowClient,
     run_id: str,
-) -> None:
-    """Stream the scored rows into parts; whatever stops the job, the rows already scored are written."""
+) -> dict[str, float]:
+    """Stream the scored rows into parts; whatever stops the job, the rows already scored are written.
+    Returns the phase's timings: all of it, until the first rows (actors starting, the first batch),
+    and the steady rate after them."""
     writer = PartWriter(folder, settings.part_rows)
     progress.start(len(todo))
+    started, first_at, first_rows = time.monotonic(), None, 0
     try:
         if len(todo):
             for scored in score_films(todo, plan, model.loaded.meta.preprocessing_spec):
+                if first_at is None:
+                    first_at, first_rows = time.monotonic(), len(scored)
                 writer.add(scored)
                 progress.advance(scored["status"].to_pylist())
         writer.flush()
@@ -155,6 +161,13 @@ def _score_into(
         raise
     finally:
         progress.finish()
+    ended = time.monotonic()
+    steady = (len(todo) - first_rows) / (ended - first_at) if first_at and ended > first_at else None
+    return {
+        "scoring_s": ended - started,
+        "to_first_rows_s": (first_at or ended) - started,
+        "steady_films_per_s": steady if steady else 0.0,
+    }
 
 
 def _counts(column: pa.ChunkedArray, null_name: Optional[str] = None) -> dict[str, int]:
