@@ -16,6 +16,8 @@ import sys
 import time
 from pathlib import Path
 
+from bench.predict_bench import bench_rows as predict_rows
+
 RESULTS = Path(__file__).resolve().parent / "results" / "all.json"
 
 
@@ -131,7 +133,13 @@ def explain_rows(results: dict[str, list[dict]]) -> list[dict]:
     ]
 
 
-BENCHMARKS = {"train": train_rows, "overhead": overhead_rows, "data": data_rows, "serve": serve_rows}
+BENCHMARKS = {
+    "train": train_rows,
+    "overhead": overhead_rows,
+    "data": data_rows,
+    "serve": serve_rows,
+    "predict": lambda: predict_rows(run_bench("predict")),
+}
 
 
 def main() -> None:
