@@ -237,3 +237,20 @@ def test_prometheusrule_holds_the_alert_rules_of_deploy_prometheus():
     for kind in RAY_KINDS:
         for container in ray_containers(the("cpu", kind)):
             assert {"name": "metrics", "containerPort": 8080} in container["ports"]
+
+
+def test_each_part_applies_alone_by_its_component_label():
+    """`kubectl apply -k OVERLAY -l app.kubernetes.io/component=X` applies tracking, then train, then serve
+    (docs/how-to/kubernetes.md): every object but the Namespace carries one of the three."""
+    parts: dict[str, set[str]] = {}
+    for document in render("overlays/cpu"):
+        if document["kind"] == "Namespace":
+            continue
+        component = document["metadata"]["labels"]["app.kubernetes.io/component"]
+        parts.setdefault(component, set()).add(f"{document['kind']}/{document['metadata']['name']}")
+    assert parts == {
+        "tracking": {"ConfigMap/pneumo-config", "Service/postgres", "StatefulSet/postgres", "Service/mlflow",
+                     "Deployment/mlflow"},
+        "train": {"PersistentVolumeClaim/pneumo-data", "RayJob/pneumo-train"},
+        "serve": {"RayService/pneumo-serve"},
+    }  # fmt: skip
