@@ -436,10 +436,16 @@ def ui_address(tracking_uri: str) -> str:
 
 
 def run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str:
-    """A run's page in the UI's model-training view (a search's parent run lists its trials as child runs)."""
+    """A run's page in the UI's model-training view (for a search's trials as well, see search_url)."""
     return f"{ui_address(tracking_uri)}/#/experiments/{experiment_id}/runs/{run_id}?{TRAINING_VIEW}"
 
 
 def model_version_url(tracking_uri: str, name: str, version: str | int) -> str:
     """A registered version's page (its card is the description) in the UI's model-training view."""
     return f"{ui_address(tracking_uri)}/#/models/{quote(name)}/versions/{version}?{TRAINING_VIEW}"
+
+
+def search_url(tracking_uri: str, experiment_id: str, parent_run_id: str) -> str:
+    """A search in the UI's runs table: its parent run with the trials grouped under it (filtered to them)."""
+    trials = quote(f"tags.`mlflow.parentRunId` = '{parent_run_id}'")
+    return f"{ui_address(tracking_uri)}/#/experiments/{experiment_id}/runs?{TRAINING_VIEW}&searchFilter={trials}"

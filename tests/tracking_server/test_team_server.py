@@ -4,26 +4,24 @@ through MLflow's environment variables) serves every check; `pneumo eval`, `pneu
 `pneumo serve` then read its champion through the server. The same checks the sqlite tests make
 (tests/test_run_faults.py, tests/test_tune_run.py): nothing lost, nothing logged twice."""
 
-import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
-import requests
 from conftest import write_smoke_yaml
 from mlflow.tracking import MlflowClient
 
 from pneumo.config import load_config
 from pneumo.tracking import TAG_MODEL_URI, dataset_digest
 
-from .servers import free_port
+from .servers import free_port, wait_until_healthy
 
 pytestmark = pytest.mark.slow
 SEARCH = """\
@@ -44,9 +42,17 @@ QUICK = [
 EPOCH_KEYS = ("train_loss", "val_loss", "val_auroc", "lr")
 
 
-def client_env(login: dict[str, str]) -> dict[str, str]:
-    """The environment of a `pneumo` command: its own local Ray (whose workers inherit the login), logged in."""
-    return {**{key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}, **login}
+def client_env(login: dict[str, str], ray_session) -> dict[str, str]:
+    """The environment of a `pneumo` command logged in through `login`, joining the session's Ray as a
+    `ray job submit --runtime-env-json '{"env_vars": LOGIN}'` job does: the trials' workers get the login
+    from the job's runtime environment (docs/how-to/team-mlflow.md)."""
+    job = {"runtime_env": {"env_vars": login}}
+    return {
+        **os.environ,
+        **login,
+        "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address,
+        "RAY_JOB_CONFIG_JSON_ENV_VAR": json.dumps(job),
+    }
 
 
 def pneumo(args: list[str], env: dict[str, str], timeout_s: float = 900) -> subprocess.CompletedProcess:
@@ -66,10 +72,10 @@ class TeamRun:
 
 
 @pytest.fixture(scope="module")
-def team_run(server, as_admin, synthetic_root, tmp_path_factory) -> TeamRun:
+def team_run(server, as_admin, ray_session, synthetic_root, tmp_path_factory) -> TeamRun:
     yaml = write_smoke_yaml(tmp_path_factory.mktemp("team_run"), synthetic_root, "team", SEARCH)
     overrides = [*QUICK, "mlflow.system_metrics_interval_s=1", f"mlflow.tracking_uri={server.url}"]
-    ran = pneumo(["run", str(yaml), *overrides, "--verbose"], client_env(server.login()))
+    ran = pneumo(["run", str(yaml), *overrides, "--verbose"], client_env(server.login(), ray_session))
     output = ran.stdout + ran.stderr
     assert ran.returncode == 0, output[-3000:]
     cfg = load_config([yaml], overrides)
@@ -139,8 +145,32 @@ def test_no_secret_reaches_the_output_the_params_or_the_logged_config(server, te
             assert secret not in (Path(text).read_text() if text.endswith(".yaml") else text)
 
 
+def test_a_pg_dump_of_the_store_restores_runs_metrics_and_the_registry(server, team_run, monkeypatch):
+    """The backup docs/how-to/team-mlflow.md gives (pg_dump -Fc, pg_restore), read back by MLflow itself."""
+    dump = server.postgres.root / "mlflow.dump"
+    server.postgres.run("pg_dump", "-Fc", "-f", str(dump), "mlflow")
+    server.postgres.run("createdb", "restored")
+    server.postgres.run("pg_restore", "-d", "restored", str(dump))
+    monkeypatch.setenv("PGPASSWORD", server.postgres.password)
+    live, restored = MlflowClient(server.url), MlflowClient(server.postgres.uri("restored"))
+    experiment_id = team_run.parent.info.experiment_id
+    assert {r.info.run_id for r in restored.search_runs([experiment_id])} == {
+        r.info.run_id for r in live.search_runs([experiment_id])
+    }
+    for child in team_run.children:
+        history = restored.get_metric_history(child.info.run_id, "val_auroc")
+        assert [(m.step, m.value) for m in history] == [
+            (m.step, m.value) for m in live.get_metric_history(child.info.run_id, "val_auroc")
+        ]
+    name = team_run.cfg.mlflow.registered_model_name
+    assert (
+        restored.get_model_version_by_alias(name, "champion").version
+        == live.get_model_version_by_alias(name, "champion").version
+    )
+
+
 @pytest.fixture(scope="module")
-def scored(server, team_run, synthetic_root) -> dict[str, subprocess.CompletedProcess]:
+def scored(server, team_run, ray_session, synthetic_root) -> dict[str, subprocess.CompletedProcess]:
     """`pneumo eval` and `pneumo monitor` of the champion, at once, each through the server."""
     model = f"models:/{team_run.cfg.mlflow.registered_model_name}@champion"
     config = ["--config", str(team_run.yaml), *team_run.overrides]
@@ -148,7 +178,7 @@ def scored(server, team_run, synthetic_root) -> dict[str, subprocess.CompletedPr
         "eval": ["eval", model, str(synthetic_root), "--verbose", *config],
         "monitor": ["monitor", model, str(synthetic_root), "--split", "test", "--verbose", *config],
     }
-    env = client_env(server.login())
+    env = client_env(server.login(), ray_session)
     started = {
         kind: subprocess.Popen(
             [sys.executable, "-m", "pneumo.cli", *args],
@@ -186,41 +216,112 @@ def test_eval_and_monitor_runs_log_their_dataset(server, team_run, scored):
         assert [(tag.key, tag.value) for tag in logged.tags] == [("mlflow.data.context", context)]
 
 
-def test_pneumo_serve_loads_the_champion_through_the_server(server, team_run, synthetic_root):
-    port = free_port()
-    model = f"models:/{team_run.cfg.mlflow.registered_model_name}@champion"
-    command = [sys.executable, "-m", "pneumo.cli", "serve", model, "--port", str(port)]
-    command += ["--config", str(team_run.yaml), *team_run.overrides]
-    served = subprocess.Popen(
-        command,
-        env=client_env(server.login()),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
+def test_the_serve_loader_loads_the_champion_through_the_server(server, team_run, as_admin, synthetic_root):
+    """What a `pneumo serve` replica runs to load its model (pneumo.serve.loader), through the server with
+    the login from the environment. (The command itself would start a Ray of its own, or replace the
+    Serve app of the session's Ray; its own tests cover it on sqlite.)"""
+    from pneumo.config import ServeConfig
+    from pneumo.data.sources import load_image
+    from pneumo.serve.loader import load_served_model
+
+    name = team_run.cfg.mlflow.registered_model_name
+    served = load_served_model(f"models:/{name}@champion", server.url, ServeConfig(runtime="torch"))
+    champion = MlflowClient(server.url).get_model_version_by_alias(name, "champion")
+    assert str(served.fetched.version) == str(champion.version)
+    spec = served.fetched.loaded.meta.preprocessing_spec
+    films = sorted((synthetic_root / "test").glob("*/*.jpeg"))[:4]
+    images = np.stack([load_image(str(film), spec, 40_000_000)[0] for film in films])
+    probabilities, _ = served.score(images)
+    assert probabilities.shape == (4,) and ((probabilities >= 0) & (probabilities <= 1)).all()
+
+
+def chosen_view(page) -> str:
+    """The workflow the UI shows ("GenAI" or "Model training"): the toggle's darker label."""
+    darkness = {}
+    for label in ("GenAI", "Model training"):
+        color = page.get_by_text(label, exact=True).first.evaluate("e => getComputedStyle(e).color")
+        darkness[label] = -sum(int(c) for c in color[color.index("(") + 1 : -1].split(",")[:3])
+    return max(darkness, key=darkness.get)
+
+
+def open_fresh(browser, url: str, shows: str, login: tuple[str, str] | None = None) -> tuple[str, str]:
+    """`url` in a new browser profile (no stored view choice): (the view it lands in, the page's text)."""
+    credentials = {"username": login[0], "password": login[1]} if login else None
+    context = browser.new_context(viewport={"width": 1400, "height": 1000}, http_credentials=credentials)
+    page = context.new_page()
+    page.goto(url, timeout=120_000)
+    page.get_by_text(shows).first.wait_for(timeout=240_000)
+    view, text = chosen_view(page), page.inner_text("body")
+    context.close()
+    return view, text
+
+
+def sqlite_store_with_a_search(folder: Path) -> tuple[str, str, str]:
+    """A local store as `pneumo run` leaves it, without training: a search run, two trial runs, a
+    registered version with a card; (store URI, experiment id, parent run id)."""
+    from pneumo.config import DataConfig, ExperimentConfig, MlflowConfig
+    from pneumo.tracking import ensure_experiment, finish_run, start_run
+
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    cfg = ExperimentConfig(name="links", data=DataConfig(path="unused"), mlflow=MlflowConfig(tracking_uri=uri))
+    client = MlflowClient(uri)
+    experiment_id = ensure_experiment(client, cfg.mlflow.experiment_name)
+    parent = start_run(client, cfg, "search", "links-search", params={})
+    for trial in ("trial-a", "trial-b"):
+        finish_run(client, start_run(client, cfg, "trial", trial, parent_run_id=parent, params={}))
+    finish_run(client, parent)
+    client.create_registered_model("links-model")
+    version = client.create_model_version(
+        "links-model", f"runs:/{parent}/model", run_id=parent, description="## Data\n- the card"
     )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 600
-        while True:
-            with contextlib.suppress(requests.RequestException):
-                ready = requests.get(f"{url}/readyz", timeout=10)
-                if ready.status_code == 200 or ready.json().get("state") == "failed":
-                    break
-            assert served.poll() is None and time.monotonic() < deadline, "pneumo serve never got ready"
-            time.sleep(1)
-        assert ready.status_code == 200, ready.text
-        film = next((synthetic_root / "test").glob("PNEUMONIA/*.jpeg"))
-        answer = requests.post(
-            f"{url}/predict", files={"file": (film.name, film.read_bytes(), "image/jpeg")}, timeout=60
+    client.set_registered_model_alias("links-model", "champion", version.version)
+    return uri, experiment_id, parent
+
+
+def test_the_printed_links_open_the_training_view_in_a_fresh_browser(server, team_run, tmp_path):
+    """run_url, search_url and model_version_url against the team server (logged in) and `mlflow ui` on a
+    sqlite store; the same run page without the view parameter lands in GenAI, as a fresh profile does."""
+    from mlflow_ui import CHROMIUM
+    from playwright.sync_api import sync_playwright
+
+    from pneumo.tracking import MLFLOW_UI_ADDRESS, model_version_url, run_url, search_url
+
+    if not Path(CHROMIUM).exists():
+        pytest.skip("Chromium is not installed (apt-get install chromium)")
+    parent = team_run.parent.info
+    name = team_run.cfg.mlflow.registered_model_name
+    version = MlflowClient(server.url).get_model_version_by_alias(name, "champion").version
+    store, local_experiment, local_parent = sqlite_store_with_a_search(tmp_path)
+    assert run_url(store, "1", "r").startswith(f"{MLFLOW_UI_ADDRESS}/#/experiments/1/runs/r?")
+    port = free_port()
+    log = tmp_path / "mlflow-ui.log"
+    with log.open("w") as out:
+        ui = subprocess.Popen(
+            [str(Path(sys.executable).parent / "mlflow"), "ui", "--backend-store-uri", store, "--port", str(port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
-        assert answer.status_code == 200, answer.text
-        assert 0 <= answer.json()["probability"] <= 1
+    local = f"http://127.0.0.1:{port}"
+    admin = ("admin", server.admin_password)
+    links = [  # (link, text it must show, login)
+        (run_url(server.url, parent.experiment_id, parent.run_id), parent.run_name, admin),
+        (search_url(server.url, parent.experiment_id, parent.run_id), "3 matching runs", admin),
+        (model_version_url(server.url, name, version), "MLflow dataset digest", admin),
+        (run_url(local, local_experiment, local_parent), "links-search", None),
+        (search_url(local, local_experiment, local_parent), "3 matching runs", None),
+        (model_version_url(local, "links-model", 1), "the card", None),
+    ]
+    try:
+        wait_until_healthy(local, ui, log)
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+            for link, shows, login in links:
+                view, text = open_fresh(browser, link, shows, login)
+                assert view == "Model training", (link, text[:500])
+            plain = run_url(local, local_experiment, local_parent).partition("?")[0]
+            assert open_fresh(browser, plain, "links-search")[0] == "GenAI", "without the parameter: GenAI"
+            browser.close()
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(served.pid, signal.SIGINT)
-        try:
-            served.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(served.pid, signal.SIGKILL)
-            served.wait(timeout=30)
+        os.killpg(ui.pid, signal.SIGKILL)
+        ui.wait(timeout=30)
