@@ -11,6 +11,7 @@ trainer's controller) and serve/ingress.py (Serve's HAProxy ingress).
     pneumo eval models:/pneumo-pneumonia@champion data/chest_xray [--split test] [--out reports/x]
     pneumo monitor models:/pneumo-pneumonia@champion data/new_hospital [--split all] [--out reports/m]
     pneumo predict models:/pneumo-pneumonia@champion archive/2025 --out scores/2025 [--resume] [--explain]
+    pneumo predict MODEL dicomweb+http://pacs:8042/dicom-web --study UID | --modality CR,DX --out DIR [--store-sr]
 """
 
 from __future__ import annotations
@@ -151,10 +152,32 @@ def cmd_monitor(args: argparse.Namespace) -> None:
         terminal.note(f"\nmlflow run:   {outcome.mlflow_run_id}\nreport:       {outcome.html_path}")
 
 
+def _predict_from_pacs(args: argparse.Namespace, cfg) -> None:
+    """DATA is a DICOMweb server: score its study (or every study of --modality) in this process, an SR
+    per film in OUT/sr, stored back with --store-sr (pneumo.pacs.roundtrip)."""
+    from pneumo.pacs.dicomweb import DicomWebError
+    from pneumo.pacs.roundtrip import describe, report_to_pacs
+    from pneumo.registry.uri import fetch_model
+    from pneumo.tracking import resolve_tracking_uri
+
+    if bool(args.study) == bool(args.modality):
+        raise SystemExit("pneumo: a DICOMweb DATA needs --study UID or --modality CR,DX (one of them)")
+    model = fetch_model(args.model, resolve_tracking_uri(cfg.mlflow))
+    modalities = tuple(m.strip().upper() for m in (args.modality or "").split(",") if m.strip())
+    try:
+        rows = report_to_pacs(args.data, model, args.out, args.study, modalities, args.store_sr, cfg.serve.ood_policy)
+    except (DicomWebError, ValueError) as error:
+        raise SystemExit(f"pneumo: DICOMweb: {error}") from None
+    print(describe(rows, args.out))
+
+
 def cmd_predict(args: argparse.Namespace) -> None:
+    from pneumo.pacs.dicomweb import is_dicomweb
     from pneumo.paths import durable_path
 
     cfg = _load_for_data(args, "pneumo-predict")
+    if is_dicomweb(args.data):
+        return _predict_from_pacs(args, cfg)
     with _quiet_terminal(cfg, args) as terminal:
         init_ray()
         from pneumo.cli.progress import is_interactive
@@ -335,7 +358,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument(
         "data",
         help="films to score: a folder (any depth; JPEG, PNG, DICOM), a CSV/Parquet manifest with a path "
-        "column, or an .npz; local, s3:// or gs://",
+        "column, or an .npz; local, s3:// or gs://; or a PACS: dicomweb+http(s)://HOST:PORT/PATH (credentials "
+        "from $PNEUMO_DICOMWEB_USER and $PNEUMO_DICOMWEB_PASSWORD)",
     )
     predict.add_argument("--out", required=True, help="output folder (new or empty; with --resume, this model's)")
     predict.add_argument("--config", nargs="+", default=[], help="experiment YAML(s), then key=value overrides")
@@ -358,6 +382,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     predict.add_argument("--csv", action="store_true", help="also write predictions.csv")
     predict.add_argument("--resume", action="store_true", help="score only the files not yet in --out (same model)")
+    predict.add_argument("--study", metavar="UID", help="with a dicomweb+ DATA: the study to score")
+    predict.add_argument("--modality", help="with a dicomweb+ DATA: score every study of these modalities (CR,DX)")
+    predict.add_argument(
+        "--store-sr", action="store_true", help="with a dicomweb+ DATA: store each SR into its study (STOW-RS)"
+    )
     predict.add_argument("--verbose", action="store_true", help="show Ray's own output here, not only in the log file")
     predict.set_defaults(handler=cmd_predict)
     config = commands.add_parser("config", help="inspect experiment configs").add_subparsers(

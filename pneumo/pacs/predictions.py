@@ -81,3 +81,19 @@ def write_srs(rows: Iterable[Mapping[str, Any]], sr_dir: str | Path) -> list[Wri
         target.write_bytes(part10_bytes(sr))
         written.append(WrittenSr(path, str(target)))
     return written
+
+
+def write_srs_for_output(out: str, sr_dir: str | Path) -> list[WrittenSr]:
+    """write_srs over the rows `pneumo predict` wrote to OUT/predictions (local or an object store)."""
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(f"{out.rstrip('/')}/predictions").to_pylist()
+    return write_srs(rows, sr_dir)
+
+
+def describe(written: list[WrittenSr], sr_dir: str | Path) -> str:
+    """One line for the terminal: how many SRs, where, and how many films got none."""
+    made = sum(entry.sr_file is not None for entry in written)
+    return (
+        f"DICOM SRs:    {made} written to {sr_dir}; files without one (not DICOM, or not scored): {len(written) - made}"
+    )

@@ -223,6 +223,22 @@ def store_srs(location: str, out_dir: str | Path, environ: Mapping[str, str] = o
     return rows
 
 
+def describe(rows: Sequence[InstanceRow], out_dir: str | Path) -> str:
+    """What the terminal says after a PACS run: counts, where the rows and SRs are, each problem by UID."""
+    counts = summary(rows)
+    lines = [
+        f"instances:    {len(rows)} ("
+        + ", ".join(f"{counts[status]} {status}" for status in sorted(counts) if not status.startswith("sr_"))
+        + ")",
+        f"SRs:          {counts['sr_written']} written to {Path(out_dir) / SR_DIR}, {counts['sr_stored']} stored",
+        f"rows:         {Path(out_dir) / ROWS_FILE}",
+    ]
+    for row in rows:
+        if row.reason or row.store_error:
+            lines.append(f"  {row.sop_instance_uid} ({row.modality}): {row.status}, {row.store_error or row.reason}")
+    return "\n".join(lines)
+
+
 def summary(rows: Sequence[InstanceRow]) -> dict[str, Any]:
     """Counts by status, and of SRs written and stored."""
     counts: dict[str, Any] = {}
@@ -231,6 +247,3 @@ def summary(rows: Sequence[InstanceRow]) -> dict[str, Any]:
     counts["sr_written"] = sum(1 for row in rows if row.sr_file)
     counts["sr_stored"] = sum(1 for row in rows if row.stored)
     return counts
-
-
-__all__ = ["DicomWebError", "InstanceRow", "read_rows", "report_to_pacs", "score_film", "store_srs", "summary"]

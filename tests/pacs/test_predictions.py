@@ -66,3 +66,22 @@ def test_scored_and_refused_dicom_films_get_srs_and_other_rows_say_why(tmp_path)
     for entry in written[:2]:
         errors, warnings = dciodvfy(Path(entry.sr_file))
         assert errors == [] and unexplained_warnings(warnings) == []
+
+
+def test_srs_for_the_rows_pneumo_predict_wrote(tmp_path):
+    import pandas as pd
+
+    from pneumo.pacs.predictions import describe, write_srs_for_output
+
+    path, _ = _film(tmp_path, "IM0001", "1.2.826.0.1.3680043.8.498.2")
+    rows = [
+        {"path": str(path), "status": "scored", "error": None, "probability": 0.3, **MODEL},
+        {"path": str(tmp_path / "notes.txt"), "status": "unreadable", "error": "not a readable image", **MODEL},
+    ]
+    (tmp_path / "out" / "predictions").mkdir(parents=True)
+    pd.DataFrame(rows).to_parquet(tmp_path / "out" / "predictions" / "part-00000.parquet")
+    written = write_srs_for_output(str(tmp_path / "out"), tmp_path / "sr")
+    assert read_sr(pydicom.dcmread(written[0].sr_file)).finding == "absent"
+    assert describe(written, tmp_path / "sr") == (
+        f"DICOM SRs:    1 written to {tmp_path / 'sr'}; files without one (not DICOM, or not scored): 1"
+    )

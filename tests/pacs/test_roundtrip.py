@@ -6,6 +6,8 @@ loses nothing, and no patient name or ID reaches pneumo's logs or rows."""
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 from pathlib import Path
 
 import pydicom
@@ -148,3 +150,29 @@ def test_a_failed_store_loses_nothing_and_stores_again(orthanc, dead_dicomweb, m
 
     again = store_srs(orthanc.dicomweb, tmp_path, environ=orthanc.environ)
     assert all(row.stored is True and row.store_error is None for row in again if row.sr_file)
+
+
+def _pneumo(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "pneumo.cli", *args], env=env, capture_output=True, text=True, timeout=600
+    )
+
+
+def test_pneumo_predict_scores_a_pacs_study_and_stores_its_srs(orthanc, smoke_run, tmp_path):
+    uid = generate_uid()
+    film = made_film(study_uid=uid)
+    orthanc.upload(film)
+    out = tmp_path / "out"
+    args = ["predict", str(smoke_run.outcome.model_dir), orthanc.dicomweb, "--study", uid, "--out", str(out)]
+    done = _pneumo([*args, "--store-sr"], orthanc.environ)
+    assert done.returncode == 0, done.stderr
+    [row] = read_rows(out)
+    assert row.sop_instance_uid == film.SOPInstanceUID and row.stored is True
+    assert f"SRs:          1 written to {out / 'sr'}, 1 stored" in done.stdout
+    printed = done.stdout + done.stderr
+    for secret in (PATIENT_NAME, PATIENT_ID, orthanc.environ[PASSWORD_ENV]):
+        assert secret not in printed
+
+    neither = _pneumo(args[:3] + ["--out", str(tmp_path / "x")], orthanc.environ)
+    assert neither.returncode != 0
+    assert "a DICOMweb DATA needs --study UID or --modality CR,DX" in neither.stderr
