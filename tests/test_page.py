@@ -2,7 +2,6 @@
 for Python (its own browser download cannot be reached here), against the real Serve app, and against
 one beside it with serve.ood_policy=reject for the films the gate refuses."""
 
-import io
 import os
 import shutil
 from pathlib import Path
@@ -79,9 +78,9 @@ def _pictured(card) -> bool:
 
 
 def _dicom_file(tmp_path: Path, name: str, dataset: pydicom.Dataset) -> Path:
-    buffer = io.BytesIO()
-    dataset.save_as(buffer, enforce_file_format=True)
-    (tmp_path / name).write_bytes(buffer.getvalue())
+    from pneumo.pacs.sr import part10_bytes
+
+    (tmp_path / name).write_bytes(part10_bytes(dataset))
     return tmp_path / name
 
 

@@ -3,7 +3,6 @@ config, storage and port, and a user to log in with (films to put in it: films.p
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import shutil
@@ -19,6 +18,7 @@ import requests
 
 from pneumo.cli.ray_start import free_local_port
 from pneumo.pacs.dicomweb import PASSWORD_ENV, USER_ENV
+from pneumo.pacs.sr import part10_bytes
 
 ORTHANC = shutil.which("Orthanc")
 DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
@@ -39,9 +39,7 @@ class Orthanc:
 
     def upload(self, dataset: pydicom.Dataset) -> None:
         """POST /instances: the way a modality's files arrive (not through pneumo's code)."""
-        buffer = io.BytesIO()
-        dataset.save_as(buffer, enforce_file_format=True)
-        answer = requests.post(f"{self.url}/instances", data=buffer.getvalue(), auth=self.auth, timeout=30)
+        answer = requests.post(f"{self.url}/instances", data=part10_bytes(dataset), auth=self.auth, timeout=30)
         assert answer.status_code == 200, answer.text
 
 

@@ -3,13 +3,12 @@ films get one each, valid and in their study; a JPEG, an unreadable file and a m
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import pydicom
 
 from pneumo.pacs.predictions import write_srs
-from pneumo.pacs.sr import read_sr
+from pneumo.pacs.sr import part10_bytes, read_sr
 from tests.pacs.films import made_film
 from tests.pacs.validate import dciodvfy, unexplained_warnings
 
@@ -18,9 +17,7 @@ MODEL = {"threshold": 0.5, "model_name": "pneumo-pneumonia", "model_version": "3
 
 def _film(folder: Path, name: str, study_uid: str) -> tuple[Path, pydicom.Dataset]:
     film = made_film(study_uid=study_uid)
-    buffer = io.BytesIO()
-    film.save_as(buffer, enforce_file_format=True)
-    (folder / name).write_bytes(buffer.getvalue())  # as PACS exports write them: no suffix
+    (folder / name).write_bytes(part10_bytes(film))  # as PACS exports write them: no suffix
     return folder / name, film
 
 

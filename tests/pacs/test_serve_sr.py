@@ -11,18 +11,12 @@ import pydicom
 import pytest
 import requests
 
-from pneumo.pacs.sr import read_sr
+from pneumo.pacs.sr import part10_bytes, read_sr
 from tests.pacs.films import PATIENT_ID, PATIENT_NAME, made_film, pydicom_file, reidentified
 from tests.pacs.validate import dciodvfy, dsrdump, unexplained_warnings
 from tests.serve_deploy import deployed
 
 pytestmark = pytest.mark.slow  # the session's Serve app over the smoke model
-
-
-def _bytes(dataset: pydicom.Dataset) -> bytes:
-    buffer = io.BytesIO()
-    dataset.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
 
 
 def _predict(url: str, data: bytes, **kwargs) -> requests.Response:
@@ -41,10 +35,10 @@ def reject(serve_app, tmp_path_factory):
 
 def test_a_dicom_film_gets_its_sr_with_format_or_accept(serve_app, tmp_path):
     film = made_film()
-    answer = _predict(serve_app.url, _bytes(film)).json()
+    answer = _predict(serve_app.url, part10_bytes(film)).json()
     assert answer["dicom"] == {"modality": "DX", "view_position": "PA", "body_part": "CHEST"}
-    by_format = _predict(serve_app.url, _bytes(film), params={"format": "dicom-sr"})
-    by_accept = _predict(serve_app.url, _bytes(film), headers={"Accept": "application/dicom"})
+    by_format = _predict(serve_app.url, part10_bytes(film), params={"format": "dicom-sr"})
+    by_accept = _predict(serve_app.url, part10_bytes(film), headers={"Accept": "application/dicom"})
     for response in (by_format, by_accept):
         assert response.status_code == 200, response.text
         assert response.headers["content-type"] == "application/dicom"
@@ -76,7 +70,7 @@ def test_an_sr_needs_a_dicom_upload_that_names_its_study(serve_app, synthetic_ro
     assert response.json()["error"].startswith("body: an SR (dicom-sr) is made for a DICOM upload only")
     film = made_film()
     del film.StudyInstanceUID
-    response = _predict(serve_app.url, _bytes(film), params={"format": "dicom-sr"})
+    response = _predict(serve_app.url, part10_bytes(film), params={"format": "dicom-sr"})
     assert (response.status_code, response.json()["field"]) == (400, "body")
     assert response.json()["error"] == (
         "body: the DICOM film has no StudyInstanceUID: an SR must name the film's study and image"
@@ -86,8 +80,8 @@ def test_an_sr_needs_a_dicom_upload_that_names_its_study(serve_app, synthetic_ro
 def test_a_refused_film_gets_an_sr_saying_no_finding_was_made(reject, tmp_path):
     url, audit = reject
     ct = reidentified(pydicom.dcmread(pydicom_file("CT_small.dcm")), pydicom.uid.generate_uid())
-    assert _predict(url, _bytes(ct)).status_code == 422  # the JSON answer refuses, as before
-    response = _predict(url, _bytes(ct), params={"format": "dicom-sr"})
+    assert _predict(url, part10_bytes(ct)).status_code == 422  # the JSON answer refuses, as before
+    response = _predict(url, part10_bytes(ct), params={"format": "dicom-sr"})
     assert response.status_code == 200, response.text
     assert response.headers["X-Finding"] == "undetermined" and "X-Probability" not in response.headers
     path = tmp_path / "refused.dcm"
