@@ -75,4 +75,6 @@ def score_films(listing: pa.Table, plan: ScoringPlan, preprocessing: Preprocessi
         num_cpus=plan.threads,
         num_gpus=1 if plan.use_gpu else None,
     )
+    # rows may come in any order (parts are keyed by path): kept in order, every block would wait for the slowest
+    scored.context.execution_options.preserve_order = False
     yield from scored.iter_batches(batch_size=None, batch_format="pyarrow")  # [3] stream the rows to the driver
