@@ -125,3 +125,10 @@ def test_a_folder_with_other_files_is_not_taken(tmp_path, models):
     (tmp_path / "home" / "thesis.tex").write_text("...")
     with pytest.raises(OutputError, match="is not empty and holds no pneumo predictions"):
         claim_folder(OutputFolder(str(tmp_path / "home")), models[0], resume=True)
+
+
+def test_an_output_folder_given_as_a_uri_is_written_through_pyarrow_filesystems(tmp_path):
+    folder = OutputFolder(f"file://{tmp_path / 'out'}")
+    PartWriter(folder, part_rows=2).add(scored(["/a/0.jpeg", "/a/1.jpeg"]))
+    assert len(list((tmp_path / "out" / "predictions").glob("part-*.parquet"))) == 1
+    assert folder.shown("summary.json") == f"file://{tmp_path / 'out'}/summary.json"

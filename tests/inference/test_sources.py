@@ -85,3 +85,18 @@ def test_bad_data_is_one_error_naming_it(tmp_path):
         "manifest",
         "npz",
     ]
+
+
+def test_a_folder_given_as_a_uri_is_listed_and_read_through_pyarrow_filesystems(tmp_path, synthetic_root):
+    """file:// goes through the same pyarrow.fs code as s3:// and gs:// (no network here)."""
+    from pneumo.data.transforms import Preprocessing
+    from pneumo.inference.read import read_one
+
+    expected = write_archive(tmp_path / "archive", synthetic_root)
+    listing = list_inputs(f"file://{tmp_path / 'archive'}")
+    assert sorted(listing.table["path"].to_pylist()) == sorted(
+        f"file://{tmp_path / 'archive' / name}" for name in expected
+    )
+    spec = Preprocessing(in_chans=1, image_size=16, mean=(0.5,), std=(0.25,))
+    _, digest, status, error = read_one(f"file://{tmp_path / 'archive' / 'site_b/2024/03/NORMAL/IM0000'}", spec, 10**7)
+    assert (status, error) == ("", "") and len(digest) == 64
