@@ -23,7 +23,8 @@ from pneumo.tracking import TAG_MODEL_URI, dataset_digest
 
 from .servers import free_port, wait_until_healthy
 
-pytestmark = pytest.mark.slow
+# the server, one search, eval and monitor: ~5 min on a quiet 2-core machine, 15+ under load 30
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 SEARCH = """\
 tune:
   num_samples: 1
@@ -55,10 +56,17 @@ def client_env(login: dict[str, str], ray_session) -> dict[str, str]:
     }
 
 
-def pneumo(args: list[str], env: dict[str, str], timeout_s: float = 900) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "pneumo.cli", *args], env=env, capture_output=True, text=True, timeout=timeout_s
-    )
+def pneumo(args: list[str], env: dict[str, str], log: Path, timeout_s: float = 1200) -> subprocess.CompletedProcess:
+    """`pneumo ARGS`, its output (stdout and stderr) kept in `log` as it comes (readable while it runs)."""
+    with log.open("w") as out:
+        ran = subprocess.run(
+            [sys.executable, "-m", "pneumo.cli", *args],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            timeout=timeout_s,
+        )
+    return subprocess.CompletedProcess(ran.args, ran.returncode, log.read_text())
 
 
 @dataclass
@@ -73,10 +81,13 @@ class TeamRun:
 
 @pytest.fixture(scope="module")
 def team_run(server, as_admin, ray_session, synthetic_root, tmp_path_factory) -> TeamRun:
-    yaml = write_smoke_yaml(tmp_path_factory.mktemp("team_run"), synthetic_root, "team", SEARCH)
+    directory = tmp_path_factory.mktemp("team_run")
+    yaml = write_smoke_yaml(directory, synthetic_root, "team", SEARCH)
     overrides = [*QUICK, "mlflow.system_metrics_interval_s=1", f"mlflow.tracking_uri={server.url}"]
-    ran = pneumo(["run", str(yaml), *overrides, "--verbose"], client_env(server.login(), ray_session))
-    output = ran.stdout + ran.stderr
+    ran = pneumo(
+        ["run", str(yaml), *overrides, "--verbose"], client_env(server.login(), ray_session), directory / "run.log"
+    )
+    output = ran.stdout
     assert ran.returncode == 0, output[-3000:]
     cfg = load_config([yaml], overrides)
     client = MlflowClient(server.url)
