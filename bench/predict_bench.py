@@ -310,7 +310,9 @@ def main() -> None:
     parser.add_argument("--model", default="resnet10t", help="timm architecture (untrained)")
     parser.add_argument("--image-size", type=int, default=64, help="model input side, px")
     parser.add_argument("--runtime", default="auto", choices=("auto", "torch", "onnxruntime", "openvino"))
-    parser.add_argument("--batch-size", type=int, default=16, help="films per model call, all three (serve.max_batch_size)")
+    parser.add_argument(
+        "--batch-size", type=int, default=16, help="films per model call, all three (serve.max_batch_size)"
+    )
     parser.add_argument(
         "--memory", type=int, nargs="+", help="instead: driver RSS of pneumo predict over these many small films"
     )
