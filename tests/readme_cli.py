@@ -2,9 +2,11 @@
 
 Each tool's own parser decides: Ray's, Serve's and MLflow's click groups (a context built with
 `make_context`, subcommands resolved, nothing invoked), pneumo's argparse parser, a benchmark's
-argparse parser (stopped right after parsing), make's dry run, curl's option list. A command that
-carries another one (`ray exec cluster.yaml "serve deploy …"`, `ray job submit … -- pneumo run …`,
-`time …`) has the carried one checked too. An unknown command or option raises CommandRejected.
+argparse parser (stopped right after parsing), make's dry run, curl's option list. Tools that act on a
+Kubernetes cluster or a container registry (kubectl, helm, docker, buildah) are not installed here: their
+subcommand is checked against the commands each documents. A command that carries another one
+(`ray exec cluster.yaml "serve deploy …"`, `ray job submit … -- pneumo run …`, `time …`,
+`NAME=$(kubectl …)`) has the carried one checked too. An unknown command or option raises CommandRejected.
 """
 
 from __future__ import annotations
@@ -27,6 +29,34 @@ import click
 
 REPO = Path(__file__).resolve().parents[1]
 SHELL_BUILTINS = {"export", "source", ".", "cd", "unset"}
+ASSIGNMENT = re.compile(r"^[A-Za-z_]\w*=")  # NAME=value, or NAME=$(command …)
+# the subcommands each tool documents (kubectl 1.3x, helm 3, docker 2x, buildah 1.3x), and its global
+# options that take a value (they may come before the subcommand)
+SUBCOMMANDS = {
+    "kubectl": (
+        "annotate api-resources api-versions apply attach auth autoscale certificate cluster-info completion "
+        "config cordon cp create debug delete describe diff drain edit events exec explain expose get "
+        "kustomize label logs patch plugin port-forward proxy replace rollout run scale set taint top "
+        "uncordon version wait",
+        "-n --namespace --context --kubeconfig --cluster --user -s --server",
+    ),
+    "helm": (
+        "completion create dependency env get help history install lint list package plugin pull push "
+        "registry repo rollback search show status template test uninstall upgrade verify version",
+        "-n --namespace --kube-context --kubeconfig",
+    ),
+    "docker": (
+        "attach build builder buildx commit compose container context cp create exec export history image "
+        "images import info inspect kill load login logout logs manifest network pause port ps pull push "
+        "rename restart rm rmi run save search start stats stop system tag top unpause update version volume wait",
+        "-H --host --context -c --config -l --log-level",
+    ),
+    "buildah": (
+        "add build build-using-dockerfile bud commit config containers copy from images info inspect login "
+        "logout manifest mount pull push rename rm rmi run source tag umount unshare version",
+        "--root --runroot --storage-driver --registries-conf",
+    ),
+}
 
 
 class CommandRejected(AssertionError):
@@ -174,6 +204,30 @@ def check_python(args: Sequence[str]) -> None:
         raise CommandRejected(f"python {' '.join(args)}: neither `-m MODULE` nor a script of this repository")
 
 
+def check_subcommand(program: str, args: Sequence[str]) -> None:
+    """The first word after the global options must be a subcommand the tool documents."""
+    commands, valued = (set(words.split()) for words in SUBCOMMANDS[program])
+    rest = list(args)
+    while rest and rest[0].startswith("-"):
+        option = rest.pop(0)
+        if option in valued and rest:
+            rest.pop(0)
+    if not rest or rest[0] not in commands:
+        raise CommandRejected(
+            f"{program}: unknown command {rest[0] if rest else '(none)'!r}; it has {sorted(commands)}"
+        )
+
+
+def carried_by_assignment(argv: Sequence[str]) -> list[str]:
+    """`NAME=$(cmd args …)` -> [cmd, args…] (the command whose output is assigned); plain `NAME=value` -> []."""
+    value = argv[0].split("=", 1)[1]
+    if not value.startswith("$("):
+        return []
+    carried = [value[2:], *argv[1:]]
+    carried[-1] = carried[-1].removesuffix(")")
+    return [word for word in carried if word]
+
+
 CHECKERS: dict[str, Callable[[Sequence[str]], None]] = {
     "pneumo": check_pneumo,
     "curl": check_curl,
@@ -187,6 +241,11 @@ def check_command(argv: Sequence[str]) -> None:
     program, args = argv[0], list(argv[1:])
     if program in SHELL_BUILTINS:
         return
+    if ASSIGNMENT.match(program):
+        carried = carried_by_assignment(argv)
+        return check_command(carried) if carried else None
+    if program in SUBCOMMANDS:
+        return check_subcommand(program, args)
     if program == "time":
         return check_command(args)
     if program in ("ray", "serve", "mlflow"):

@@ -13,6 +13,7 @@ GPU (gpu_reason) are parsed only. A block marked `<!-- readme-test: illustrative
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shlex
@@ -51,6 +52,9 @@ CHECKED = [block for block in BLOCKS if not block.illustrative and block.languag
 COMMANDS = [command for block in CHECKED for command in commands(block)]
 CLOUD_SUBCOMMANDS = {"up", "down", "exec", "attach", "dashboard", "rsync-up", "rsync-down", "submit", "get-head-ip"}
 CLOUD_MARKS = ("s3://", "gs://", "az://", "abfss://", "<head-private-ip>", "YOUR-BUCKET")
+CLUSTER_TOOLS = re.compile(
+    r"(?:^|[\s(])(kubectl|helm|docker|buildah)\s"
+)  # a Kubernetes cluster, a registry, an image build
 # `make test` runs this very file; `make demo` is `make install` plus the quickstart command, which runs here.
 NOT_RUN_HERE = {
     "make test": "runs the whole suite, this test included",
@@ -68,6 +72,9 @@ def cloud_reason(command: Command) -> Optional[str]:
     mark = next((mark for mark in CLOUD_MARKS if mark in command.text), None)
     if mark:
         return f"names a cloud resource ({mark})"
+    tool = CLUSTER_TOOLS.search(command.text)
+    if tool:
+        return f"`{tool.group(1)}` needs a Kubernetes cluster, a container registry or an image build"
     return None
 
 
@@ -164,9 +171,14 @@ def test_wrong_commands_are_rejected(argv, complaint, monkeypatch):
 )
 def test_yaml_block_is_a_valid_experiment_diff(block: Block, tmp_path):
     """A fragment merges over the quickstart; a whole file (one with `name:` or its own `base:`) loads
-    as it is, its `base:` read from experiments/ as a file saved there would."""
-    from pneumo.config import load_config
+    as it is, its `base:` read from experiments/ as a file saved there would. A block none of whose
+    keys is an experiment section (a fragment of cluster.yaml, a manifest) must only be valid YAML."""
+    from pneumo.config import ExperimentConfig, load_config
 
+    sections = {field.name for field in dataclasses.fields(ExperimentConfig)} | {"base"}
+    keys = set(yaml.safe_load(block.text) or {})
+    if not keys & sections:
+        return
     text = re.sub(r"^base:\s*(\S+)", lambda m: f"base: {REPO / 'experiments' / m.group(1)}", block.text, flags=re.M)
     whole = re.search(r"^(name|base):", block.text, re.M) is not None
     diff = tmp_path / "diff.yaml"
@@ -215,6 +227,20 @@ def test_cluster_commands_are_parsed_not_run():
     reasons = {command.where: not_run_reason(command) for command in COMMANDS if not_run_reason(command)}
     assert any("ray up" in reason for reason in reasons.values()), reasons
     assert not any(command.argv[:2] == ("ray", "attach") and "--" in command.argv for command in COMMANDS)
+
+
+def test_cluster_tools_are_checked_by_subcommand_and_parsed_not_run():
+    check_command(("kubectl", "-n", "pneumo", "rollout", "status", "deployment/mlflow"))
+    check_command(("CLUSTER=$(kubectl", "-n", "x", "get", "rayjob", "y", "-o", "jsonpath={.status})"))
+    check_command(("helm", "repo", "update"))
+    with pytest.raises(CommandRejected, match="kubectl: unknown command 'rollot'"):
+        check_command(("kubectl", "-n", "pneumo", "rollot", "status", "deployment/mlflow"))
+    with pytest.raises(CommandRejected, match="kubectl: unknown command 'gte'"):
+        check_command(("TOKEN=$(kubectl", "gte", "secret", "s)"))
+    line = "kubectl -n pneumo port-forward svc/mlflow 5000:5000"
+    assert "kubectl" in cloud_reason(
+        Command(Block(REPO / "README.md", 1, "bash", line, False), 2, line, tuple(shlex.split(line)))
+    )
 
 
 def test_gpu_commands_are_parsed_not_run():
