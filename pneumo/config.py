@@ -147,7 +147,7 @@ class TrainConfig:
 # glibc's malloc returns every block above its adaptive mmap threshold (<= 32 MB) to the kernel on
 # free, so each training step maps and page-faults its large activations afresh, twice as often in
 # Ray Train's training thread (a non-main arena). Keeping blocks up to 256 MB in the heap cuts page
-# faults ~7x and system time ~8x in a resnet18 step on CPU (bench/train_bench.py; README Performance).
+# faults ~7x and system time ~8x in a resnet18 step on CPU (bench/train_bench.py; docs/decisions/training-speed.md).
 TRAINING_MALLOC = "glibc.malloc.mmap_threshold=268435456:glibc.malloc.trim_threshold=1073741824"
 
 

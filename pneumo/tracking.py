@@ -36,15 +36,17 @@ if TYPE_CHECKING:
 TAG_EXPERIMENT = "pneumo.experiment"  # experiment (YAML) name
 TAG_KIND = "pneumo.kind"  # train | search | trial
 TAG_RAY_RUN = "pneumo.ray_run_name"  # Ray Train run / Tune experiment folder, for --resume
-TAG_TRIAL_ID = "pneumo.trial_id"
+TAG_TRIAL_ID = "pneumo.trial_id"  # on a trial run: its Tune trial id, to find the run again on --resume
 TAG_BEST_CHECKPOINT = "pneumo.best_checkpoint"  # the evaluated checkpoint of a train or search run
 TAG_TRAIN_FOLDER = "pneumo.train_folder"  # a trial's Ray Train folder, which holds its checkpoints
 TAG_SEARCH_PARAMS = "pneumo.search_params"  # a trial's sampled search values
 TAG_STOPPED_EARLY = "pneumo.stopped_early"  # true when ASHA stopped the trial before train.epochs
 TAG_TRIAL_STATE = "pneumo.trial_state"  # how a trial ended: completed | stopped by ASHA at epoch N | failed: reason
 TAG_SEARCH_PROGRESS = "pneumo.search_progress"  # on a search run while it runs: "2 running, 1 completed, …"
-TAG_LAST_WORKER_FAILURE = "pneumo.last_worker_failure"
-TAG_MODEL_URI = "pneumo.models.uri"  # the model an `eval`, `monitor` or `predict` run scored (name kept for existing stores)
+TAG_LAST_WORKER_FAILURE = "pneumo.last_worker_failure"  # the latest Ray Train worker failure, in one line
+TAG_MODEL_URI = (
+    "pneumo.models.uri"  # the model an `eval`, `monitor` or `predict` run scored (name kept for existing stores)
+)
 TAG_DATA_FINGERPRINT = "data_fingerprint"  # on runs and model versions: digest of the files and labels
 TAG_CONFIG = "config"  # on model versions: the resolved YAML
 TAG_EXPERIMENT_KIND = "mlflow.experimentKind"  # read by the MLflow UI to choose the experiment's view

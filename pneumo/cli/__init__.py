@@ -393,14 +393,14 @@ def build_parser() -> argparse.ArgumentParser:
         dest="action", required=True
     )
     show = config.add_parser("show", help="print the resolved config")
-    show.add_argument("config", nargs="+")
+    show.add_argument("config", nargs="+", help="experiment YAML(s), then key=value overrides")
     show.set_defaults(handler=cmd_config_show)
     data = commands.add_parser("data", help="dataset tools").add_subparsers(dest="action", required=True)
     synth = data.add_parser("synth", help="write a synthetic chest X-ray set in the Kaggle layout")
     synth.add_argument("--out", required=True, help="folder to create (must be empty)")
     synth.add_argument("--n", type=int, default=SynthConfig.n_images, help="number of images")
     synth.add_argument("--size", type=int, default=SynthConfig.image_size, help="image side, px")
-    synth.add_argument("--seed", type=int, default=SynthConfig.seed)
+    synth.add_argument("--seed", type=int, default=SynthConfig.seed, help="same seed, same files")
     synth.add_argument(
         "--label-noise", type=float, default=SynthConfig.label_noise, help="fraction of flipped folder labels"
     )

@@ -13,7 +13,7 @@ A map is the product of two attributions of the PNEUMONIA logit:
 Their product is Guided Grad-CAM's fusion (same paper) with the plain gradient in place of guided
 backpropagation, whose maps barely depend on the weights (Adebayo et al. 2018). How often the
 product points into a drawn opacity, and whether randomized weights change it, is measured by
-pneumo.evaluation.localization (figures: README, "Are the maps right?"). Both parts show evidence
+pneumo.evaluation.localization (figures: docs/explanation/maps.md). Both parts show evidence
 *for* pneumonia: a confident NORMAL film can have an empty map.
 
 Both come from one forward and one backward pass (`torch.autograd.grad` to the layer's output and to

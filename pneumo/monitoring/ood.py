@@ -2,7 +2,7 @@
 say "this is not something I can judge" instead of a probability.
 
 The score combines three distances from the films the model was trained on (chosen by measurement,
-bench/monitoring_bench.py; README Monitoring):
+bench/monitoring_bench.py; docs/explanation/ood-and-drift.md):
 
 * features: Mahalanobis distance of the image's PCA-projected pre-logit features (Ledoit-Wolf
   covariance from scikit-learn, fitted on the training films);

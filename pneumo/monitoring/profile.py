@@ -5,7 +5,7 @@ every consumer (Serve, `pneumo eval`, `pneumo monitor`, the pyfunc model) reads 
 Bounded size whatever the dataset: a PCA of the pre-logit features (PCA_COMPONENTS x feature width),
 the out-of-distribution gate (two small covariance matrices) and a random sample of at most
 REFERENCE_SAMPLE films (projected features, intensity statistics, probability) for the drift tests.
-resnet10t (512 features): 265 KB for the quickstart and the same for 5,000 films (README Monitoring).
+resnet10t (512 features): about 216 KB for the quickstart and the same for 5,000 films (docs/explanation/ood-and-drift.md).
 
     profile = build_profile(observe_dataset(loaded, train), observe_dataset(loaded, val))
     write_profile(model_dir, profile)          # next to pneumo.json

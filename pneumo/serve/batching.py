@@ -3,7 +3,7 @@
 A lone request waits for nothing; under load every call takes up to max_batch_size queued images,
 so the batch size follows the load without a timeout to tune. Ray's `@serve.batch` forms a batch
 before it waits for its turn to run: with `batch_wait_timeout_s=0` it made batches of one under
-load, and with the previous 10 ms it added 10 ms to every lone request (README, Performance).
+load, and with the previous 10 ms it added 10 ms to every lone request (docs/decisions/serving-design.md).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ HTTP server. On 2 cores the Python proxy is 40% of a request's CPU (bench/serve_
 
 Ray's Serve controller reads the choice from its environment once, when it starts: so it is set
 here before `pneumo serve` (or a benchmark) starts its local Ray. A cluster takes it from the
-environment of `ray start` (see the README's cluster section).
+environment of `ray start` (see docs/how-to/ray-cluster.md).
 """
 
 from __future__ import annotations
