@@ -12,12 +12,15 @@ environment variables, declared as ARGs in the Containerfile, so nothing of them
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+import tomllib
 
 REPO = Path(__file__).resolve().parents[2]
 BASE_TAG = "localhost/pneumo-test-base:bookworm"  # the Containerfile's BASE_IMAGE in the tests
@@ -36,11 +39,14 @@ def image_exists(tag: str) -> bool:
 
 
 def image_tag() -> str:
-    """The image's tag, keyed by what its slow layers are made of (Containerfile and requirements.lock):
-    a build with this tag in the store means the next build only redoes the code layers."""
+    """The image's tag, keyed by what its slow layers are made of (the Containerfile, requirements.lock and
+    pyproject.toml's name, version and runtime dependencies, as its stand-in stage reads them): a build
+    with this tag in the store means the next build only redoes the code layers."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     digest = hashlib.sha256()
-    for name in ("Containerfile", "requirements.lock", "pyproject.toml"):
+    for name in ("Containerfile", "requirements.lock"):
         digest.update((REPO / name).read_bytes())
+    digest.update(json.dumps([project[key] for key in ("name", "version", "dependencies")]).encode())
     return f"localhost/pneumo-test:{FLAVOR}-{digest.hexdigest()[:12]}"
 
 
@@ -116,14 +122,6 @@ def build_image(tag: str, log=None) -> float:
         text=True,
     )
     return time.monotonic() - started
-
-
-def image_size_bytes(tag: str) -> int:
-    return int(buildah("inspect", "--format", "{{.FromImageSize}}", tag, check=False).stdout.strip() or 0) or int(
-        subprocess.run(
-            ["buildah", "images", "--noheading", "--format", "{{.Size}}", tag], text=True, capture_output=True
-        ).stdout
-    )
 
 
 def tools_missing() -> list[str]:
