@@ -139,16 +139,14 @@ def _score_into(
     run_id: str,
 ) -> dict[str, float]:
     """Stream the scored rows into parts; whatever stops the job, the rows already scored are written.
-    Returns the phase's timings: all of it, until the first rows (actors starting, the first batch),
-    and the steady rate after them."""
+    Returns the phase's timings: all of it, and until the first rows (the actors starting, the first batch)."""
     writer = PartWriter(folder, settings.part_rows)
     progress.start(len(todo))
-    started, first_at, first_rows = time.monotonic(), None, 0
+    started, first_at = time.monotonic(), None
     try:
         if len(todo):
             for scored in score_films(todo, plan, model.loaded.meta.preprocessing_spec):
-                if first_at is None:
-                    first_at, first_rows = time.monotonic(), len(scored)
+                first_at = first_at or time.monotonic()
                 writer.add(scored)
                 progress.advance(scored["status"].to_pylist())
         writer.flush()
@@ -162,12 +160,7 @@ def _score_into(
     finally:
         progress.finish()
     ended = time.monotonic()
-    steady = (len(todo) - first_rows) / (ended - first_at) if first_at and ended > first_at else None
-    return {
-        "scoring_s": ended - started,
-        "to_first_rows_s": (first_at or ended) - started,
-        "steady_films_per_s": steady if steady else 0.0,
-    }
+    return {"scoring_s": ended - started, "to_first_rows_s": (first_at or ended) - started}
 
 
 def _counts(column: pa.ChunkedArray, null_name: Optional[str] = None) -> dict[str, int]:
