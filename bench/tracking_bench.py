@@ -31,7 +31,7 @@ RESULTS = Path(__file__).resolve().parent / "results" / "tracking.json"
 METRICS = ("train_loss", "val_loss", "val_auroc", "val_accuracy", "lr")  # what a pneumo epoch logs
 
 
-def trial(uri: str, experiment_id: str, parent_id: str, epochs: int, start, results) -> None:
+def trial(uri: str, experiment_id: str, parent_id: str, epochs: int, ready, start, results) -> None:
     """One trial process: its nested run, then `epochs` epochs of metrics, each call timed."""
     from mlflow.tracking import MlflowClient
 
@@ -39,6 +39,7 @@ def trial(uri: str, experiment_id: str, parent_id: str, epochs: int, start, resu
 
     client = MlflowClient(uri)
     run_id = client.create_run(experiment_id, tags={"mlflow.parentRunId": parent_id}).info.run_id
+    ready.put(run_id)
     start.wait()
     latencies, errors = [], []
     for epoch in range(epochs):
@@ -60,14 +61,15 @@ def measure(uri: str, concurrency: int, epochs: int) -> dict:
     experiment_id = client.create_experiment(name)
     parent_id = client.create_run(experiment_id).info.run_id
     context = multiprocessing.get_context("spawn")
-    start, results = context.Event(), context.Queue()
+    ready, start, results = context.Queue(), context.Event(), context.Queue()
     processes = [
-        context.Process(target=trial, args=(uri, experiment_id, parent_id, epochs, start, results))
+        context.Process(target=trial, args=(uri, experiment_id, parent_id, epochs, ready, start, results))
         for _ in range(concurrency)
     ]
     for process in processes:
         process.start()
-    time.sleep(2 + concurrency)  # every process imports MLflow and opens its run before the clock starts
+    for _ in processes:  # every process has imported MLflow and opened its run before the clock starts
+        ready.get(timeout=1800)
     began = time.perf_counter()
     start.set()
     done = [results.get(timeout=1800) for _ in processes]
