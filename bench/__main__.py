@@ -139,6 +139,7 @@ BENCHMARKS = {
     "data": data_rows,
     "serve": serve_rows,
     "predict": lambda: predict_rows(run_bench("predict")),
+    "tracking": lambda: run_bench("tracking")["rows"],  # bench/tracking_bench.py: sqlite against the team server
 }
 
 
