@@ -202,6 +202,10 @@ def cmd_predict(args: argparse.Namespace) -> None:
         except OutputError as error:
             raise SystemExit(f"pneumo: output error: {error}") from None
         terminal.note(format_outcome(outcome))
+        if args.dicom_sr:
+            from pneumo.pacs.predictions import describe, write_srs_for_output
+
+            terminal.note(describe(write_srs_for_output(durable_path(args.out), args.dicom_sr), args.dicom_sr))
 
 
 def cmd_config_show(args: argparse.Namespace) -> None:
@@ -386,6 +390,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--modality", help="with a dicomweb+ DATA: score every study of these modalities (CR,DX)")
     predict.add_argument(
         "--store-sr", action="store_true", help="with a dicomweb+ DATA: store each SR into its study (STOW-RS)"
+    )
+    predict.add_argument(
+        "--dicom-sr", metavar="DIR", help="a DICOM SR (TID 1500) per scored or refused DICOM film, into DIR"
     )
     predict.add_argument("--verbose", action="store_true", help="show Ray's own output here, not only in the log file")
     predict.set_defaults(handler=cmd_predict)

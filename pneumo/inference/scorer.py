@@ -31,6 +31,11 @@ logger = logging.getLogger(__name__)
 SCORED, REFUSED_OOD, FAILED = "scored", "refused_ood", "failed"
 
 
+def _strings(values: np.ndarray) -> list[Optional[str]]:
+    """A string column as Ray Data hands it over: a column of nulls only arrives as float NaN."""
+    return [value if isinstance(value, str) else None for value in values]
+
+
 class CudaPredictor:
     """PyTorch on this actor's GPU: the same network and outputs as the CPU runtimes."""
 
@@ -115,10 +120,10 @@ class FilmScorer:
         n = len(batch["path"])
         columns: dict[str, list[Any]] = {
             "path": list(batch["path"]),
-            "sha256": list(batch["sha256"]),
+            "sha256": _strings(batch["sha256"]),
             "status": list(batch["status"]),
-            "error": [error or None for error in batch["error"]],
-            "true_label": list(batch["true_label"]),
+            "error": [error or None for error in _strings(batch["error"])],
+            "true_label": _strings(batch["true_label"]),
             **{key: [None] * n for key in ("probability", "label", "in_distribution", "ood_score", "overlay_png")},
         }
         rows = [i for i in range(n) if batch["status"][i] == DECODED]

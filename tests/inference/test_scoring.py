@@ -95,3 +95,11 @@ def test_a_model_that_fails_on_a_batch_costs_that_batch_rows_not_the_job(archive
     batch["image"] = np.repeat(batch["image"], 3, axis=1)  # RGB films for a grayscale network
     rows = scorer(batch).to_pylist()
     assert [r["status"] for r in rows] == ["failed", "failed"] and rows[0]["error"].startswith("scoring failed (")
+
+
+def test_a_column_of_nulls_from_ray_data_is_kept_as_nulls():
+    """An unlabelled folder's true_label (and a batch without errors) reaches the actor as float NaN."""
+    from pneumo.inference.scorer import _strings
+
+    assert _strings(np.array([np.float32("nan"), np.float32("nan")])) == [None, None]
+    assert _strings(np.array(["NORMAL", None], dtype=object)) == ["NORMAL", None]
