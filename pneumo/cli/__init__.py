@@ -59,7 +59,7 @@ def _quiet_terminal(cfg, args: argparse.Namespace, table: bool = False) -> Itera
     Ray started inside is shut down before the terminal is given back."""
     from pneumo.cli.progress import run_log_path, watch_run
 
-    name = cfg.name if args.command == "run" else f"{cfg.name}-{args.command}"
+    name = cfg.name if args.command == "run" or cfg.name.endswith(args.command) else f"{cfg.name}-{args.command}"
     log_path = None if args.verbose else run_log_path(_log_folder(cfg), name)
     with (
         watch_run(log_path, cfg.tune.metric, cfg.tune.mode, cfg.train.epochs, is_user_error, table) as progress,
