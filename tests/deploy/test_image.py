@@ -174,7 +174,7 @@ def a_film(workdir: Path) -> Path:
 def test_pneumo_serve_in_the_image_answers_the_host_and_drains_on_a_group_sigterm(container, workdir, trained):
     port = free_local_port()
     (workdir / "serve.yaml").write_text(
-        "name: image-serve\nmlflow: {tracking_uri: 'sqlite:////work/mlflow.db'}\nserve: {drain_timeout_s: 10, ood_policy: flag}\n"
+        "name: image-serve\ndata: {path: /work/data}\nmlflow: {tracking_uri: 'sqlite:////work/mlflow.db'}\nserve: {drain_timeout_s: 10, ood_policy: flag}\n"
     )
     server = subprocess.Popen(
         in_container(
