@@ -1,6 +1,6 @@
 """`pneumo predict` end to end on the session's Ray: a mixed archive with labels through the command
 (one row per file, metrics, overlays, CSV, summary.json, the MLflow run), output folders it refuses,
-a manifest of paths that do not exist, and --resume after the job was killed mid-way."""
+one-line errors, and --resume after the job was killed mid-way."""
 
 import hashlib
 import json
@@ -17,11 +17,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from pneumo.cli import main
-from pneumo.config import load_config
-from pneumo.inference.predict import TAG_OUTPUT, PredictSettings, predict_archive
-from pneumo.models.runtimes import RUNTIMES
+from pneumo.inference.predict import TAG_OUTPUT
 from pneumo.tracking import TAG_KIND
-from tests.inference.archive import synthetic_films, write_archive
+from tests.inference.archive import write_archive
 
 pytestmark = pytest.mark.slow
 
@@ -142,36 +140,11 @@ def test_bad_model_and_data_are_one_line_each(ray_session, tiny_model, tmp_path,
     assert message == f"pneumo: data error: manifest {tmp_path / 'list.csv'} has no path column (columns: file)"
 
 
-def test_a_manifest_of_paths_that_do_not_exist_gives_missing_rows(
-    ray_session, tiny_model, synthetic_root, tmp_path, mlflow_uri
-):
-    films = synthetic_films(synthetic_root, "test", "PNEUMONIA")[:2]
-    lines = [f"{film},PNEUMONIA" for film in films] + [f"{tmp_path}/gone/{i}.dcm,NORMAL" for i in range(3)]
-    (tmp_path / "list.csv").write_text("path,label\n" + "\n".join(lines) + "\n")
-    cfg = load_config(
-        [], ["name=t", f"data.path={tmp_path}", f"mlflow.tracking_uri={mlflow_uri}", "eval.bootstrap_samples=0"]
-    )
-    outcome = predict_archive(
-        str(tiny_model), str(tmp_path / "list.csv"), str(tmp_path / "out"), cfg, PredictSettings(runtime="auto")
-    )
-    rows = pd.read_parquet(tmp_path / "out" / "predictions").set_index("path")
-    assert list(rows.loc[[str(f) for f in films], "status"]) == ["scored", "scored"]
-    gone = rows.loc[[f"{tmp_path}/gone/{i}.dcm" for i in range(3)]]
-    assert (
-        set(gone["status"]) == {"missing"}
-        and set(gone["error"]) == {"file not found"}
-        and set(gone["true_label"]) == {"NORMAL"}
-    )
-    assert rows["runtime"].nunique() == 1 and rows["runtime"].iloc[0] in RUNTIMES
-    assert outcome.summary["counts"]["status"] == {"missing": 3, "scored": 2}
-    assert outcome.summary["metrics"]["tp"] + outcome.summary["metrics"]["fn"] == 2  # only scored films count
-
-
 def test_resume_after_a_kill_scores_every_file_exactly_once(
     ray_session, tiny_model, synthetic_root, tmp_path, mlflow_uri
 ):
     archive = tmp_path / "archive"
-    for film in sorted(synthetic_root.rglob("*.jpeg")):  # 400 films
+    for film in sorted(synthetic_root.rglob("*.jpeg"))[::2]:  # 200 films
         target = archive / film.relative_to(synthetic_root)
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(film.read_bytes())
@@ -205,11 +178,11 @@ def test_resume_after_a_kill_scores_every_file_exactly_once(
     os.killpg(killed.pid, signal.SIGKILL)
     killed.wait(timeout=60)
     written = pd.read_parquet(out / "predictions")["path"]
-    assert 30 <= len(written) < 400, f"killed after {len(written)} films: the job should be cut off mid-way"
+    assert 30 <= len(written) < 200, f"killed after {len(written)} films: the job should be cut off mid-way"
 
     main([*command, "--resume"])
     paths = pd.read_parquet(out / "predictions")["path"]
-    assert len(paths) == 400 and paths.is_unique
+    assert len(paths) == 200 and paths.is_unique
     assert set(paths) == {str(p) for p in archive.rglob("*.jpeg")}
     assert set(written) <= set(paths)
-    assert json.loads((out / "summary.json").read_text())["this_run"]["films"] == 400 - len(written)
+    assert json.loads((out / "summary.json").read_text())["this_run"]["films"] == 200 - len(written)

@@ -103,3 +103,27 @@ def test_a_column_of_nulls_from_ray_data_is_kept_as_nulls():
 
     assert _strings(np.array([np.float32("nan"), np.float32("nan")])) == [None, None]
     assert _strings(np.array(["NORMAL", None], dtype=object)) == ["NORMAL", None]
+
+
+def test_a_manifest_of_paths_that_do_not_exist_gives_missing_rows_with_their_labels(archive, tiny_model, tmp_path):
+    from pneumo.inference.sources import list_inputs
+
+    root, _ = archive
+    film = root / "site_a" / "PNEUMONIA" / sorted(p.name for p in (root / "site_a" / "PNEUMONIA").iterdir())[0]
+    (tmp_path / "list.csv").write_text(f"path,label\n{film},1\ngone/a.dcm,0\ngone/b.dcm,NORMAL\n")
+    listing = list_inputs(str(tmp_path / "list.csv")).table
+    spec = load_checkpoint(tiny_model).meta.preprocessing_spec
+    batch = read_batch(
+        {name: listing[name].to_numpy(zero_copy_only=False) for name in listing.column_names}, spec, 10**7
+    )
+    scorer = FilmScorer(str(tiny_model), "sqlite:///unused.db", "torch", 1, False, "reject", explain=False)
+    rows = {row["path"]: row for row in scorer(batch).to_pylist()}
+    assert [(rows[str(film)]["status"], rows[str(film)]["true_label"])] == [("scored", "PNEUMONIA")]
+    for gone in ("gone/a.dcm", "gone/b.dcm"):
+        row = rows[str(tmp_path / gone)]
+        assert (row["status"], row["error"], row["true_label"], row["probability"]) == (
+            "missing",
+            "file not found",
+            "NORMAL",
+            None,
+        )
