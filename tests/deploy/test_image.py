@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import image_build
+import psutil
 import pytest
 import requests
 
@@ -171,7 +172,7 @@ def a_film(workdir: Path) -> Path:
     return min(path for path in (workdir / "data").rglob("*") if path.suffix.lower() in {".jpeg", ".jpg", ".png"})
 
 
-def test_pneumo_serve_in_the_image_answers_the_host_and_drains_on_a_group_sigterm(container, workdir, trained):
+def test_pneumo_serve_in_the_image_answers_the_host_and_drains_on_sigterm(container, workdir, trained):
     port = free_local_port()
     (workdir / "serve.yaml").write_text(
         "name: image-serve\ndata: {path: /work/data}\nmlflow: {tracking_uri: 'sqlite:////work/mlflow.db'}\nserve: {drain_timeout_s: 10, ood_policy: flag}\n"
@@ -203,7 +204,12 @@ def test_pneumo_serve_in_the_image_answers_the_host_and_drains_on_a_group_sigter
         answer = requests.post(f"{url}/predict", files={"file": (film.name, film.read_bytes())}, timeout=60)
         assert answer.status_code == 200, answer.text
         assert 0.0 <= answer.json()["probability"] <= 1.0
-        os.killpg(server.pid, signal.SIGTERM)
+        # SIGTERM to the container's main process, as `docker stop` sends it to PID 1 (a group signal would
+        # also reach `buildah run` itself, which then kills the container)
+        (main,) = [
+            p for p in psutil.Process(server.pid).children(recursive=True) if "/opt/venv/bin/pneumo" in p.cmdline()
+        ]
+        main.send_signal(signal.SIGTERM)
         output, _ = server.communicate(timeout=120)
     finally:
         if server.poll() is None:
