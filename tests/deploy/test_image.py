@@ -2,7 +2,7 @@
 debootstrap'd Debian bookworm standing in for python:3.11-slim-bookworm (tests/deploy/image_build.py):
 `pneumo --help` as the non-root user, a 1-epoch `pneumo run` that logs to MLflow and registers its
 model, and `pneumo serve` answering /readyz and /predict on a loopback port of this machine, then
-draining on a SIGTERM to its process group and exiting 0.
+draining on SIGTERM to its main process (as `docker stop` sends it) and exiting 0.
 
 The first build installs torch with its CUDA libraries (~5 GB, the only torch this machine has
 offline) and takes tens of minutes here, too long for `make test`: the image tests run when
