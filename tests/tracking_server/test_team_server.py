@@ -207,11 +207,15 @@ def scored(server, team_run, ray_session, synthetic_root) -> dict[str, subproces
 
 def test_eval_and_monitor_runs_score_the_champion_through_the_server(server, team_run, scored):
     client = MlflowClient(server.url)
+    name = team_run.cfg.mlflow.registered_model_name
+    champion = client.get_model_version_by_alias(name, "champion").version
     for kind, ran in scored.items():
         assert ran.returncode == 0, ran.stdout[-3000:]
         experiment_id = team_run.parent.info.experiment_id
         (run,) = client.search_runs([experiment_id], f"tags.`pneumo.kind` = '{kind}'")
-        assert run.info.status == "FINISHED" and run.data.tags[TAG_MODEL_URI].endswith("@champion")
+        assert (
+            run.info.status == "FINISHED" and run.data.tags[TAG_MODEL_URI] == f"models:/{name}/{champion}"
+        )  # the alias, pinned to its version
         assert run.data.tags["data_fingerprint"], kind
         assert server.admin_password not in ran.stdout
 
@@ -306,7 +310,16 @@ def test_the_printed_links_open_the_training_view_in_a_fresh_browser(server, tea
     log = tmp_path / "mlflow-ui.log"
     with log.open("w") as out:
         ui = subprocess.Popen(
-            [str(Path(sys.executable).parent / "mlflow"), "ui", "--backend-store-uri", store, "--port", str(port)],
+            [
+                str(Path(sys.executable).parent / "mlflow"),
+                "ui",
+                "--backend-store-uri",
+                store,
+                "--port",
+                str(port),
+                "--workers",
+                "1",
+            ],
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
