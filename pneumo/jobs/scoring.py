@@ -21,7 +21,14 @@ from pneumo.config import ExperimentConfig
 from pneumo.data.dataset import PreparedData, prepare_data
 from pneumo.paths import durable_path
 from pneumo.registry.uri import FetchedModel, fetch_model
-from pneumo.tracking import TAG_DATA_FINGERPRINT, TAG_MODEL_URI, finish_run, resolve_tracking_uri, start_run
+from pneumo.tracking import (
+    TAG_DATA_FINGERPRINT,
+    TAG_MODEL_URI,
+    finish_run,
+    log_dataset_input,
+    resolve_tracking_uri,
+    start_run,
+)
 
 REPORTS = "reports"  # default parent of every job's report folder, made durable (paths.py)
 
@@ -44,7 +51,11 @@ class ScoringJob:
         tags = {TAG_MODEL_URI: self.model.uri}
         if self.data is not None:
             tags[TAG_DATA_FINGERPRINT] = self.data.fingerprint
-        return start_run(self.client, self.cfg, kind, run_name, tags=tags, params=params)
+        run_id = start_run(self.client, self.cfg, kind, run_name, tags=tags, params=params)
+        if self.data is not None:  # the data it scored, in the UI's Datasets column
+            context = {"eval": "evaluation", "monitor": "monitoring"}.get(kind, kind)
+            log_dataset_input(self.client, run_id, self.data, self.cfg.data.path, context)
+        return run_id
 
     def report_folder(self, kind: str, split: str, out_dir: Optional[str | Path] = None) -> Path:
         folder = Path(out_dir) if out_dir else default_report_dir(self.model, kind, split)
