@@ -207,7 +207,9 @@ def test_pneumo_serve_in_the_image_answers_the_host_and_drains_on_sigterm(contai
         # SIGTERM to the container's main process, as `docker stop` sends it to PID 1 (a group signal would
         # also reach `buildah run` itself, which then kills the container)
         (main,) = [
-            p for p in psutil.Process(server.pid).children(recursive=True) if "/opt/venv/bin/pneumo" in p.cmdline()
+            p
+            for p in psutil.Process(server.pid).children(recursive=True)
+            if p.cmdline()[1:2] == ["/opt/venv/bin/pneumo"]
         ]
         main.send_signal(signal.SIGTERM)
         output, _ = server.communicate(timeout=120)
