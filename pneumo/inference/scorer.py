@@ -11,14 +11,14 @@ pass that scored it. Under serve.ood_policy `reject` a film beyond the gate's cu
 from __future__ import annotations
 
 import logging
-from typing import Any, Optional
+import time
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 import pyarrow as pa
 import torch
 
 from pneumo.data.folder import CLASS_NAMES
-from pneumo.evaluation.explain import Explainer, ExplanationError, overlay_png
 from pneumo.inference.output import SCORED_SCHEMA
 from pneumo.inference.read import DECODED
 from pneumo.models.checkpoints import LoadedModel
@@ -26,6 +26,9 @@ from pneumo.models.runtimes import FilmsToOutputs, Outputs, Predictor, create_pr
 from pneumo.monitoring.features import observations, observe
 from pneumo.monitoring.profile import ReferenceProfile, profile_of
 from pneumo.registry.uri import fetch_model
+
+if TYPE_CHECKING:
+    from pneumo.evaluation.explain import Explainer
 
 logger = logging.getLogger(__name__)
 SCORED, REFUSED_OOD, FAILED = "scored", "refused_ood", "failed"
@@ -91,6 +94,7 @@ class FilmScorer:
         ood_policy: str,
         explain: bool,
     ):
+        started = time.monotonic()
         torch.set_num_threads(threads)
         model = fetch_model(model_uri, tracking_uri)
         self.loaded = model.loaded
@@ -108,8 +112,13 @@ class FilmScorer:
             "model_uri": model.uri,
             "runtime": self.predictor.runtime,
         }
+        logger.info(
+            "scoring actor ready: %s on %s in %.1f s", model.uri, self.predictor.runtime, time.monotonic() - started
+        )
 
     def _explainer(self) -> Optional[Explainer]:
+        from pneumo.evaluation.explain import Explainer, ExplanationError  # matplotlib: only with --explain
+
         try:
             return Explainer(self.loaded)
         except ExplanationError as error:
@@ -166,6 +175,8 @@ class FilmScorer:
         chosen = [k for k, i in enumerate(rows) if columns["label"][i] == CLASS_NAMES[1]]
         if not chosen:
             return
+        from pneumo.evaluation.explain import overlay_png
+
         maps = self.explainer.explain(torch.from_numpy(images[chosen]))
         for k, cam in zip(chosen, maps):
             columns["overlay_png"][rows[k]] = overlay_png(images[k][0], cam)
