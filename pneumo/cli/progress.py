@@ -245,8 +245,9 @@ def watch_run(
 
     An unexpected error is written whole to the log; the terminal gets one line and the log's path.
     Errors `is_user_error` accepts (a bad config, a bad dataset) pass through unchanged: the caller words those.
+    A stdout without a file descriptor (pneumo called from Python with its output captured) is not redirected.
     """
-    if log_path is None:
+    if log_path is None or not _has_file_descriptor(sys.stdout):
         progress = RunProgress(sys.stdout, metric, mode, epochs, interactive=False)
         yield progress
         progress.stop()
@@ -276,6 +277,14 @@ def watch_run(
             sys.stdout.flush()
             sys.stderr.flush()
     terminal.close()
+
+
+def _has_file_descriptor(stream) -> bool:
+    try:
+        stream.fileno()
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is an OSError and a ValueError
+        return False
+    return True
 
 
 @contextlib.contextmanager

@@ -101,7 +101,7 @@ def _training_films(data: PreparedData, limit: int, batch_size: int) -> Iterator
 
 
 def quantize_int8(model_dir: Path, calibration_films: Iterator[np.ndarray]) -> Path:
-    """model.onnx -> model.int8.onnx (QDQ, per-channel int8 weights, uint8 activations) whose
+    """model.onnx -> model.int8.onnx (QDQ, per-channel int8 weights in a 7-bit range, uint8 activations) whose
     activation ranges come from the uint8 (N, C, H, W) batches of `calibration_films`."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -121,6 +121,9 @@ def quantize_int8(model_dir: Path, calibration_films: Iterator[np.ndarray]) -> P
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             per_channel=True,
+            # 7-bit weights: x86 CPUs without VNNI saturate u8 x s8 products (onnxruntime's documented
+            # caveat); full range put int8 logits at 0.89 correlation with fp32 on an AMD EPYC, 0.99 with this
+            reduce_range=True,
         )
     finally:
         prepared.unlink(missing_ok=True)

@@ -58,7 +58,8 @@ def register_model_folder(
         TAG_DATA_FINGERPRINT: fingerprint,
         TAG_EXPERIMENT: cfg.name,
         TAG_CONFIG: to_yaml(cfg)[:MAX_TAG_CHARS],
-        **{key: f"{value:.6g}" for key, value in metrics.items() if isinstance(value, (int, float))},
+        # str() is the shortest exact form, so a champion compared by its tag ties with an equal rerun
+        **{key: str(value) for key, value in metrics.items() if isinstance(value, (int, float))},
     }
     card = model_card(cfg, run.data.metrics, checkpoint_meta(model_folder), fingerprint)
     alias = alias_for(client, name, cfg.mlflow, metrics)  # decided before this version exists

@@ -101,7 +101,7 @@ class FetchedModel:
 
 
 def _numeric_tags(tags: dict[str, str]) -> dict[str, float]:
-    """The metrics among a version's tags (log_and_register_model writes each metric as a tag)."""
+    """The metrics among a version's tags (register_model_folder writes each metric as a tag)."""
     metrics = {}
     for key, value in tags.items():
         try:
