@@ -10,7 +10,7 @@ LOCK := requirements.lock
 # percent of pneumo/ lines the whole suite must run, a few points under the figure in README's Tests
 COVERAGE_FLOOR ?= 65
 
-.PHONY: install demo lint test test-readme lock bench clean docs docs-build
+.PHONY: install demo lint test test-extended test-readme lock bench clean docs docs-build
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,7 +31,12 @@ lint: install
 	$(BIN)/lint-imports  # the one-way layers in pyproject.toml's [tool.importlinter]
 
 test: lint
-	$(BIN)/python -m pytest -m "not readme" --durations=20 --cov=pneumo --cov-report=term --cov-fail-under=$(COVERAGE_FLOOR)
+	$(BIN)/python -m pytest -m "not readme and not extended" --durations=20 --cov=pneumo --cov-report=term --cov-fail-under=$(COVERAGE_FLOOR)
+
+# the long end-to-end scenarios (pytest -m extended: resumes after a kill, a tracking-server outage, two nodes,
+# the team server's full search, the watched search, every way to stop the server): ~30 min on 2 cores
+test-extended: install
+	$(BIN)/python -m pytest -m extended --durations=20
 
 # the README's commands run end to end in a scratch copy (tests/readme_runner.py): 36 min on the
 # quiet 2-core machine, so outside `make test`; one step: pytest -m readme -k "README.md:LINE:"

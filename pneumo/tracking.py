@@ -451,3 +451,15 @@ def search_url(tracking_uri: str, experiment_id: str, parent_run_id: str) -> str
     """A search in the UI's runs table: its parent run with the trials grouped under it (filtered to them)."""
     trials = quote(f"tags.`mlflow.parentRunId` = '{parent_run_id}'")
     return f"{ui_address(tracking_uri)}/#/experiments/{experiment_id}/runs?{TRAINING_VIEW}&searchFilter={trials}"
+
+
+def run_lines(client: MlflowClient, tracking_uri: str, run_id: str) -> str:
+    """What a command prints about its MLflow run (read through `client`): the run's id, the link that opens
+    it in `tracking_uri`'s UI in the model-training view (a search's table of trials, else the run) and,
+    for a local store, the `mlflow ui` command that serves the link."""
+    run = client.get_run(run_id)
+    page = search_url if run.data.tags.get(TAG_KIND) == "search" else run_url
+    lines = [f"mlflow run:   {run_id}", f"  open:       {page(tracking_uri, run.info.experiment_id, run_id)}"]
+    if not tracking_uri.startswith(("http://", "https://")):
+        lines.append(f"  ui:         mlflow ui --backend-store-uri {redacted_uri(tracking_uri)}")
+    return "\n".join(lines)

@@ -179,6 +179,7 @@ def test_ray_job_submit_runs_an_experiment_and_keeps_its_results_in_pneumo_home(
     assert str(client.get_model_version_by_alias("pneumo-pneumonia", "champion").version) == "1"
 
 
+@pytest.mark.extended  # make test-extended: a second Ray cluster of two nodes
 def test_two_node_cluster_trains_with_workers_on_both_nodes(tmp_path, synthetic_root):
     yaml = write_smoke_yaml(tmp_path, synthetic_root, "two-node")
     env = own_ray_env("ray2n")
@@ -198,6 +199,7 @@ def test_two_node_cluster_trains_with_workers_on_both_nodes(tmp_path, synthetic_
     assert "missing-chest_xray is not visible on nodes 127.0.0.1, 127.0.0.1" in result["invisible_data_error"]
 
 
+@pytest.mark.extended  # make test-extended: a 12-epoch run
 def test_killed_training_worker_restarts_from_checkpoint(ray_session, tmp_path, synthetic_root):
     from ray.util.state import list_actors
 

@@ -34,7 +34,10 @@ def corrupt(checkpoint: Path, part: str) -> Path:
     return checkpoint / part
 
 
-@pytest.mark.parametrize("part", [WEIGHTS_FILE, META_FILE])
+@pytest.mark.parametrize(
+    "part",
+    [WEIGHTS_FILE, pytest.param(META_FILE, marks=pytest.mark.extended)],  # the same path, another file
+)
 def test_a_corrupted_registered_model_is_named_by_readyz_eval_and_serve(
     ray_session, serve_app, synthetic_root, tmp_path, part
 ):
@@ -92,6 +95,7 @@ def replica_pid() -> int:
     return replicas[0].pid if replicas else 0
 
 
+@pytest.mark.extended  # make test-extended: 40 s of load
 def test_a_replica_killed_under_load_is_replaced_and_no_client_hangs(ray_session, serve_app, synthetic_root):
     """8 clients for 40 s; the replica is SIGKILLed after 5 s. No client hangs (none slower than 30 s),
     the app serves again by itself, and once it answers again nothing fails.
@@ -157,6 +161,7 @@ OUTAGE_S = 12  # longer than several epochs of the smoke model, within the clien
 EPOCHS = 6
 
 
+@pytest.mark.extended  # make test-extended: a 6-epoch run through an HTTP server stopped and restarted
 def test_training_outlives_an_outage_of_its_tracking_server(ray_session, synthetic_root, tmp_path):
     """The MLflow server is killed after the first epoch and back OUTAGE_S later on the same port and
     store: training goes on through the outage, every epoch's metrics arrive (MLflow's client retries

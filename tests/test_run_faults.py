@@ -71,6 +71,7 @@ tune:
 """
 
 
+@pytest.mark.extended  # make test-extended: a 2-trial search
 def test_two_trials_at_once_on_sqlite_lose_nothing(ray_session, synthetic_root, tmp_path):
     """Two trials' Train controllers, their workers' system-metrics samplers (every second) and the
     search driver all write to one sqlite file at once."""

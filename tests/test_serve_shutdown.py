@@ -59,7 +59,12 @@ def haproxies_since(started: float) -> list[psutil.Process]:
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "signum, ingress",
-    [(signal.SIGTERM, "proxy"), (signal.SIGINT, "proxy"), (signal.SIGTERM, "haproxy")],
+    [
+        # make test-extended; make test drains on SIGTERM to the process group (test_serve_group_signal.py)
+        pytest.param(signal.SIGTERM, "proxy", marks=pytest.mark.extended),
+        pytest.param(signal.SIGINT, "proxy", marks=pytest.mark.extended),
+        pytest.param(signal.SIGTERM, "haproxy", marks=pytest.mark.extended),
+    ],
     ids=["SIGTERM", "SIGINT", "SIGTERM-haproxy"],
 )
 def test_serve_drains_requests_in_flight_and_exits_0(tmp_path, signum, ingress):

@@ -142,6 +142,7 @@ def wait_for_epoch(client: MlflowClient, experiment: str, epoch: int, timeout_s:
     raise AssertionError(f"epoch {epoch} never reached MLflow")
 
 
+@pytest.mark.extended  # make test-extended: two runs (make test resumes after a full disk)
 def test_interrupted_run_resumes_from_latest_checkpoint(ray_session, smoke_yaml):
     # smoke epochs take about a second: 12 of them leave the interrupt after epoch 0 ample time
     overrides = ["train.epochs=12"]

@@ -119,6 +119,7 @@ def wait_for_finished_trial(client: MlflowClient, cfg, timeout_s: float) -> str:
     raise AssertionError("no trial finished in time")
 
 
+@pytest.mark.extended  # make test-extended: a second 3-trial search, killed and resumed
 def test_killed_worse_search_resumes_without_logging_twice_and_leaves_champion(
     first_search, ray_session, synthetic_root
 ):

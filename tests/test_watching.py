@@ -22,7 +22,7 @@ from mlflow_ui import CHROMIUM, mlflow_server, picture_run_metrics
 
 from pneumo.config import load_config
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.extended]  # make test-extended: a search of its own, on a Ray of its own
 BIN = Path(sys.executable).parent
 TRAIN_RUNS_API = "/api/train/v2/runs/v1"  # ray/dashboard/modules/train/train_head.py
 # two trials in turn: one that trains, then one whose config fails inside the trial

@@ -325,8 +325,11 @@ def _responses(operation: dict[str, Any]) -> list[str]:
     rows = []
     for status, response in sorted(operation.get("responses", {}).items()):
         schemas = [_schema_type(c["schema"]) for c in response.get("content", {}).values() if "schema" in c]
-        rows.append((f"`{status}`", response.get("description", ""), ", ".join(dict.fromkeys(schemas))))
-    return ["Responses:", _table(("status", "when", "body"), rows)]
+        headers = ", ".join(
+            f"`{name}`: {spec.get('description', '')}" for name, spec in response.get("headers", {}).items()
+        )
+        rows.append((f"`{status}`", response.get("description", ""), ", ".join(dict.fromkeys(schemas)), headers))
+    return ["Responses:", _table(("status", "when", "body", "headers"), rows)]
 
 
 def http_reference(openapi: Optional[dict[str, Any]] = None) -> str:

@@ -79,6 +79,12 @@ def _load_for_data(args: argparse.Namespace, default_name: str):
     return anchor_paths(load_config(paths, [*defaults, *overrides, f"data.path={args.data}"]))
 
 
+def _run_lines(cfg, run_id: str) -> str:
+    from pneumo.tracking import client_for, resolve_tracking_uri, run_lines
+
+    return run_lines(client_for(cfg), resolve_tracking_uri(cfg.mlflow), run_id)
+
+
 def cmd_run(args: argparse.Namespace) -> None:
     from pneumo.paths import anchor_paths, describe_storage
 
@@ -95,20 +101,20 @@ def cmd_run(args: argparse.Namespace) -> None:
                 f"dashboard:    {dashboard}  (training runs, workers, logs; login token: `ray get-auth-token`)"
             )
         from pneumo.experiment import run_experiment
-        from pneumo.tracking import resolve_tracking_uri
+        from pneumo.tracking import model_version_url, resolve_tracking_uri
 
         mark("pipeline_imported")
         outcome = run_experiment(cfg, resume=args.resume, progress=progress)
         uri = resolve_tracking_uri(cfg.mlflow)
         progress.note(
             f"\nresults:      {outcome.results_path}\nbest model:   {outcome.model_dir}\n"
-            f"mlflow run:   {outcome.mlflow_run_id}  (mlflow ui --backend-store-uri {uri})"
+            + _run_lines(cfg, outcome.mlflow_run_id)
         )
         if outcome.model_version is not None:
-            name = cfg.mlflow.registered_model_name
+            name, version = cfg.mlflow.registered_model_name, outcome.model_version.version
             progress.note(
-                f"registered:   models:/{name}/{outcome.model_version.version} "
-                f"aliases {list(outcome.model_version.aliases)}\n"
+                f"registered:   models:/{name}/{version} aliases {list(outcome.model_version.aliases)}\n"
+                f"  open:       {model_version_url(uri, name, version)}\n"
                 f"serve it:     pneumo serve models:/{name}@champion"
             )
 
@@ -135,7 +141,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
             )
         if outcome.localization is not None:
             terminal.note(outcome.localization.summary())
-        terminal.note(f"\nmlflow run:   {outcome.mlflow_run_id}\nreport:       {outcome.report_path}")
+        terminal.note(f"\n{_run_lines(cfg, outcome.mlflow_run_id)}")
+        terminal.note(f"report:       {outcome.report_path}")
 
 
 def cmd_monitor(args: argparse.Namespace) -> None:
@@ -149,7 +156,8 @@ def cmd_monitor(args: argparse.Namespace) -> None:
 
         outcome = monitor_dataset(args.model, cfg, args.split, durable_path(args.out) if args.out else None)
         terminal.note(format_summary(outcome.report))
-        terminal.note(f"\nmlflow run:   {outcome.mlflow_run_id}\nreport:       {outcome.html_path}")
+        terminal.note(f"\n{_run_lines(cfg, outcome.mlflow_run_id)}")
+        terminal.note(f"report:       {outcome.html_path}")
 
 
 def _predict_from_pacs(args: argparse.Namespace, cfg) -> None:
@@ -202,6 +210,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
         except OutputError as error:
             raise SystemExit(f"pneumo: output error: {error}") from None
         terminal.note(format_outcome(outcome))
+        terminal.note(_run_lines(cfg, outcome.mlflow_run_id))
         if args.dicom_sr:
             from pneumo.pacs.predictions import describe, write_srs_for_output
 

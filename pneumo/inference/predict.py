@@ -261,7 +261,8 @@ def _log_summary(client: MlflowClient, run_id: str, summary: dict[str, Any]) -> 
 
 
 def format_outcome(outcome: PredictOutcome) -> str:
-    """What `pneumo predict` prints at the end: counts, the metrics when labels were known, where things are."""
+    """What `pneumo predict` prints at the end: counts, the metrics when labels were known, where the files are
+    (the CLI adds the MLflow run's lines)."""
     summary = outcome.summary
     run = summary["this_run"]
     counts = "  ".join(f"{status} {n:,}" for status, n in summary["counts"]["status"].items())
@@ -278,7 +279,6 @@ def format_outcome(outcome: PredictOutcome) -> str:
         "",
         f"predictions:  {summary['output']['predictions']}",
         f"summary:      {summary['output']['summary']}",
-        f"mlflow run:   {outcome.mlflow_run_id}",
     ]
     if "csv" in summary:
         lines.append(f"csv:          {summary['csv']}")

@@ -32,8 +32,18 @@ from pneumo.data.transforms import ImageDecodeError, decode_image
 from pneumo.registry.uri import FetchedModel
 from pneumo.serve.audit import AuditLog
 from pneumo.serve.batching import AdaptiveBatcher
-from pneumo.serve.dicom import SR_DOC, RefusedFilm, as_dicom, dicom_source, film_facts, sr_answer, wants_dicom_sr
+from pneumo.serve.dicom import (
+    SR_DOC,
+    SR_FORMAT_PARAMETER,
+    RefusedFilm,
+    as_dicom,
+    dicom_source,
+    film_facts,
+    sr_answer,
+    wants_dicom_sr,
+)
 from pneumo.serve.explanations import (
+    EXPLAIN_FORMAT_PARAMETER,
     EXPLAIN_PNG_DOC,
     ExplainerCache,
     Explanation,
@@ -57,7 +67,7 @@ from pneumo.serve.page import page_file
 from pneumo.serve.prometheus import ServeMetrics
 from pneumo.serve.schemas import ERROR_DOCS, BatchPrediction, ErrorBody, Prediction
 from pneumo.serve.security import BearerAuthMiddleware, protect
-from pneumo.serve.versions import CHAMPION, VERSION_HEADER, ServedVersions
+from pneumo.serve.versions import ANSWER_HEADERS, CHAMPION, VERSION_HEADER, VERSION_PARAMETERS, ServedVersions
 
 logger = logging.getLogger(__name__)
 
@@ -158,8 +168,8 @@ class PneumoniaService:
     @api.post(
         "/predict",
         response_model=Prediction,
-        responses={**ERROR_DOCS, 200: SR_DOC},
-        openapi_extra=SINGLE_UPLOAD_DOC,
+        responses={**ERROR_DOCS, 200: {**SR_DOC, "headers": ANSWER_HEADERS}},
+        openapi_extra={**SINGLE_UPLOAD_DOC, "parameters": [*VERSION_PARAMETERS, SR_FORMAT_PARAMETER]},
     )
     async def predict(self, request: Request) -> Response:
         """One image: multipart field `file`, or the raw body (image/jpeg, image/png, application/dicom).
@@ -168,7 +178,12 @@ class PneumoniaService:
             return as_dicom(await self._answer("predict", lambda started: self._predict_sr(request, started)))
         return await self._answer("predict", lambda started: self._predict_one(request, started))
 
-    @api.post("/predict/batch", response_model=BatchPrediction, responses=ERROR_DOCS, openapi_extra=BATCH_UPLOAD_DOC)
+    @api.post(
+        "/predict/batch",
+        response_model=BatchPrediction,
+        responses={**ERROR_DOCS, 200: {"headers": ANSWER_HEADERS}},
+        openapi_extra={**BATCH_UPLOAD_DOC, "parameters": VERSION_PARAMETERS},
+    )
     async def predict_batch(self, request: Request) -> JSONResponse:
         """Several images in one multipart request, one `files` field each."""
         return await self._answer("predict_batch", lambda started: self._predict_many(request, started))
@@ -176,8 +191,8 @@ class PneumoniaService:
     @api.post(
         "/explain",
         response_model=Explanation,
-        openapi_extra=SINGLE_UPLOAD_DOC,
-        responses={**ERROR_DOCS, 200: EXPLAIN_PNG_DOC, 501: {"model": ErrorBody}},
+        openapi_extra={**SINGLE_UPLOAD_DOC, "parameters": [*VERSION_PARAMETERS, EXPLAIN_FORMAT_PARAMETER]},
+        responses={**ERROR_DOCS, 200: {**EXPLAIN_PNG_DOC, "headers": ANSWER_HEADERS}, 501: {"model": ErrorBody}},
     )
     async def explain(self, request: Request) -> Response:
         """/predict's inputs, refusals and answer, plus where the model looked: a map as a base64

@@ -120,6 +120,13 @@ class RefusedFilm(RequestError):
         return self.body
 
 
+SR_FORMAT_PARAMETER = {
+    "name": "format",
+    "in": "query",
+    "required": False,
+    "schema": {"type": "string", "enum": ["json", SR_FORMAT]},
+    "description": f"{SR_FORMAT}: answer a DICOM upload with a DICOM SR (as Accept: {DICOM_TYPE} does); json: the default",
+}
 SR_DOC = {
     "content": {
         DICOM_TYPE: {

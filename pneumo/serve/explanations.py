@@ -113,6 +113,14 @@ def as_png(response: JSONResponse) -> Response:
     return Response(base64.b64decode(body[OVERLAY_KEY]), media_type="image/png", headers=headers)
 
 
+EXPLAIN_FORMAT_PARAMETER = {
+    "name": "format",
+    "in": "query",
+    "required": False,
+    "schema": {"type": "string", "enum": list(FORMATS)},
+    "description": "json (default): the map as a base64 PNG in the answer; png: the film with the map over it, "
+    "the prediction in X- headers",
+}
 EXPLAIN_PNG_DOC = {
     "content": {
         "image/png": {

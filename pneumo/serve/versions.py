@@ -26,6 +26,24 @@ from pneumo.serve.prometheus import LATENCY_BOUNDARIES_MS
 
 VERSION_HEADER = "X-Model-Version"  # request: pick a version (role or number); answer: the version used
 VERSION_QUERY = "version"  # ?version=challenger or ?version=7, same as the header
+VERSION_PARAMETERS = [  # the OpenAPI description of the choice, on every route that scores
+    {
+        "name": VERSION_HEADER,
+        "in": "header",
+        "required": False,
+        "schema": {"type": "string"},
+        "description": "answer with this served version: a role (champion, challenger) or its version number; "
+        "without it serve.challenger_traffic splits the requests (an unknown version: 404 naming the served ones)",
+    },
+    {
+        "name": VERSION_QUERY,
+        "in": "query",
+        "required": False,
+        "schema": {"type": "string"},
+        "description": f"the same choice as the {VERSION_HEADER} header",
+    },
+]
+ANSWER_HEADERS = {VERSION_HEADER: {"schema": {"type": "string"}, "description": "the version that answered"}}
 PROBABILITY_BOUNDARIES = [0.05 * i for i in range(1, 20)]
 RETRY_AFTER_S = "5"  # hint for clients that hit the endpoint while the model loads
 

@@ -200,6 +200,25 @@ def test_every_cli_command_and_option_is_in_the_reference():
     assert {"pneumo run", "pneumo data synth", "pneumo serve", "pneumo config show"} <= set(found)
 
 
+def test_the_http_reference_documents_the_version_choice_and_the_answer_formats():
+    """Every scoring route takes the version (header and query) and names the version that answered;
+    /predict's and /explain's `format` values are those the code accepts."""
+    from pneumo.serve.dicom import SR_FORMAT
+    from pneumo.serve.explanations import FORMATS
+    from pneumo.serve.versions import VERSION_HEADER, VERSION_QUERY
+
+    openapi = reference.serve_openapi()
+    formats = {"/predict": ["json", SR_FORMAT], "/explain": list(FORMATS), "/predict/batch": None}
+    for path, accepted in formats.items():
+        operation = openapi["paths"][path]["post"]
+        parameters = {(p["name"], p["in"]): p for p in operation["parameters"]}
+        assert {(VERSION_HEADER, "header"), (VERSION_QUERY, "query")} <= set(parameters), path
+        assert VERSION_HEADER in operation["responses"]["200"]["headers"], path
+        assert (parameters[("format", "query")]["schema"]["enum"] if accepted else None) == accepted, path
+    page = reference.http_reference(openapi)
+    assert f"`{VERSION_HEADER}`: the version that answered" in page and "| `format` | query |" in page
+
+
 def test_alert_rules_name_only_series_the_code_exports():
     """The generated metrics page lists what the code creates; every series an alert reads is among them."""
     exported = {name for series in reference.prometheus_series() for name in series.exported}
