@@ -150,6 +150,12 @@ BAD_INPUTS = {  # case -> (request kwargs, status, field, words in the error)
     ),
     "decompression bomb": (dict(data=bomb(), headers={"Content-Type": "image/png"}), 400, "body", "exceeds the limit"),
     "multipart without file": (dict(files={"image": ("x.png", b"123")}), 400, "file", "exactly one `file`"),
+    "unknown format": (
+        dict(params={"format": "gif"}, data=b"", headers={"Content-Type": "image/png"}),
+        400,
+        "format",
+        "not one of json, dicom-sr",
+    ),
 }
 
 

@@ -37,6 +37,7 @@ from pneumo.serve.dicom import (
     SR_FORMAT_PARAMETER,
     RefusedFilm,
     as_dicom,
+    check_predict_format,
     dicom_source,
     film_facts,
     sr_answer,
@@ -241,6 +242,7 @@ class PneumoniaService:
         return {**model.describe(), "monitoring": self.monitor.status(model)}
 
     async def _predict_one(self, request: Request, started: float) -> dict[str, Any]:
+        check_predict_format(request)
         return (await self._predict_image(request, started))[0]
 
     async def _predict_sr(self, request: Request, started: float) -> dict[str, Any]:
