@@ -34,10 +34,8 @@ def corrupt(checkpoint: Path, part: str) -> Path:
     return checkpoint / part
 
 
-@pytest.mark.parametrize(
-    "part",
-    [WEIGHTS_FILE, pytest.param(META_FILE, marks=pytest.mark.extended)],  # the same path, another file
-)
+@pytest.mark.extended  # make test-extended: a model registered, evaluated and served per part (make test: test_serve.py)
+@pytest.mark.parametrize("part", [WEIGHTS_FILE, META_FILE])
 def test_a_corrupted_registered_model_is_named_by_readyz_eval_and_serve(
     ray_session, serve_app, synthetic_root, tmp_path, part
 ):

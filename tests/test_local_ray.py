@@ -53,6 +53,7 @@ RACE = textwrap.dedent(
 
 
 @pytest.mark.slow
+@pytest.mark.extended  # make test-extended: two Ray starts racing for a port
 def test_a_dashboard_port_taken_as_ray_starts_restarts_ray_on_another(tmp_path):
     env = {key: value for key, value in os.environ.items() if key not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")}
     script = tmp_path / "race.py"

@@ -31,6 +31,7 @@ def processes_mentioning(text: str) -> list[psutil.Process]:
 
 
 @pytest.mark.slow
+@pytest.mark.extended  # make test-extended: a server of its own on a Ray of its own
 def test_sigterm_to_the_process_group_drains_and_exits_0(tmp_path):
     checkpoint = untrained_checkpoint(tmp_path / "checkpoint", "test_resnet", 32)
     film = png_bytes(Image.linear_gradient("L"))

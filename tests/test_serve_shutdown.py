@@ -60,7 +60,7 @@ def haproxies_since(started: float) -> list[psutil.Process]:
 @pytest.mark.parametrize(
     "signum, ingress",
     [
-        # make test-extended; make test drains on SIGTERM to the process group (test_serve_group_signal.py)
+        # make test-extended: each starts a server of its own on a Ray of its own
         pytest.param(signal.SIGTERM, "proxy", marks=pytest.mark.extended),
         pytest.param(signal.SIGINT, "proxy", marks=pytest.mark.extended),
         pytest.param(signal.SIGTERM, "haproxy", marks=pytest.mark.extended),

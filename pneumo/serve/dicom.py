@@ -133,7 +133,8 @@ SR_FORMAT_PARAMETER = {
     "in": "query",
     "required": False,
     "schema": {"type": "string", "enum": list(PREDICT_FORMATS)},
-    "description": f"{SR_FORMAT}: answer a DICOM upload with a DICOM SR (as Accept: {DICOM_TYPE} does); json: the default",
+    "description": f"{SR_FORMAT}: answer a DICOM upload with a DICOM SR (as Accept: {DICOM_TYPE} does; any other "
+    "upload: 415); json: the default",
 }
 SR_DOC = {
     "content": {

@@ -140,6 +140,7 @@ def test_bad_model_and_data_are_one_line_each(ray_session, tiny_model, tmp_path,
     assert message == f"pneumo: data error: manifest {tmp_path / 'list.csv'} has no path column (columns: file)"
 
 
+@pytest.mark.extended  # make test-extended: a job killed mid-way and run again
 def test_resume_after_a_kill_scores_every_file_exactly_once(
     ray_session, tiny_model, synthetic_root, tmp_path, mlflow_uri
 ):
