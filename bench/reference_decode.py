@@ -1,5 +1,5 @@
-"""pneumo's decode before issue #18, kept as the data benchmark's baseline and the pixel reference of
-tests/data/test_decode_accuracy.py: every film decoded at full size (JPEG without DCT scaling, DICOM
+"""The straightforward decode pneumo's own is measured against: the data benchmark's baseline and the
+pixel reference of tests/data/test_decode_accuracy.py: every film decoded at full size (JPEG without DCT scaling, DICOM
 through float64 arrays of the whole film), then resized to the model's side."""
 
 from __future__ import annotations

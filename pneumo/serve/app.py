@@ -33,11 +33,11 @@ from pneumo.registry.uri import FetchedModel
 from pneumo.serve.audit import AuditLog
 from pneumo.serve.batching import AdaptiveBatcher
 from pneumo.serve.dicom import (
+    PREDICT_FORMATS,
     SR_DOC,
     SR_FORMAT_PARAMETER,
     RefusedFilm,
     as_dicom,
-    check_predict_format,
     dicom_source,
     film_facts,
     sr_answer,
@@ -45,12 +45,12 @@ from pneumo.serve.dicom import (
 )
 from pneumo.serve.explanations import (
     EXPLAIN_FORMAT_PARAMETER,
+    EXPLAIN_FORMATS,
     EXPLAIN_PNG_DOC,
     ExplainerCache,
     Explanation,
     as_png,
     explain_image,
-    requested_format,
 )
 from pneumo.serve.inputs import (
     BATCH_UPLOAD_DOC,
@@ -61,6 +61,7 @@ from pneumo.serve.inputs import (
     describe_deployment,
     read_image,
     read_images,
+    requested_format,
 )
 from pneumo.serve.loader import ServedModel
 from pneumo.serve.monitor import GateResult, OutOfDistribution, ServeMonitor
@@ -201,7 +202,7 @@ class PneumoniaService:
         return as_png(await self._answer("explain", lambda started: self._explain_one(request, started)))
 
     async def _explain_one(self, request: Request, started: float) -> dict[str, Any]:
-        fmt = requested_format(request)
+        fmt = requested_format(request, EXPLAIN_FORMATS)
         try:
             answer, served, image = await self._predict_image(request, started)
         except OutOfDistribution as refusal:  # the page still shows the refused film: a browser cannot draw DICOM
@@ -242,7 +243,7 @@ class PneumoniaService:
         return {**model.describe(), "monitoring": self.monitor.status(model)}
 
     async def _predict_one(self, request: Request, started: float) -> dict[str, Any]:
-        check_predict_format(request)
+        requested_format(request, PREDICT_FORMATS)
         return (await self._predict_image(request, started))[0]
 
     async def _predict_sr(self, request: Request, started: float) -> dict[str, Any]:

@@ -23,20 +23,13 @@ from pneumo.data.dicom import is_dicom
 from pneumo.evaluation.explain import film_png
 from pneumo.pacs.sr import FINDING_WORDS, FilmResult, build_sr, part10_bytes
 from pneumo.registry.uri import FetchedModel
-from pneumo.serve.inputs import RequestError, Upload, parse_header
+from pneumo.serve.inputs import RequestError, Upload, format_parameter, parse_header
 
 SR_FORMAT, DICOM_TYPE = "dicom-sr", "application/dicom"
 PREDICT_FORMATS = ("json", SR_FORMAT)  # /predict?format=
 SR_KEY = "dicom_sr"  # carries the SR from the handler to the route, as explanations.OVERLAY_KEY does
 FACTS = {"Modality": "modality", "ViewPosition": "view_position", "BodyPartExamined": "body_part"}  # never patient data
 REFUSED_REASON = "the film does not look like a frontal chest film the model was trained on"
-
-
-def check_predict_format(request: Request) -> None:
-    """/predict's ?format is json (the default) or dicom-sr; anything else is a 400 naming the `format` field."""
-    value = request.query_params.get("format", "json").lower()
-    if value not in PREDICT_FORMATS:
-        raise RequestError(400, f"format={value!r} is not one of {', '.join(PREDICT_FORMATS)}", "format")
 
 
 def wants_dicom_sr(request: Request) -> bool:
@@ -128,14 +121,11 @@ class RefusedFilm(RequestError):
         return self.body
 
 
-SR_FORMAT_PARAMETER = {
-    "name": "format",
-    "in": "query",
-    "required": False,
-    "schema": {"type": "string", "enum": list(PREDICT_FORMATS)},
-    "description": f"{SR_FORMAT}: answer a DICOM upload with a DICOM SR (as Accept: {DICOM_TYPE} does; any other "
-    "upload: 415); json: the default",
-}
+SR_FORMAT_PARAMETER = format_parameter(
+    PREDICT_FORMATS,
+    f"{SR_FORMAT}: answer a DICOM upload with a DICOM SR (as Accept: {DICOM_TYPE} does; any other upload: 415); "
+    "json: the default",
+)
 SR_DOC = {
     "content": {
         DICOM_TYPE: {

@@ -16,7 +16,6 @@ from typing import Any
 import numpy as np
 import torch
 from pydantic import Field
-from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from pneumo.evaluation.explain import (
@@ -29,10 +28,10 @@ from pneumo.evaluation.explain import (
     overlay_png,
 )
 from pneumo.models.checkpoints import LoadedModel
-from pneumo.serve.inputs import RequestError
+from pneumo.serve.inputs import RequestError, format_parameter
 from pneumo.serve.schemas import Prediction
 
-FORMATS = ("json", "png")  # ?format=
+EXPLAIN_FORMATS = ("json", "png")  # /explain?format=
 OVERLAY_KEY = "overlay_png"  # carries the overlay from the handler to the route for ?format=png
 
 
@@ -45,14 +44,6 @@ class Explanation(Prediction):
     explained_class: str = Field(description=f"{EXPLAINED_CLASS}: the map shows evidence for it")
     target_layer: str = Field(description="the model layer of the map's Grad-CAM part")
     film_png: str = Field(description="the film as the model saw it (its input size and channels), base64 PNG")
-
-
-def requested_format(request: Request) -> str:
-    """?format=json (default) or png; anything else is a 400 naming the `format` field."""
-    value = request.query_params.get("format", "json").lower()
-    if value not in FORMATS:
-        raise RequestError(400, f"format={value!r} is not one of {', '.join(FORMATS)}", "format")
-    return value
 
 
 class ExplainerCache:
@@ -113,14 +104,11 @@ def as_png(response: JSONResponse) -> Response:
     return Response(base64.b64decode(body[OVERLAY_KEY]), media_type="image/png", headers=headers)
 
 
-EXPLAIN_FORMAT_PARAMETER = {
-    "name": "format",
-    "in": "query",
-    "required": False,
-    "schema": {"type": "string", "enum": list(FORMATS)},
-    "description": "json (default): the map as a base64 PNG in the answer; png: the film with the map over it, "
+EXPLAIN_FORMAT_PARAMETER = format_parameter(
+    EXPLAIN_FORMATS,
+    "json (default): the map as a base64 PNG in the answer; png: the film with the map over it, "
     "the prediction in X- headers",
-}
+)
 EXPLAIN_PNG_DOC = {
     "content": {
         "image/png": {

@@ -153,6 +153,20 @@ async def read_images(request: Request, limits: ServeConfig) -> list[Upload]:
     return [_require_bytes(Upload(f"{BATCH_FIELD}[{i}]", filename, data)) for i, (filename, data) in enumerate(files)]
 
 
+def requested_format(request: Request, formats: tuple[str, ...]) -> str:
+    """The route's ?format=, one of `formats` (the first when absent); anything else is a 400 naming `format`."""
+    value = request.query_params.get("format", formats[0]).lower()
+    if value not in formats:
+        raise RequestError(400, f"format={value!r} is not one of {', '.join(formats)}", "format")
+    return value
+
+
+def format_parameter(formats: tuple[str, ...], description: str) -> dict[str, Any]:
+    """The OpenAPI description of a route's ?format= (requested_format reads it)."""
+    schema = {"type": "string", "enum": list(formats)}
+    return {"name": "format", "in": "query", "required": False, "schema": schema, "description": description}
+
+
 def _binary(description: str) -> dict[str, Any]:
     return {"type": "string", "format": "binary", "minLength": 1, "description": description}
 

@@ -204,11 +204,11 @@ def test_the_http_reference_documents_the_version_choice_and_the_answer_formats(
     """Every scoring route takes the version (header and query) and names the version that answered;
     /predict's and /explain's `format` values are those the code accepts."""
     from pneumo.serve.dicom import SR_FORMAT
-    from pneumo.serve.explanations import FORMATS
+    from pneumo.serve.explanations import EXPLAIN_FORMATS
     from pneumo.serve.versions import VERSION_HEADER, VERSION_QUERY
 
     openapi = reference.serve_openapi()
-    formats = {"/predict": ["json", SR_FORMAT], "/explain": list(FORMATS), "/predict/batch": None}
+    formats = {"/predict": ["json", SR_FORMAT], "/explain": list(EXPLAIN_FORMATS), "/predict/batch": None}
     for path, accepted in formats.items():
         operation = openapi["paths"][path]["post"]
         parameters = {(p["name"], p["in"]): p for p in operation["parameters"]}
