@@ -10,9 +10,11 @@ from __future__ import annotations
 import contextlib
 import getpass
 import json
+import logging
 import math
 import os
 import re
+import threading
 import time
 import warnings
 from collections.abc import Iterator
@@ -23,8 +25,11 @@ from urllib.parse import quote, urlsplit, urlunsplit
 from mlflow.data.dataset_source_registry import resolve_dataset_source
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunStatus
 from mlflow.exceptions import RestException
+from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+from mlflow.utils.time import get_current_time_millis
+from mlflow.utils.validation import MAX_METRICS_PER_BATCH
 
 from pneumo.config import ConfigError, ExperimentConfig, MlflowConfig, flatten, to_dict, to_yaml
 from pneumo.data.split import split_csv
@@ -32,6 +37,8 @@ from pneumo.paths import durable_tracking_uri, is_uri
 
 if TYPE_CHECKING:
     from pneumo.data.dataset import PreparedData
+
+_logger = logging.getLogger(__name__)
 
 TAG_EXPERIMENT = "pneumo.experiment"  # experiment (YAML) name
 TAG_KIND = "pneumo.kind"  # train | search | trial
@@ -178,17 +185,72 @@ def next_step(client: MlflowClient, run_id: str, key: str) -> int:
     return max((m.step for m in client.get_metric_history(run_id, key)), default=-1) + 1
 
 
-def start_system_metrics(tracking_uri: str, run_id: str, interval_s: float, node_id: Optional[str] = None):
-    """MLflow's own sampler of CPU, memory, disk, network and (NVIDIA, with nvidia-ml-py) GPU use, logged as
-    `system/…` metrics to `run_id` through `tracking_uri` (no process-global MLflow state). It stops by
-    itself once the run is no longer RUNNING; call `.finish()` to stop it at once and flush."""
-    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+class SystemMetricsSampler(SystemMetricsMonitor):
+    """MLflow's system-metrics monitor (its collectors, GPU detection and resumed steps) sampling on time
+    whatever the tracking server does. MLflow's loop samples, asks the server for the run's status, and
+    writes, all in one thread, and ends for good when one request fails: on a busy server (one with logins
+    hashes every request's password) a trial logged one sample of twenty, or none. Here one thread samples
+    every interval and another writes what has been sampled; a write the server misses is tried again
+    with the next. pneumo ends the sampler itself (`finish()` when the training loop ends), so no status
+    check is needed."""
 
-    monitor = SystemMetricsMonitor(
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._client = MlflowClient(self._tracking_uri)
+        self._unwritten: list[Metric] = []
+        self._unwritten_lock = threading.Lock()
+
+    def monitor(self) -> None:
+        writer = threading.Thread(target=self._write_until_finished, daemon=True, name="SystemMetricsWriter")
+        writer.start()
+        prefix = self._metrics_prefix + (f"{self.node_id}/" if self.node_id else "")
+        while not self._shutdown_event.wait(self.sampling_interval):
+            self.collect_metrics()
+            sampled_at, metrics = get_current_time_millis(), self.aggregate_metrics()
+            for collector in self.monitors:
+                collector.clear_metrics()
+            with self._unwritten_lock:
+                self._unwritten += [Metric(prefix + k, v, sampled_at, self._logging_step) for k, v in metrics.items()]
+            self._logging_step += 1
+        writer.join()
+
+    def _write_until_finished(self) -> None:
+        while not self._shutdown_event.wait(self.sampling_interval):
+            self._write()
+
+    def _write(self) -> None:
+        """Every sample not yet written, in batches; what the server does not take waits for the next write."""
+        with self._unwritten_lock:
+            batch, self._unwritten = self._unwritten, []
+        try:
+            while batch:
+                self._client.log_batch(self._run_id, metrics=batch[:MAX_METRICS_PER_BATCH])
+                batch = batch[MAX_METRICS_PER_BATCH:]
+        except Exception as error:  # any failed write: its samples go with the next one
+            with self._unwritten_lock:
+                self._unwritten[:0] = batch
+            _logger.warning("system metrics kept for the next write; the tracking server: %s", error)
+
+    def finish(self) -> None:
+        """Stops sampling and writes what is left."""
+        self._shutdown_event.set()
+        if self._process is not None:
+            self._process.join()
+            self._process = None
+        self._write()
+
+
+def start_system_metrics(
+    tracking_uri: str, run_id: str, interval_s: float, node_id: Optional[str] = None
+) -> SystemMetricsSampler:
+    """CPU, memory, disk, network and (NVIDIA, with nvidia-ml-py) GPU use, sampled every `interval_s` and
+    logged as `system/…` metrics to `run_id` through `tracking_uri` (no process-global MLflow state) until
+    `.finish()`, which writes what is left."""
+    sampler = SystemMetricsSampler(
         run_id, sampling_interval=interval_s, resume_logging=True, node_id=node_id, tracking_uri=tracking_uri
     )
-    monitor.start()
-    return monitor
+    sampler.start()
+    return sampler
 
 
 def find_unfinished_run(client: MlflowClient, cfg: ExperimentConfig, kind: str):

@@ -162,12 +162,15 @@ def wait_until_healthy(url: str, process: subprocess.Popen, log: Path, timeout_s
         time.sleep(1)
 
 
-def start_team_server(postgres: Postgres, artifacts: Path, workers: int = 1) -> TeamServer:
-    """`make mlflow-server` over `postgres`, on a free port; returned once /health answers.
+def start_team_server(
+    postgres: Postgres, artifacts: Path, workers: int = 1, port: Optional[int] = None, admin_password: str = ""
+) -> TeamServer:
+    """`make mlflow-server` over `postgres`, on `port` (else a free one); returned once /health answers.
+    `admin_password` is the first admin's, used when the logins database is new (else a random one).
 
     One worker by default: uvicorn's supervisor of several kills a worker that does not answer its
     health check within 5 s, which a loaded 2-core machine misses while the worker imports MLflow."""
-    port, admin_password = free_port(), secrets.token_urlsafe(16)
+    port, admin_password = port or free_port(), admin_password or secrets.token_urlsafe(16)
     settings = {
         "MLFLOW_DB": postgres.uri("mlflow"),
         "MLFLOW_AUTH_DB": postgres.uri("mlflow_auth"),
@@ -194,6 +197,16 @@ def start_team_server(postgres: Postgres, artifacts: Path, workers: int = 1) -> 
         stop_server(process)
         raise
     return TeamServer(url, admin_password, artifacts, process, postgres, log)
+
+
+def restart_team_server(server: TeamServer, down_s: float) -> None:
+    """Kill `server`, wait `down_s`, start it again over the same database, folder and port: a team server
+    that died and came back. `server` then holds the new process."""
+    stop_server(server.process)
+    time.sleep(down_s)
+    port = int(server.url.rsplit(":", 1)[1])
+    started = start_team_server(server.postgres, server.artifacts, port=port, admin_password=server.admin_password)
+    server.process, server.log = started.process, started.log
 
 
 def stop_server(process: subprocess.Popen) -> None:
