@@ -180,7 +180,7 @@ def test_ray_job_submit_runs_an_experiment_and_keeps_its_results_in_pneumo_home(
 
 
 @pytest.mark.extended  # make test-extended: a second Ray cluster of two nodes
-def test_two_node_cluster_trains_with_workers_on_both_nodes(tmp_path, synthetic_root):
+def test_two_node_cluster_trains_and_predicts_on_both_nodes(tmp_path, synthetic_root):
     yaml = write_smoke_yaml(tmp_path, synthetic_root, "two-node")
     env = own_ray_env("ray2n")
     finished = subprocess.run(
@@ -195,6 +195,9 @@ def test_two_node_cluster_trains_with_workers_on_both_nodes(tmp_path, synthetic_
     result = json.loads((tmp_path / "result.json").read_text())
     assert result["nodes"] == 2
     assert len(set(result["worker_nodes"])) == 2, "one training worker on each node"
+    assert len(set(result["scorer_nodes"])) == 2, "pneumo predict's scoring actors on both nodes"
+    # one row per file of the data folder (its films, and the drawn-opacity masks the gate refuses)
+    assert sum(result["predicted"].values()) == result["files"] and result["predicted"]["scored"] >= 200
     assert result["epochs_logged"] == [0, 1] and result["status"] == "FINISHED"
     assert "missing-chest_xray is not visible on nodes 127.0.0.1, 127.0.0.1" in result["invisible_data_error"]
 

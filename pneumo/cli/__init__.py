@@ -383,7 +383,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     predict.add_argument("--batch-size", type=int, help="films per model call (default eval.batch_size)")
     predict.add_argument(
-        "--actors", type=int, default=0, help="most scoring actors (default: one per GPU, or per 2 CPUs of the cluster)"
+        "--actors",
+        type=int,
+        default=0,
+        help="scoring actors, all started at once (default: a pool growing from 1 to one per GPU, or per 2 CPUs)",
     )
     predict.add_argument("--threads", type=int, default=1, help="intra-op threads (and Ray CPUs) per actor")
     predict.add_argument("--gpu", action="store_true", help="one GPU per actor, PyTorch on CUDA (or scaling.use_gpu)")

@@ -43,7 +43,7 @@ TAG_OUTPUT = "pneumo.predict_output"  # where a `predict` run wrote its rows
 class PredictSettings:
     runtime: str = "auto"  # torch | onnxruntime | openvino | auto (measured once, here)
     batch_size: int = 64  # films per model call
-    actors: int = 0  # most scoring actors at once; 0: score.default_actors (one per GPU, or per 2 x threads CPUs)
+    actors: int = 0  # scoring actors, all started at once; 0: a pool growing from 1 to score.default_actors
     threads: int = 1  # intra-op threads (and Ray CPUs) per actor
     use_gpu: bool = False  # one GPU per actor (PyTorch on CUDA)
     part_rows: int = 1000  # rows per Parquet part: what a killed job can lose at most
@@ -107,6 +107,7 @@ def predict_archive(
         settings.read_rows,
         settings.read_cpus,
         settings.explain,
+        min_actors=settings.actors or 1,
     )
     prepared_s = time.monotonic() - clock
     if held:

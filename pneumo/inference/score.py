@@ -2,7 +2,7 @@
 
     listed paths (blocks of read_rows)
       -> map_batches(read_batch)              CPU tasks: read the bytes, SHA-256, decode and resize
-      -> map_batches(FilmScorer, ActorPool)   1..max_actors actors, each with the model loaded once
+      -> map_batches(FilmScorer, ActorPool)   min_actors..max_actors actors, each with the model loaded once
       -> the driver                           small rows only (no pixels): written in parts as they come
 
 Nothing is materialized: blocks stream through, so memory stays bounded whatever the archive's size
@@ -31,12 +31,13 @@ class ScoringPlan:
     ood_policy: str  # reject | flag | off, as serve.ood_policy
     max_image_pixels: int  # larger films are refused as decompression bombs
     batch_size: int = 64  # films per model call, per actor
-    max_actors: int = 1  # the actor pool grows from 1 to this many while read tasks keep up
+    max_actors: int = 1  # the actor pool grows from min_actors to this many while read tasks keep up
     threads: int = 1  # intra-op threads (and Ray CPUs) per actor
     use_gpu: bool = False  # one GPU per actor, PyTorch on CUDA
     read_rows: int = 32  # paths per read task: small, so the first films reach the actors early
     read_cpus: float = 0.5  # Ray CPUs per read task: unlike the actors', so Ray does not fuse reading into them
     explain: bool = False  # Grad-CAM overlays for films at or above the threshold
+    min_actors: int = 1  # actors started at once
 
 
 def default_actors(use_gpu: bool, threads: int) -> int:
@@ -69,7 +70,7 @@ def score_films(listing: pa.Table, plan: ScoringPlan, preprocessing: Preprocessi
             "ood_policy": plan.ood_policy,
             "explain": plan.explain,
         },
-        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=plan.max_actors),
+        compute=ray.data.ActorPoolStrategy(min_size=plan.min_actors, max_size=plan.max_actors),
         batch_size=plan.batch_size,
         batch_format="numpy",
         num_cpus=plan.threads,
