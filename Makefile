@@ -34,7 +34,7 @@ test: lint
 	$(BIN)/python -m pytest -m "not readme and not extended" --durations=20 --cov=pneumo --cov-report=term --cov-fail-under=$(COVERAGE_FLOOR)
 
 # the long end-to-end scenarios (pytest -m extended: resumes after a kill, a tracking-server outage, two nodes,
-# the team server's full search, the watched search, every way to stop the server): ~33 min on 2 cores
+# the team server's full search, the watched search, every way to stop the server): ~35 min on 2 cores
 test-extended: install
 	$(BIN)/python -m pytest -m extended --durations=20
 
