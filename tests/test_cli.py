@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from pneumo.cli import main
+from pneumo.cli import main, parse_command
 from pneumo.config import ModelConfig
 from pneumo.models.checkpoints import CheckpointMeta, save_checkpoint
 from pneumo.models.networks import create_model, resolve_preprocessing
@@ -81,3 +81,15 @@ def test_eval_model_and_data_errors_are_one_line(ray_session, smoke_yaml, synthe
     model = untrained_checkpoint(tmp_path / "model")
     message = one_line_exit(["eval", model, str(data), *config, "data.on_bad_file=error"])
     assert message.startswith("pneumo: data error: ") and "broken.jpeg" in message
+
+
+def test_overrides_may_follow_other_options():
+    """`pneumo run x.yaml --resume train.epochs=2`: the same command line again with --resume added."""
+    args = parse_command(["run", "x.yaml", "--resume", "train.epochs=2", "--verbose", "train.lr=0.1"])
+    assert args.config == ["x.yaml", "train.epochs=2", "train.lr=0.1"] and args.resume and args.verbose
+    args = parse_command(["eval", "models:/m@champion", "data", "--verbose", "eval.batch_size=8"])
+    assert args.config == ["eval.batch_size=8"]
+    with pytest.raises(SystemExit):
+        parse_command(["run", "x.yaml", "--resume", "--no-such-option"])
+    with pytest.raises(SystemExit):
+        parse_command(["data", "inspect", "folder", "train.epochs=2"])  # a command without overrides

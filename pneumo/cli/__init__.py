@@ -481,13 +481,27 @@ def is_user_error(error: BaseException) -> bool:
     return user_error_kind(error) is not None
 
 
+def parse_command(argv: Optional[list[str]] = None) -> argparse.Namespace:
+    """The command line, with key=value overrides taken after other options too: argparse ends a list
+    argument at the next option, so `pneumo run x.yaml --resume train.epochs=2` (the same command again
+    with --resume added) would otherwise be refused."""
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    overrides = [item for item in rest if "=" in item and not item.startswith("-")]
+    if rest != overrides or (overrides and not isinstance(getattr(args, "config", None), list)):
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    if overrides:
+        args.config = [*args.config, *overrides]
+    return args
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     for key, value in QUIET_DEFAULTS.items():
         os.environ.setdefault(key, value)
     if not os.environ.get("RAY_ADDRESS"):
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    args = build_parser().parse_args(argv)
+    args = parse_command(argv)
     try:
         args.handler(args)
     except Exception as error:
