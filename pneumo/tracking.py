@@ -196,7 +196,6 @@ class SystemMetricsSampler(SystemMetricsMonitor):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._client = MlflowClient(self._tracking_uri)
         self._unwritten: list[Metric] = []
         self._unwritten_lock = threading.Lock()
 
@@ -224,7 +223,7 @@ class SystemMetricsSampler(SystemMetricsMonitor):
             batch, self._unwritten = self._unwritten, []
         try:
             while batch:
-                self._client.log_batch(self._run_id, metrics=batch[:MAX_METRICS_PER_BATCH])
+                self.mlflow_logger.client.log_batch(self._run_id, metrics=batch[:MAX_METRICS_PER_BATCH])
                 batch = batch[MAX_METRICS_PER_BATCH:]
         except Exception as error:  # any failed write: its samples go with the next one
             with self._unwritten_lock:

@@ -60,17 +60,23 @@ def client_env(login: dict[str, str], ray_session) -> dict[str, str]:
     }
 
 
-def pneumo(args: list[str], env: dict[str, str], log: Path, timeout_s: float = 1200) -> subprocess.CompletedProcess:
-    """`pneumo ARGS`, its output (stdout and stderr) kept in `log` as it comes (readable while it runs)."""
+def start_pneumo(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+    """`pneumo ARGS` started, its output (stdout and stderr) kept in `log` as it comes (readable while it runs)."""
     with log.open("w") as out:
-        ran = subprocess.run(
-            [sys.executable, "-m", "pneumo.cli", *args],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            timeout=timeout_s,
+        return subprocess.Popen(
+            [sys.executable, "-m", "pneumo.cli", *args], env=env, stdout=out, stderr=subprocess.STDOUT
         )
-    return subprocess.CompletedProcess(ran.args, ran.returncode, log.read_text())
+
+
+def pneumo(args: list[str], env: dict[str, str], log: Path, timeout_s: float = 1200) -> subprocess.CompletedProcess:
+    """`pneumo ARGS` run to its end (killed after `timeout_s`), with the output it kept in `log`."""
+    process = start_pneumo(args, env, log)
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        raise
+    return subprocess.CompletedProcess(process.args, process.returncode, log.read_text())
 
 
 @dataclass
@@ -378,13 +384,7 @@ def test_a_training_outlives_its_team_server_dying_and_coming_back(
     experiment = "team-outage"
     overrides = [*QUICK, "train.epochs=4", f"mlflow.tracking_uri={server.url}", f"mlflow.experiment_name={experiment}"]
     log = tmp_path / "run.log"
-    with log.open("w") as out:
-        driver = subprocess.Popen(
-            [sys.executable, "-m", "pneumo.cli", "run", str(yaml), *overrides],
-            env=client_env(server.login(), ray_session),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    driver = start_pneumo(["run", str(yaml), *overrides], client_env(server.login(), ray_session), log)
     client = MlflowClient(server.url)
 
     def training_run():
